@@ -1,0 +1,492 @@
+"""Typed configuration: YAML files plus `key=value` dotted overrides.
+
+A config is a tree of frozen dataclasses, one per concern (model, parallel, data, rollout,
+algorithm, optim, train, logging, checkpoint). Options of Megatron and SGLang that this project
+does not model pass through verbatim in the free-form `megatron:` and `sglang:` sections.
+
+Every problem is reported at load time as one ConfigError line that names the key and where
+its value came from (the YAML file or the command line):
+
+    configs/demo.yaml: algorithm.mu.peek: unknown key (known: warmup, decay, peak, valley, ...)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from .algo.weights import TOKEN_WEIGHT_KINDS
+
+COMMAND_LINE = "command line"
+
+
+class ConfigError(ValueError):
+    """A config problem; str(error) is one line naming the source and the key."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key = source, key
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama/Qwen2-style decoder (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
+
+    name: str = "tiny"
+    hf_path: Optional[str] = None  # a local Hugging Face checkpoint folder to load weights from
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 176
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    vocab_size: int = 64
+    max_seq_length: int = 256
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    transformer_impl: str = "auto"  # auto = transformer_engine when present with CUDA, else local
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule)
+    context: int = 1
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True
+    backend: str = "auto"  # auto = nccl with CUDA, gloo without
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "arith"  # arith = the generated toy task; jsonl = the files below
+    prompt_path: Optional[str] = None
+    expert_path: Optional[str] = None
+    eval_path: Optional[str] = None
+    max_prompt_tokens: int = 64
+    max_response_tokens: int = 96
+    on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "inprocess"  # inprocess (CPU, HF transformers) or sglang
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    sync_every: int = 1  # push weights to the engines every N optimiser steps
+    verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
+    verify_tolerance: float = 1e-3
+    weight_sync: str = "tensor"  # tensor (colocated), nccl (separate nodes), disk
+    sync_bucket_mb: int = 512
+    router_url: Optional[str] = None
+    server_urls: List[str] = field(default_factory=list)
+    concurrency: int = 64
+    request_timeout_s: float = 600.0
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class MuConfig:
+    """mu(step): linear warmup to `peak`, cosine decay to `valley` (constant valley if both 0)."""
+
+    warmup: int = 0
+    decay: int = 0
+    peak: float = 0.1
+    valley: float = 0.1
+    adaptive: bool = False  # appendix variant: mu = max(0, tau - mean reward)
+    tau: float = 0.5
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    mu: MuConfig = field(default_factory=MuConfig)
+    token_weight: str = "p1mp"  # none | p | p1mp | entropy | focal | is_clip
+    gamma: float = 2.0  # focal exponent
+    is_cap: float = 0.4  # is_clip cap
+    cutoff_prob: Optional[float] = None
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = None  # the reference uses 3.0
+    logratio_clamp: Optional[float] = 20.0
+    tis_cap: Optional[float] = None  # truncated IS against rollout/trainer mismatch (off)
+    adv_scale: str = "std"  # std | none
+    adv_eps: float = 1e-6
+    adv_singleton: str = "zero"  # zero | raw: advantage of a group of one response
+    expert_data_ratio: float = 0.2  # fraction of a batch's rows that are expert rows
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    min_lr: float = 0.0
+    lr_schedule: str = "constant"  # constant | cosine | linear
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    micro_batch_size: int = 4  # rows per micro-batch
+    seed: int = 1234
+    eval_every: int = 10
+    eval_samples: int = 4  # k of avg@k
+    log_prob_impl: str = "auto"  # auto | triton | chunked | reference
+    pack_sequences: bool = False
+    output_dir: str = "runs/chord"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    jsonl: bool = True
+    tensorboard: bool = True
+    progress: bool = True
+    log_every: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    load: Optional[str] = None
+    save_hf: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Pass-through: handed to Megatron's TransformerConfig / SGLang's server arguments untouched.
+    megatron: Dict[str, Any] = field(default_factory=dict)
+    sglang: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: str) -> "Config":
+        """A copy with dotted overrides applied, e.g. cfg.replace(**{"train.steps": "3"})."""
+        return load_config(None, [f"{k}={v}" for k, v in overrides.items()], base=self.to_dict())
+
+
+PASS_THROUGH = ("megatron", "sglang")
+
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "model.dtype": ("auto", "fp32", "bf16"),
+    "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "parallel.backend": ("auto", "nccl", "gloo"),
+    "data.task": ("arith", "jsonl"),
+    "data.on_bad_row": ("error", "skip"),
+    "rollout.engine": ("inprocess", "sglang"),
+    "rollout.weight_sync": ("tensor", "nccl", "disk"),
+    "algorithm.token_weight": TOKEN_WEIGHT_KINDS,
+    "algorithm.adv_scale": ("std", "none"),
+    "algorithm.adv_singleton": ("zero", "raw"),
+    "optim.lr_schedule": ("constant", "cosine", "linear"),
+    "train.log_prob_impl": ("auto", "triton", "chunked", "reference"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+def load_config(
+    path: Optional[str | Path],
+    overrides: Sequence[str] = (),
+    *,
+    base: Optional[Mapping[str, Any]] = None,
+) -> Config:
+    """Read a YAML file (or start from `base` / the defaults), apply `key=value` overrides, build
+    the typed Config and check it. Raises ConfigError naming the key and the source."""
+    raw: Dict[str, Any] = _deep_copy(base) if base is not None else {}
+    sources: Dict[str, str] = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(source, "", f"cannot read config file ({e.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ConfigError(source, "", f"{where}not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(source, "", "the top level must be a mapping of sections")
+        _merge(raw, loaded, "", source, sources)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(COMMAND_LINE, item, "an override must look like section.key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(raw, key, value, COMMAND_LINE)
+        sources[key] = COMMAND_LINE
+    default_source = str(path) if path is not None else COMMAND_LINE
+    cfg = _build(Config, raw, "", sources, default_source)
+    validate(cfg, sources, default_source)
+    return cfg
+
+
+def _deep_copy(d: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: (_deep_copy(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+
+
+def _merge(dst: Dict[str, Any], src: Mapping[str, Any], prefix: str, source: str, sources: Dict[str, str]):
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v, key + ".", source, sources)
+        else:
+            dst[k] = _deep_copy(v) if isinstance(v, Mapping) else v
+        if isinstance(v, Mapping):
+            _record_sources(v, key, source, sources)
+        sources[key] = source
+
+
+def _record_sources(d: Mapping[str, Any], prefix: str, source: str, sources: Dict[str, str]):
+    for k, v in d.items():
+        sources[f"{prefix}.{k}"] = source
+        if isinstance(v, Mapping):
+            _record_sources(v, f"{prefix}.{k}", source, sources)
+
+
+def _set_dotted(raw: Dict[str, Any], key: str, value: Any, source: str):
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(source, ".".join(parts[: i + 1]), "is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str, sources: Dict[str, str], default_source: str):
+    section = prefix.rstrip(".") or "config"
+    src = sources.get(prefix.rstrip("."), default_source)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(src, section, f"expected a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            key = f"{prefix}{k}"
+            raise ConfigError(sources.get(key, default_source), key, f"unknown key (known: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name] if raw[name] is not None else {}, key + ".", sources, default_source)
+        else:
+            kwargs[name] = _coerce(raw[name], tp, key, sources.get(key, default_source))
+    return cls(**kwargs)
+
+
+def _describe(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}" if not isinstance(v, (dict, list)) else type(v).__name__
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is unambiguous
+    (YAML reads `1e-5` as a string, and an int where a float is expected is fine)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(source, key, f"expected a list, got {_describe(value)}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a mapping, got {_describe(value)}")
+        return _deep_copy(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(source, key, f"expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(source, key, f"expected a string, got {_describe(value)}")
+    raise TypeError(f"config field {key} has an unsupported annotation {tp}")  # a bug here, not input
+
+
+# ----------------------------------------------------------------------------------------------
+# Consistency checks
+# ----------------------------------------------------------------------------------------------
+def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_source: str = COMMAND_LINE):
+    """Cross-field checks; raises ConfigError for the first problem found."""
+    sources = sources or {}
+
+    def fail(key: str, message: str):
+        raise ConfigError(sources.get(key, default_source), key, message)
+
+    def get(key: str):
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key, allowed in CHOICES.items():
+        if get(key) not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}, got {get(key)!r}")
+
+    positive_ints = [
+        "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
+        "model.num_query_groups", "model.vocab_size", "model.max_seq_length",
+        "parallel.tensor", "parallel.pipeline", "parallel.context",
+        "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
+        "rollout.sync_every", "rollout.concurrency", "rollout.sync_bucket_mb",
+        "data.max_prompt_tokens", "data.max_response_tokens",
+        "train.micro_batch_size", "train.eval_samples", "logging.log_every", "checkpoint.keep_last",
+    ]
+    for key in positive_ints:
+        if get(key) < 1:
+            fail(key, f"must be >= 1, got {get(key)}")
+    for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
+                "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay"]:
+        if get(key) < 0:
+            fail(key, f"must be >= 0, got {get(key)}")
+
+    m, p = cfg.model, cfg.parallel
+    if m.hidden_size % m.num_attention_heads:
+        fail("model.hidden_size", f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}")
+    if m.num_attention_heads % m.num_query_groups:
+        fail("model.num_query_groups",
+             f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}")
+    if (m.hidden_size // m.num_attention_heads) % 2:
+        fail("model.hidden_size", "the head dimension must be even for rotary embeddings")
+    if m.num_attention_heads % p.tensor:
+        fail("parallel.tensor", f"{p.tensor} does not divide model.num_attention_heads={m.num_attention_heads}")
+    if m.num_query_groups % p.tensor:
+        fail("parallel.tensor", f"{p.tensor} does not divide model.num_query_groups={m.num_query_groups}")
+    if m.ffn_hidden_size % p.tensor:
+        fail("parallel.tensor", f"{p.tensor} does not divide model.ffn_hidden_size={m.ffn_hidden_size}")
+    chunks = p.pipeline * (p.virtual_pipeline or 1)
+    if p.virtual_pipeline is not None and (p.virtual_pipeline < 1 or p.pipeline < 2):
+        fail("parallel.virtual_pipeline", "needs parallel.pipeline >= 2 and a value >= 1")
+    if m.num_layers % chunks:
+        fail("parallel.pipeline", f"pipeline x virtual stages = {chunks} does not divide model.num_layers={m.num_layers}")
+    if p.sequence_parallel and p.tensor == 1:
+        fail("parallel.sequence_parallel", "needs parallel.tensor > 1")
+    if p.context > 1 and (m.max_seq_length % (2 * p.context)):
+        fail("parallel.context", f"2 x {p.context} must divide model.max_seq_length={m.max_seq_length}")
+
+    a = cfg.algorithm
+    if not 0.0 <= a.expert_data_ratio <= 1.0:
+        fail("algorithm.expert_data_ratio", f"must be in [0, 1], got {a.expert_data_ratio}")
+    for key in ("algorithm.mu.peak", "algorithm.mu.valley"):
+        if not 0.0 <= get(key) <= 1.0:
+            fail(key, f"must be in [0, 1], got {get(key)}")
+    if a.mu.decay > 0 and a.mu.peak < a.mu.valley:
+        fail("algorithm.mu.peak", f"{a.mu.peak} is below algorithm.mu.valley={a.mu.valley}: a decaying mu must fall")
+    for key in ("algorithm.clip_low", "algorithm.clip_high"):
+        if not 0.0 <= get(key) < 1.0:
+            fail(key, f"must be in [0, 1), got {get(key)}")
+    if a.dual_clip is not None and a.dual_clip <= 1.0:
+        fail("algorithm.dual_clip", f"must be > 1 (the reference uses 3.0), got {a.dual_clip}")
+    if a.cutoff_prob is not None and not 0.0 < a.cutoff_prob <= 1.0:
+        fail("algorithm.cutoff_prob", f"must be in (0, 1], got {a.cutoff_prob}")
+    if a.tis_cap is not None and a.tis_cap <= 0:
+        fail("algorithm.tis_cap", f"must be > 0, got {a.tis_cap}")
+    if a.logratio_clamp is not None and a.logratio_clamp <= 0:
+        fail("algorithm.logratio_clamp", f"must be > 0, got {a.logratio_clamp}")
+
+    r = cfg.rollout
+    if not r.temperature > 0:
+        fail("rollout.temperature", f"must be > 0, got {r.temperature}")
+    if not 0.0 < r.top_p <= 1.0:
+        fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if r.engine == "sglang" and not (r.router_url or r.server_urls or cfg.sglang):
+        fail("rollout.engine", "sglang needs rollout.router_url, rollout.server_urls or an sglang: section to launch")
+
+    o = cfg.optim
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        fail("optim.lr", f"must be > 0, got {o.lr}")
+    if o.min_lr > o.lr:
+        fail("optim.min_lr", f"{o.min_lr} is above optim.lr={o.lr}")
+    for key in ("optim.adam_beta1", "optim.adam_beta2"):
+        if not 0.0 <= get(key) < 1.0:
+            fail(key, f"must be in [0, 1), got {get(key)}")
+    if o.grad_clip < 0:
+        fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+
+    if cfg.data.task == "jsonl":
+        for key in ("data.prompt_path",):
+            if not get(key):
+                fail(key, "is required when data.task is jsonl")
+        if a.expert_data_ratio > 0 and not cfg.data.expert_path:
+            fail("data.expert_path", "is required when data.task is jsonl and algorithm.expert_data_ratio > 0")
+    if cfg.data.max_prompt_tokens + r.max_new_tokens > m.max_seq_length:
+        fail("rollout.max_new_tokens",
+             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
+             f"exceeds model.max_seq_length ({m.max_seq_length})")
+    if cfg.data.max_prompt_tokens + cfg.data.max_response_tokens > m.max_seq_length:
+        fail("data.max_response_tokens",
+             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + data.max_response_tokens "
+             f"({cfg.data.max_response_tokens}) exceeds model.max_seq_length ({m.max_seq_length})")
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, sections in declaration order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,43 @@
+"""chord-megatron: CHORD (SFT folded into on-policy RL) on Megatron-core.
+
+The default install is what a CPU-only machine needs to run the demo and the tests:
+torch is pinned to the CPU build that installs from a local wheel on our machines, and
+megatron-core to the version the CPU patches were tested against (see
+chord_megatron/train/cpu_patches.py). GPU users add the `gpu` extra; NVIDIA's apex is not on
+PyPI (the PyPI package called `apex` is an unrelated project) -- see the README.
+"""
+from setuptools import find_packages, setup
+
+TORCH = "torch==2.13.0"
+MEGATRON_CORE = "megatron-core==0.16.1"
+
+setup(
+    name="chord-megatron",
+    version="0.1.0",
+    description="CHORD: on-policy RL with a dynamically weighted SFT auxiliary loss, on Megatron-core",
+    python_requires=">=3.11",
+    packages=find_packages(include=["chord_megatron", "chord_megatron.*"])
+    + find_packages("kernels", include=["chord_kernels", "chord_kernels.*"]),
+    # The Triton kernels live in kernels/ beside their tests and benchmarks; their import name
+    # is chord_kernels because a top-level `kernels` collides with Hugging Face's `kernels`.
+    package_dir={"chord_kernels": "kernels/chord_kernels"},
+    include_package_data=True,
+    package_data={"chord_megatron": ["configs/*.yaml"]},
+    install_requires=[
+        TORCH,
+        MEGATRON_CORE,
+        "numpy<2.5",
+        "pyyaml>=6",
+        # megatron.core.dist_checkpointing needs psutil but does not declare it; without it
+        # the checkpoint writer subprocess dies and save hangs.
+        "psutil>=5.9",
+        "triton==3.7.1",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Installed on GPU nodes (NGC containers already carry most of it).
+        "gpu": ["transformer-engine[pytorch]", "sglang[all]==0.5.23", "sglang-router"],
+    },
+    entry_points={"console_scripts": ["chord=chord_megatron.cli:main"]},
+)
