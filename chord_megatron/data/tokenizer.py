@@ -1,0 +1,49 @@
+"""A character-level tokenizer for the generated toy task (no model hub needed).
+
+Real models use their own Hugging Face tokenizer; this one exists so that the CPU demo and the
+tests can build everything locally. Ids 0-2 are <pad>, <bos>, <eos>; the rest are characters.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, List
+
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+CHARS = "0123456789+-*=,.:;|()?cr \n"
+
+
+class CharTokenizer:
+    pad_id, bos_id, eos_id = 0, 1, 2
+
+    def __init__(self, chars: str = CHARS):
+        if len(set(chars)) != len(chars):
+            raise ValueError("CharTokenizer: duplicate characters in the alphabet")
+        self.chars = chars
+        self._id = {c: i + len(SPECIALS) for i, c in enumerate(chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    def encode(self, text: str) -> List[int]:
+        try:
+            return [self._id[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"CharTokenizer: character {e.args[0]!r} is not in the alphabet {self.chars!r}") from None
+
+    def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
+        out = []
+        for i in ids:
+            if i == self.eos_id and stop_at_eos:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.chars[i - len(SPECIALS)])
+        return "".join(out)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "char", "specials": SPECIALS, "chars": self.chars}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CharTokenizer":
+        return cls(json.loads(Path(path).read_text())["chars"])
