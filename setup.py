@@ -22,7 +22,6 @@ setup(
     # is chord_kernels because a top-level `kernels` collides with Hugging Face's `kernels`.
     package_dir={"chord_kernels": "kernels/chord_kernels"},
     include_package_data=True,
-    package_data={"chord_megatron": ["configs/*.yaml"]},
     install_requires=[
         TORCH,
         MEGATRON_CORE,
@@ -33,6 +32,9 @@ setup(
         "psutil>=5.9",
         "triton==3.7.1",
         "tqdm>=4.66",
+        # metrics: TensorBoard event files and PNG curves
+        "tensorboard==2.21.0",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
