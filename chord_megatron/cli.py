@@ -1,6 +1,8 @@
 """The `chord` command.
 
     chord config show CONFIG [key=value ...]     print the resolved config as YAML
+    chord train CONFIG [key=value ...] [--resume] [--nproc N]
+                                                 run CHORD: rollouts, rewards, updates, evaluation
     chord bench train-step CONFIG [key=value ...] tokens/s and peak memory of a training step
 
 Every subcommand takes a YAML config and dotted overrides; config problems end the command
@@ -18,6 +20,20 @@ from .config import ConfigError, dump_config, load_config
 def _config_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.nproc > 1:
+        from .launcher import relaunch
+
+        return relaunch(args.nproc, ["train", args.config, *args.overrides] + (["--resume"] if args.resume else []))
+    from .loop import train
+
+    result = train(cfg, resume=args.resume, progress=not args.no_progress and cfg.logging.progress)
+    if result:
+        print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return 0
 
 
@@ -45,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=_config_show)
+
+    train = sub.add_parser("train", help="run (or resume) CHORD training")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun-style)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")

@@ -79,6 +79,25 @@ class DataConfig:
     max_response_tokens: int = 96
     on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
     seed: int = 0
+    reward: str = "arith"  # a name in the reward registry (rollout/rewards.py)
+    # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
+    arith_digits: int = 2
+    arith_rl_prompts: int = 2000
+    arith_expert_rows: int = 1000
+    arith_eval_prompts: int = 200
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """The demo's base model: trained from scratch by direct-answer SFT in a first stage and
+    cached, so that later runs (and `chord compare`'s variants) start from the same weights.
+    Unused when model.hf_path names a checkpoint."""
+
+    steps: int = 600  # 0 = start RL from random weights
+    lr: float = 3e-3
+    batch_rows: int = 64
+    problems: int = 50000
+    cache_dir: str = "runs/base-cache"
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,8 @@ class RolloutConfig:
     concurrency: int = 64
     request_timeout_s: float = 600.0
     max_retries: int = 3
+    num_servers: int = 1  # SGLang servers to launch from the sglang: section (no urls given)
+    startup_timeout_s: float = 900.0  # wait this long for launched servers and the router
 
 
 @dataclass(frozen=True)
@@ -178,6 +199,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -399,12 +421,15 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "rollout.sync_every", "rollout.concurrency", "rollout.sync_bucket_mb",
         "data.max_prompt_tokens", "data.max_response_tokens",
         "train.micro_batch_size", "train.eval_samples", "logging.log_every", "checkpoint.keep_last",
+        "data.arith_digits", "data.arith_rl_prompts", "data.arith_eval_prompts", "base.batch_rows",
+        "base.problems",
     ]
     for key in positive_ints:
         if get(key) < 1:
             fail(key, f"must be >= 1, got {get(key)}")
     for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
-                "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay"]:
+                "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay",
+                "data.arith_expert_rows", "base.steps"]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 

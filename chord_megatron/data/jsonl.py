@@ -131,7 +131,7 @@ def load_prompts(
     def parse(obj: Dict[str, Any], where: str) -> PromptRow:
         prompt, _ = _prompt_text(obj, tokenizer, drop_last_assistant=False)
         answer = _text(obj, "answer")
-        ids = _encode(tokenizer, prompt)
+        ids = _encode(tokenizer, prompt, prompt=True)
         if len(ids) > max_prompt_tokens:
             raise _Skip("too_long", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}")
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "messages")}
@@ -153,7 +153,7 @@ def load_expert(
     def parse(obj: Dict[str, Any], where: str) -> ExpertRow:
         prompt, reply = _prompt_text(obj, tokenizer, drop_last_assistant="messages" in obj)
         response = reply if reply is not None else _text(obj, "response")
-        p_ids = _encode(tokenizer, prompt)
+        p_ids = _encode(tokenizer, prompt, prompt=True)
         r_ids = _encode(tokenizer, response) + [tokenizer.eos_id]
         if len(p_ids) > max_prompt_tokens:
             raise _Skip("too_long", f"prompt has {len(p_ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}")
@@ -167,9 +167,11 @@ def load_expert(
     return _load(path, on_bad_row, parse)
 
 
-def _encode(tokenizer: Any, text: str) -> List[int]:
+def _encode(tokenizer: Any, text: str, prompt: bool = False) -> List[int]:
+    """Token ids; prompts go through `encode_prompt` when the tokenizer has one (it adds <bos>)."""
+    encode = tokenizer.encode_prompt if prompt and hasattr(tokenizer, "encode_prompt") else tokenizer.encode
     try:
-        return list(tokenizer.encode(text))
+        return list(encode(text))
     except ValueError as e:  # e.g. a character outside a toy tokenizer's alphabet
         raise _Skip("bad_field", str(e)) from None
 

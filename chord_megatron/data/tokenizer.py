@@ -32,13 +32,19 @@ class CharTokenizer:
         except KeyError as e:
             raise ValueError(f"CharTokenizer: character {e.args[0]!r} is not in the alphabet {self.chars!r}") from None
 
+    def encode_prompt(self, text: str) -> List[int]:
+        """A prompt starts with <bos>, so that even an empty prompt has a position to predict from."""
+        return [self.bos_id] + self.encode(text)
+
     def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
         out = []
         for i in ids:
             if i == self.eos_id and stop_at_eos:
                 break
-            if i >= len(SPECIALS):
+            if len(SPECIALS) <= i < self.vocab_size:
                 out.append(self.chars[i - len(SPECIALS)])
+            elif i >= self.vocab_size:  # a model whose vocabulary is padded can sample these
+                out.append("\ufffd")
         return "".join(out)
 
     def save(self, path: str | Path) -> None:

@@ -22,7 +22,7 @@ def test_good_rows_load_with_metadata(tmp_path):
     p = write_lines(tmp_path, [GOOD_PROMPT, "", json.dumps({"prompt": "1+2=", "answer": 3})])
     rows, skipped = load_prompts(p, TOK, max_prompt_tokens=16)
     assert [r.answer for r in rows] == ["42", "3"] and not skipped
-    assert rows[0].prompt_ids == TOK.encode("12+30=") and rows[0].metadata == {"answer": "42", "id": 7}
+    assert rows[0].prompt_ids == TOK.encode_prompt("12+30=") and rows[0].metadata == {"answer": "42", "id": 7}
     assert rows[1].source == f"{p}:3"
 
 

@@ -1,0 +1,240 @@
+"""The CHORD driver: generate -> reward -> train -> sync -> evaluate -> save, one step at a time.
+
+Every rank of a job runs this loop. Rank 0 owns the rollout engine, the rewards and the logs;
+it broadcasts each step's batch, and every rank then calls the Megatron engine with it (the
+engine takes its own data-parallel rows). What a step samples and trains on is a function of
+(seed, step) and the weights alone, which is what makes `--resume` reproduce a run exactly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .algo import adaptive_mu, group_advantages, mu_schedule
+from .batch import build_train_batch, expert_rows_per_step
+from .config import Config
+from .metrics import MetricsLogger
+from .task import Task, load_task
+from .types import Rollout
+
+OVERLONG_REWARD = -1.0  # the paper's score for a response cut off by the length limit
+
+
+@dataclass
+class StepData:
+    """What rank 0 prepares for one step and broadcasts."""
+
+    batch: Any
+    rewards: List[float]
+    metrics: Dict[str, float]
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**31 - 1)
+
+
+def score(scorer, task: Task, rollouts: List[Rollout], prompts) -> List[float]:
+    """Rewards of the rollouts; a response cut off by the length limit scores OVERLONG_REWARD."""
+    tok = task.tokenizer
+    jobs = [(prompts[r.prompt_index].prompt, tok.decode(r.response_ids), prompts[r.prompt_index].metadata)
+            for r in rollouts]  # fmt: skip
+    rewards = scorer(jobs)
+    return [OVERLONG_REWARD if r.finish_reason == "length" else float(x) for r, x in zip(rollouts, rewards)]
+
+
+def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> StepData:
+    """Rank 0: sample the step's prompts, roll out, score, and assemble the mixed batch."""
+    r = cfg.rollout
+    t0 = time.perf_counter()
+    n_prompts = r.prompts_per_step if cfg.algorithm.expert_data_ratio < 1.0 else 0
+    prompts = task.rl_prompts(step, n_prompts)
+    rollouts: List[Rollout] = []
+    if prompts:
+        rollouts = rollout.generate([p.prompt_ids for p in prompts], r.samples_per_prompt,
+                                    sampling(seed=step_seed(cfg.train.seed, step)))  # fmt: skip
+    gen_s = time.perf_counter() - t0
+    rewards = score(scorer, task, rollouts, prompts) if rollouts else []
+    adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), r.samples_per_prompt,
+                           eps=cfg.algorithm.adv_eps, scale=cfg.algorithm.adv_scale,
+                           singleton=cfg.algorithm.adv_singleton)  # fmt: skip
+    n_expert = expert_rows_per_step(len(rollouts), cfg.algorithm.expert_data_ratio,
+                                    pure_sft_rows=r.prompts_per_step * r.samples_per_prompt)  # fmt: skip
+    expert = task.expert_rows(step, n_expert)
+    batch = build_train_batch(rollouts, adv, expert, pad_id=task.tokenizer.pad_id)
+    gen_tokens = sum(len(x.response_ids) for x in rollouts)
+    metrics: Dict[str, float] = {"rollout/seconds": gen_s, "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9)}
+    if rollouts:
+        t = torch.tensor(rewards)
+        metrics.update({
+            "reward/mean": float(t.mean()),
+            "reward/accuracy": float((t == 1.0).float().mean()),
+            "response/length": gen_tokens / len(rollouts),
+            "response/truncated": sum(x.finish_reason == "length" for x in rollouts) / len(rollouts),
+        })  # fmt: skip
+    return StepData(batch, rewards, metrics)
+
+
+def mu_for(step: int, cfg: Config, rewards: List[float]) -> float:
+    m = cfg.algorithm.mu
+    if m.adaptive:
+        return adaptive_mu(sum(rewards) / max(len(rewards), 1), tau=m.tau)
+    return mu_schedule(step, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley)
+
+
+def evaluate(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> Dict[str, float]:
+    """avg@k on the held-out prompts at the rollout temperature (the paper's protocol)."""
+    k = cfg.train.eval_samples
+    rollouts = rollout.generate([p.prompt_ids for p in task.evaluation], k,
+                                sampling(seed=step_seed(cfg.train.seed, step, salt=1)))  # fmt: skip
+    rewards = score(scorer, task, rollouts, task.evaluation)
+    n = len(rollouts)
+    return {
+        "eval/accuracy": sum(x == 1.0 for x in rewards) / n,
+        "eval/reward": sum(rewards) / n,
+        "eval/response_length": sum(len(x.response_ids) for x in rollouts) / n,
+    }
+
+
+# Engine metric names -> the names runs are logged under.
+RENAME = {
+    "loss": "loss/total", "grpo_loss": "loss/grpo", "sft_loss": "loss/sft", "sft_nll": "sft/nll",
+    "phi_mean": "phi/mean", "clip_frac": "clip/frac", "dual_clip_frac": "clip/dual_frac",
+    "approx_kl": "kl/approx", "ratio_mean": "ratio/mean", "entropy_rl": "entropy/rl",
+    "entropy_sft": "entropy/expert", "tis_weight_mean": "tis/weight_mean",
+    "logp_mismatch_mean": "mismatch/mean", "logp_mismatch_max": "mismatch/max",
+    "rl_tokens": "tokens/rl", "sft_tokens": "tokens/expert", "grad_norm": "grad_norm", "lr": "lr", "mu": "mu",
+}  # fmt: skip
+
+
+def rename(metrics: Dict[str, float]) -> Dict[str, float]:
+    return {RENAME[k]: v for k, v in metrics.items() if k in RENAME}
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------
+def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[str, float]:
+    """Run (or resume) the CHORD loop of `cfg`; returns the last evaluation's metrics."""
+    import torch.distributed as dist
+
+    from .base_model import base_weights
+    from .rollout.engine import SamplingParams
+    from .train.engine import MegatronEngine
+    from .sync import WeightSync
+
+    out = Path(cfg.train.output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir or out / "checkpoints")
+    base = base_weights(cfg)
+    engine = MegatronEngine(cfg, full_state_dict=base)
+    rank0 = engine.par.rank == 0
+    start = 0
+    if resume:
+        start, _ = engine.load(str(ckpt_dir))
+    task = load_task(cfg) if rank0 else None
+    rollout = make_rollout_engine(cfg, task) if rank0 else None
+    scorer = make_scorer(cfg, task) if rank0 else None
+    sync = WeightSync(engine, rollout, cfg, probe_prompts=[p.prompt_ids for p in task.evaluation[:4]] if rank0 else (),
+                      stop_token_ids=(task.tokenizer.eos_id,) if rank0 else (), pad_id=0)  # fmt: skip
+    sync.push(version=start)
+    logger = MetricsLogger(out, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
+                           resume_step=start - 1 if resume else None) if rank0 else None  # fmt: skip
+
+    def sampling(seed: int) -> SamplingParams:
+        return SamplingParams.from_config(cfg.rollout, stop_token_ids=(task.tokenizer.eos_id,), seed=seed)
+
+    last_eval: Dict[str, float] = {}
+    bar = _progress(start, cfg.train.steps, enabled=progress and rank0)
+    for step in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        data = collect(step, cfg, task, rollout, scorer, sampling) if rank0 else None
+        data = _broadcast(data, dist)
+        mu = mu_for(step, cfg, data.rewards)
+        metrics = dict(data.metrics)
+        metrics.update(rename(engine.train_step(data.batch, step, mu=mu)))
+        if (step + 1) % cfg.rollout.sync_every == 0 or step + 1 == cfg.train.steps:
+            metrics.update(sync.push(version=step + 1))
+        if rank0 and cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
+            last_eval = evaluate(step, cfg, task, rollout, scorer, sampling)
+            metrics.update(last_eval)
+        if (cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0) or step + 1 == cfg.train.steps:
+            engine.save(str(ckpt_dir), {"step": step + 1}, step=step + 1)
+        metrics["step/seconds"] = time.perf_counter() - t0
+        if rank0:
+            logger.log(step, metrics)
+            bar.update(metrics)
+    bar.close()
+    if rank0:
+        logger.close()
+        scorer.close()
+    return last_eval
+
+
+def make_rollout_engine(cfg: Config, task: Task):
+    """The configured rollout engine, serving the trainer's architecture."""
+    if cfg.rollout.engine == "inprocess":
+        from .rollout.inprocess import InProcessEngine
+
+        return InProcessEngine.from_config(cfg, eos_token_id=task.tokenizer.eos_id)
+    from .rollout.sglang_engine import SGLangEngine
+
+    return SGLangEngine.from_config(cfg)
+
+
+def make_scorer(cfg: Config, task: Task):
+    """jobs [(prompt, response, metadata)] -> rewards, in a worker process with a timeout."""
+    from .rollout.rewards import RewardRunner
+
+    runner = RewardRunner(task.reward_name, num_workers=1)
+
+    class Scorer:
+        def __call__(self, jobs):
+            if not jobs:
+                return []
+            prompts, responses, metas = zip(*jobs)
+            return runner(list(prompts), list(responses), list(metas))
+
+        def close(self):
+            runner.close()
+
+    return Scorer()
+
+
+def _broadcast(obj, dist):
+    """Rank 0's object on every rank (a no-op in a single process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _progress:
+    """A tqdm bar over the steps showing the numbers a user watches; silent when disabled."""
+
+    KEYS = (("reward/mean", "reward"), ("eval/accuracy", "acc"), ("mu", "mu"), ("entropy/rl", "ent"),
+            ("mismatch/max", "mism"))  # fmt: skip
+
+    def __init__(self, start: int, total: int, *, enabled: bool):
+        self.bar = None
+        self.shown: Dict[str, str] = {}
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="chord", unit="step", dynamic_ncols=True)
+
+    def update(self, metrics: Dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        for key, short in self.KEYS:
+            if key in metrics:
+                self.shown[short] = f"{metrics[key]:.3g}"
+        self.bar.set_postfix(self.shown, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
