@@ -4,11 +4,11 @@ Both fast paths (the Triton kernel and the chunked torch code) reduce their voca
 four fp32 numbers per row and hand them to `combine_shard_partials`, which does exactly two
 collectives over the tensor-parallel group: one MAX all-reduce of the row maxima and one SUM
 all-reduce of a packed [4, N] tensor. The backward pass needs no communication at all: the
-gradient of a shard only depends on the global log-sum-exp and entropy, which are saved here.
+gradient of a shard only depends on the global M, log S and entropy, which are returned here.
 
 Notation for one row and temperature T: z_j = x_j / T over the *global* vocabulary,
-M = max_j z_j, S = sum_j exp(z_j - M), lse = M + log S, p_j = exp(z_j - lse).
-  log p(t) = z_t - lse
+M = max_j z_j, S = sum_j exp(z_j - M), p_j = exp(z_j - M) / S.
+  log p(t) = (z_t - M) - log S
   H = -sum_j p_j log p_j = log S - (sum_j exp(z_j - M) (z_j - M)) / S
 The entropy partial is accumulated on the max-shifted logits (z - m) rather than on z, so that H
 is not the difference of two large numbers when logits are large (|z| ~ 1e3 loses ~4 digits).
@@ -41,7 +41,8 @@ class Combined(NamedTuple):
 
     logp: torch.Tensor
     entropy: Optional[torch.Tensor]
-    lse: torch.Tensor
+    row_max: torch.Tensor  # global M
+    log_sum: torch.Tensor  # log S; lse = M + log S, kept apart (see below)
     valid: torch.Tensor  # bool [N]: the target id lies on some shard
 
 
@@ -81,8 +82,9 @@ def combine_shard_partials(
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=tp_group)
     sum_exp, sum_exp_dz, target_z, n_owners = packed.unbind(0)
     log_sum = torch.log(sum_exp)
-    lse = global_max + log_sum
     valid = n_owners > 0
-    logp = torch.where(valid, target_z - lse, torch.zeros_like(lse))
+    # (z_t - M) - log S, never z_t - (M + log S): with logits ~1e3 the rounding of M + log S
+    # alone is ~3e-5. The backward kernels follow the same order for log p_j.
+    logp = torch.where(valid, (target_z - global_max) - log_sum, torch.zeros_like(log_sum))
     entropy = log_sum - sum_exp_dz / sum_exp if with_entropy else None
-    return Combined(logp, entropy, lse, valid)
+    return Combined(logp, entropy, global_max, log_sum, valid)

@@ -1,0 +1,249 @@
+"""Triton kernels for vocabulary-parallel log p(target) and entropy, and their autograd Function.
+
+Memory traffic is the whole cost of this op (a few flops per logit), so each pass touches the
+logits shard exactly once: the forward kernel streams [N, V_local] once with an online softmax and
+writes 4 floats per row; the backward kernel reads the shard once and writes the gradient once,
+optionally over the logits themselves. Nothing of size N x V is ever allocated in fp32.
+
+Each program owns ROWS rows and walks the vocabulary in BLOCK_V-wide tiles of shape
+[ROWS, BLOCK_V]. On a GPU one row per program already gives enough parallelism (N is thousands);
+under TRITON_INTERPRET=1 every program x tile step costs milliseconds of Python, so CPU runs use
+many rows per program to keep the step count small.
+
+Masked lanes: the forward loads them as -inf so that they vanish from max and exp, but any
+product with them (0 * -inf) is NaN; every such product is guarded with tl.where. A GPU happens to
+hide some of these NaNs in masked stores, the interpreter does not -- which is why the guards exist.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import triton
+import triton.language as tl
+
+from .combine import ShardPartials, combine_shard_partials, owned_mask
+
+# Starting value of the running max. Finite on purpose: with -inf, the rescale term
+# (m_old - m_new) * s_old would be -inf * 0 = NaN on the first tile.
+_MAX_SENTINEL = tl.constexpr(-1.0e30)
+
+
+@triton.jit
+def logprob_fwd_kernel(
+    x_ptr,  # logits shard, [N, V_local], fp32/bf16/fp16, any strides
+    stride_xn,
+    stride_xv,
+    tgt_ptr,  # int32/int64 [N], global vocabulary ids
+    part_ptr,  # fp32 [4, N] out: row max, sum exp, sum exp*(z-m), target z
+    n_rows,
+    v_local,
+    vocab_start,
+    inv_temp,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    # int64: N * V exceeds 2**31 for realistic shapes (16k tokens x 152k vocabulary).
+    row_off = rows.to(tl.int64) * stride_xn
+    lanes = tl.arange(0, BLOCK_V)
+
+    m = tl.full([ROWS], _MAX_SENTINEL, tl.float32)
+    s = tl.zeros([ROWS], tl.float32)
+    s_dz = tl.zeros([ROWS], tl.float32)
+    for start in range(0, v_local, BLOCK_V):
+        cols = start + lanes
+        mask = row_ok[:, None] & (cols < v_local)[None, :]
+        ptrs = x_ptr + row_off[:, None] + cols.to(tl.int64)[None, :] * stride_xv
+        z = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32) * inv_temp
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        alpha = tl.exp(m - m_new)
+        dz = z - m_new[:, None]  # -inf on masked lanes
+        e = tl.exp(dz)  # exactly 0 on masked lanes
+        if WITH_ENTROPY:
+            # Zero dz where e == 0 (masked lanes, -inf logits) *before* multiplying: tl.where
+            # evaluates both branches, so where(mask, e * dz, 0) would still form 0 * -inf = NaN.
+            dz = tl.where(e > 0.0, dz, 0.0)
+            s_dz = alpha * (s_dz + (m - m_new) * s) + tl.sum(e * dz, axis=1)
+        s = alpha * s + tl.sum(e, axis=1)
+        m = m_new
+
+    # Only the shard that owns the target reads its logit; the others contribute 0 to the sum.
+    t_loc = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64) - vocab_start
+    owned = row_ok & (t_loc >= 0) & (t_loc < v_local)
+    t_loc = tl.where(owned, t_loc, 0)
+    x_t = tl.load(x_ptr + row_off + t_loc * stride_xv, mask=owned, other=0.0)
+    z_t = tl.where(owned, x_t.to(tl.float32) * inv_temp, 0.0)
+
+    tl.store(part_ptr + rows, m, mask=row_ok)
+    tl.store(part_ptr + n_rows + rows, s, mask=row_ok)
+    tl.store(part_ptr + 2 * n_rows + rows, s_dz, mask=row_ok)
+    tl.store(part_ptr + 3 * n_rows + rows, z_t, mask=row_ok)
+
+
+@triton.jit
+def logprob_bwd_kernel(
+    x_ptr,  # logits shard [N, V_local] (read)
+    stride_xn,
+    stride_xv,
+    gx_ptr,  # gradient [N, V_local] (written; may be x_ptr itself)
+    stride_gn,
+    stride_gv,
+    tgt_ptr,  # int [N] global ids
+    stats_ptr,  # fp32 [5, N]: global max M, log S, entropy, dL/dlogp (0 for invalid targets), dL/dH
+    n_rows,
+    v_local,
+    vocab_start,
+    inv_temp,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr,
+):
+    # For z = x / T and p = softmax(z):
+    #   d logp_t / dz_j = 1[j = t] - p_j
+    #   dH / dz_j       = -p_j (log p_j + H)
+    # so dL/dx_j = (g_logp (1[j = t] - p_j) - g_H p_j (log p_j + H)) / T.
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    x_off = rows.to(tl.int64) * stride_xn
+    g_off = rows.to(tl.int64) * stride_gn
+    lanes = tl.arange(0, BLOCK_V)
+
+    row_max = tl.load(stats_ptr + rows, mask=row_ok, other=0.0)
+    log_sum = tl.load(stats_ptr + n_rows + rows, mask=row_ok, other=0.0)
+    g_lp = tl.load(stats_ptr + 3 * n_rows + rows, mask=row_ok, other=0.0)
+    if WITH_ENTROPY:
+        ent = tl.load(stats_ptr + 2 * n_rows + rows, mask=row_ok, other=0.0)
+        g_h = tl.load(stats_ptr + 4 * n_rows + rows, mask=row_ok, other=0.0)
+    # A target on another shard gives an index outside [0, V_local) that no column matches.
+    t_loc = tl.load(tgt_ptr + rows, mask=row_ok, other=-1).to(tl.int64) - vocab_start
+
+    for start in range(0, v_local, BLOCK_V):
+        cols = start + lanes
+        mask = row_ok[:, None] & (cols < v_local)[None, :]
+        # Masked lanes read 0 (not -inf): they are never stored, and stay finite on the way.
+        x = tl.load(x_ptr + x_off[:, None] + cols.to(tl.int64)[None, :] * stride_xv, mask=mask, other=0.0)
+        # (z - M) - log S, in this order: z - M is exact for the large z that matter.
+        logp = (x.to(tl.float32) * inv_temp - row_max[:, None]) - log_sum[:, None]
+        p = tl.exp(logp)
+        gz = -p * g_lp[:, None]
+        if WITH_ENTROPY:
+            # p == 0 only for -inf logits (log p = -inf): their entropy term is 0, not 0 * -inf.
+            gz -= g_h[:, None] * p * tl.where(p > 0.0, logp + ent[:, None], 0.0)
+        gz += tl.where(cols.to(tl.int64)[None, :] == t_loc[:, None], g_lp[:, None], 0.0)
+        g_ptrs = gx_ptr + g_off[:, None] + cols.to(tl.int64)[None, :] * stride_gv
+        tl.store(g_ptrs, (gz * inv_temp).to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def is_interpreted() -> bool:
+    """True when TRITON_INTERPRET=1 was set before this module was imported (CPU execution)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(logprob_fwd_kernel, InterpretedFunction)
+
+
+def default_launch(v_local: int) -> Tuple[int, int, int]:
+    """(rows_per_program, block_v, num_warps) for this machine.
+
+    GPU values are a starting point, NOT tuned on hardware (none was available): one row per
+    program and 4096-wide tiles keep 16 KiB of fp32 per program in registers at 8 warps.
+    """
+    if is_interpreted():
+        return 32, min(2048, triton.next_power_of_2(v_local)), 1
+    return 1, min(4096, triton.next_power_of_2(v_local)), 8
+
+
+def shard_partials(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    temperature: float,
+    with_entropy: bool,
+    rows_per_program: int,
+    block_v: int,
+    num_warps: int,
+) -> ShardPartials:
+    """Launch the forward kernel on a [N, V_local] shard; returns fp32 [N] partials."""
+    n, v_local = logits.shape
+    part = torch.empty(4, n, dtype=torch.float32, device=logits.device)
+    if n > 0:
+        grid = (triton.cdiv(n, rows_per_program),)
+        logprob_fwd_kernel[grid](
+            logits, logits.stride(0), logits.stride(1), targets, part,
+            n, v_local, vocab_start, 1.0 / temperature,
+            ROWS=rows_per_program, BLOCK_V=block_v, WITH_ENTROPY=with_entropy, num_warps=num_warps,
+        )  # fmt: skip
+    return ShardPartials(*part.unbind(0))
+
+
+def shard_grad(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    stats: torch.Tensor,
+    vocab_start: int,
+    temperature: float,
+    with_entropy: bool,
+    out: torch.Tensor,
+    rows_per_program: int,
+    block_v: int,
+    num_warps: int,
+) -> torch.Tensor:
+    """Launch the backward kernel; `stats` is fp32 [5, N] (M, log S, H, g_logp, g_H). Returns `out`."""
+    n, v_local = logits.shape
+    if n > 0:
+        grid = (triton.cdiv(n, rows_per_program),)
+        logprob_bwd_kernel[grid](
+            logits, logits.stride(0), logits.stride(1), out, out.stride(0), out.stride(1),
+            targets, stats, n, v_local, vocab_start, 1.0 / temperature,
+            ROWS=rows_per_program, BLOCK_V=block_v, WITH_ENTROPY=with_entropy, num_warps=num_warps,
+        )  # fmt: skip
+    return out
+
+
+class TritonVocabParallelLogprobs(torch.autograd.Function):
+    """(logits [N, V_local], targets [N]) -> (logp fp32 [N], entropy fp32 [N] or empty).
+
+    The entropy output is an empty tensor when with_entropy=False (the public entry point turns it
+    into None). Backward returns a gradient with the logits' dtype, written over the logits when
+    inplace_backward=True.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_start: int,
+        temperature: float,
+        tp_group: Optional[dist.ProcessGroup],
+        with_entropy: bool,
+        inplace_backward: bool,
+        launch: Optional[Tuple[int, int, int]],
+    ):
+        launch = launch or default_launch(logits.shape[1])
+        part = shard_partials(logits, targets, vocab_start, temperature, with_entropy, *launch)
+        owned = owned_mask(targets, vocab_start, logits.shape[1])
+        res = combine_shard_partials(part, owned, tp_group, with_entropy)
+        entropy = res.entropy if with_entropy else res.log_sum.new_empty(0)
+        ctx.save_for_backward(logits, targets, res.row_max, res.log_sum, res.valid, entropy)
+        ctx.cfg = (vocab_start, temperature, with_entropy, inplace_backward, launch)
+        ctx.set_materialize_grads(False)
+        return res.logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent):
+        logits, targets, row_max, log_sum, valid, entropy = ctx.saved_tensors
+        vocab_start, temperature, with_entropy, inplace, launch = ctx.cfg
+        use_entropy = with_entropy and g_ent is not None
+        zeros = torch.zeros_like(log_sum)
+        g_logp = zeros if g_logp is None else torch.where(valid, g_logp.float(), zeros)
+        ent, g_ent = (entropy, g_ent.float()) if use_entropy else (zeros, zeros)
+        stats = torch.stack([row_max, log_sum, ent, g_logp, g_ent])
+        out = logits if inplace else torch.empty_like(logits)
+        shard_grad(logits, targets, stats, vocab_start, temperature, use_entropy, out, *launch)
+        return out, None, None, None, None, None, None, None
