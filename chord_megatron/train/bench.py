@@ -1,0 +1,98 @@
+"""`chord bench train-step CONFIG`: time one CHORD training step of a config on random data.
+
+The batch has the config's shapes: prompts_per_step x samples_per_prompt on-policy rows plus
+the expert rows that algorithm.expert_data_ratio implies, each data.max_prompt_tokens +
+rollout.max_new_tokens long (capped at model.max_seq_length), trained on the response part.
+Old log-probs come with the batch (as from a rollout engine), so a step is exactly one
+forward/backward pass over the batch plus the optimizer update.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any, Dict
+
+import torch
+
+from ..config import Config
+from ..types import TrainBatch
+
+
+def bench_shapes(cfg: Config) -> Dict[str, int]:
+    """Rows (on-policy, expert) and sequence length of the benchmark batch."""
+    rl_rows = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    ratio = cfg.algorithm.expert_data_ratio
+    expert_rows = rl_rows if ratio >= 1.0 else round(ratio * rl_rows / (1.0 - ratio))
+    if ratio >= 1.0:
+        rl_rows = 0
+    seq = min(cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.model.max_seq_length)
+    return {"rl_rows": rl_rows, "expert_rows": expert_rows, "seq_length": seq}
+
+
+def random_batch(cfg: Config, seed: int = 0) -> TrainBatch:
+    """A TrainBatch of the benchmark shapes with random tokens, advantages and old log-probs."""
+    shapes = bench_shapes(cfg)
+    rows, S = shapes["rl_rows"] + shapes["expert_rows"], shapes["seq_length"]
+    prompt = min(cfg.data.max_prompt_tokens, S - 1)
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, cfg.model.vocab_size, (rows, S), generator=g)
+    loss_mask = torch.zeros(rows, S)
+    loss_mask[:, prompt - 1 : S - 1] = 1.0  # labels are input_ids shifted left by one
+    is_expert = torch.arange(rows) >= shapes["rl_rows"]
+    return TrainBatch(
+        input_ids=input_ids,
+        labels=torch.roll(input_ids, -1, dims=1),
+        loss_mask=loss_mask,
+        is_expert=is_expert,
+        advantages=torch.randn(rows, generator=g) * (~is_expert),
+        old_logp=-torch.rand(rows, S, generator=g) * 5.0,
+    )
+
+
+def _peak_memory_mb() -> Dict[str, Any]:
+    if torch.cuda.is_available():
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "memory_kind": "cuda_max_allocated"}
+    # ru_maxrss is in KiB on Linux: the process's peak resident set since it started.
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "cpu_peak_rss"}
+
+
+def bench_train_step(cfg: Config, steps: int = 3) -> Dict[str, Any]:
+    """Build the engine for `cfg` (joining torchrun's world, or a world of one), run one
+    untimed warm-up step, then `steps` timed steps. Returns tokens/s (all B x S positions, and
+    trained tokens only), mean and per-step seconds, peak memory, and the shapes and layout.
+    Runs on every rank of the job; the numbers are rank 0's view (steps end in collectives,
+    so all ranks take the same time)."""
+    from .engine import MegatronEngine
+
+    if steps < 1:
+        raise ValueError(f"bench_train_step: steps must be >= 1, got {steps}")
+    engine = MegatronEngine(cfg)
+    batch = random_batch(cfg, seed=cfg.train.seed)
+    engine.train_step(batch, 0)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        engine.train_step(batch, step)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    mean = sum(times) / len(times)
+    tokens = batch.input_ids.numel()
+    trained = int(batch.loss_mask.sum())
+    par = engine.par
+    return {
+        "tokens_per_s": tokens / mean,
+        "trained_tokens_per_s": trained / mean,
+        "step_time_s": mean,
+        "step_times_s": times,
+        **_peak_memory_mb(),
+        "rows": batch.rows,
+        "seq_length": batch.input_ids.shape[1],
+        "tokens_per_step": tokens,
+        "layout": {"world": par.world_size, "tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp},
+        "device": str(par.device),
+        "dtype": str(engine.model[0].config.params_dtype).replace("torch.", ""),
+    }

@@ -1,0 +1,247 @@
+"""Checkpoints with megatron.core.dist_checkpointing: model, optimizer, LR schedule, step, RNG
+and the caller's data position, written atomically.
+
+Layout under a checkpoint root:
+
+    root/step_00000010/     one dist-checkpoint (torch_dist format)
+    root/step_00000020/
+    root/latest             "step_00000020": the newest *complete* checkpoint
+
+A checkpoint is written to `root/.tmp.step_N/` and renamed when every rank has finished, and
+only then does `latest` (replaced atomically) point at it, so a crash mid-save leaves the
+previous checkpoint in charge. Older checkpoints beyond `keep_last` are deleted afterwards.
+
+Model weights are stored per parameter in global coordinates, so they load onto any TP / PP /
+DP layout. The distributed optimizer's state is stored in its `dp_reshardable` format and RNG
+states per rank; both are restored only onto the layout that saved them. (megatron-core
+0.16.1's layout-free optimizer formats do not work here: `fully_sharded_model_space` relies on
+the removed `ShardedTensor.flattened_range`, and `fully_reshardable` fails with
+KeyError 'step'.)
+
+Workarounds for megatron-core 0.16.1 (see the platform notes):
+* loading the distributed optimizer needs its Adam states to exist already: they are
+  initialised with a zero-gradient step (which moves no weight: the update of a zero
+  gradient with zero moments is 0; the loaded values overwrite everything anyway);
+* torch Adam's per-parameter `step` comes back as that dummy step's 1, so the saved count is
+  stored separately and written back (bias correction depends on it);
+* loading runs under torch.no_grad (it copies into leaf parameters).
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .parallel import ParallelState
+
+LATEST = "latest"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def step_dirname(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _layout(par: ParallelState) -> Dict[str, Optional[int]]:
+    return {"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp, "cp": par.cp}
+
+
+def _inner_optimizers(optimizer) -> List[Any]:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _adam_steps(optimizer) -> List[Optional[float]]:
+    """The Adam step count of each inner optimizer (None where no state exists yet)."""
+    out = []
+    for opt in _inner_optimizers(optimizer):
+        steps = {float(s["step"]) for s in opt.optimizer.state.values() if "step" in s}
+        out.append(max(steps) if steps else None)
+    return out
+
+
+def _set_adam_steps(optimizer, steps: List[Optional[float]]) -> None:
+    for opt, step in zip(_inner_optimizers(optimizer), steps):
+        if step is None:
+            continue
+        for state in opt.optimizer.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+        for group in opt.optimizer.param_groups:
+            if "step" in group:
+                group["step"] = step
+
+
+def _init_optimizer_states(optimizer) -> None:
+    """Create Adam states where none exist yet, so that loading has tensors to fill."""
+    for opt in _inner_optimizers(optimizer):
+        if len(opt.optimizer.state) == 0 and hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _rng_state() -> Dict[str, Any]:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool, is_loading: bool = True) -> dict:
+    """Model chunks, optimizer (unless None) and this rank's RNG as one sharded state dict."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    sd: Dict[str, Any] = {}
+    for i, chunk in enumerate(model):
+        # DDP's wrapper adds nothing to save; Float16Module (bf16) forwards to the GPTModel.
+        sd["model" if len(model) == 1 else f"model{i}"] = chunk.module.sharded_state_dict()
+    model_sd = dict(sd)
+    if optimizer is not None:
+        if is_loading:
+            _init_optimizer_states(optimizer)
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+    if with_rng:
+        sd["rng"] = ShardedObject(
+            "rng_state", _rng_state(), (par.pp, par.tp, par.dp), (par.pp_rank, par.tp_rank, par.dp_rank), replica_id=0
+        )
+    return sd
+
+
+def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: ParallelState, *,
+                    data_state: Optional[Mapping[str, Any]] = None, keep_last: Optional[int] = None) -> str:  # fmt: skip
+    """Write checkpoint `step` under `root` (collective); returns its directory. `data_state`
+    is stored as given (it must be the same on every rank)."""
+    from megatron.core import dist_checkpointing
+
+    from .ckpt_writer import InProcessTorchDistSaveStrategy
+
+    final = os.path.join(root, step_dirname(step))
+    tmp = os.path.join(root, ".tmp." + step_dirname(step))
+    if par.rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
+        os.makedirs(tmp)
+    dist.barrier()
+
+    sd = _sharded_state_dict(model, optimizer, par, is_loading=False, with_rng=True)
+    sd.update(
+        format_version=FORMAT_VERSION,
+        step=int(step),
+        layout=_layout(par),
+        scheduler=scheduler.state_dict(),
+        adam_steps=_adam_steps(optimizer),
+        data_state=dict(data_state or {}),
+    )
+    dist_checkpointing.save(sd, tmp, sharded_strategy=InProcessTorchDistSaveStrategy())
+    dist.barrier()
+    if par.rank == 0:
+        shutil.rmtree(final, ignore_errors=True)  # re-saving a step replaces it
+        os.rename(tmp, final)
+        _write_latest(root, step_dirname(step))
+        if keep_last:
+            _prune(root, keep_last, keep=step_dirname(step))
+    dist.barrier()
+    return final
+
+
+def _write_latest(root: str, name: str) -> None:
+    tmp = os.path.join(root, LATEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, LATEST))
+
+
+def list_checkpoints(root: str) -> List[Tuple[int, str]]:
+    """(step, directory) of the complete checkpoints under `root`, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    found = [(int(m.group(1)), os.path.join(root, n)) for n in os.listdir(root) if (m := _STEP_DIR.match(n))]
+    return sorted(found)
+
+
+def _prune(root: str, keep_last: int, keep: str) -> None:
+    for _, path in list_checkpoints(root)[:-keep_last]:
+        if os.path.basename(path) != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint directory: `path` itself, or what `path/latest` names."""
+    pointer = os.path.join(path, LATEST)
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            return os.path.join(path, f.read().strip())
+    if os.path.isfile(os.path.join(path, "metadata.json")):
+        return path
+    raise FileNotFoundError(f"{path}: neither a checkpoint nor a checkpoint root with a '{LATEST}' file")
+
+
+def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, *,
+                    load_optimizer: Optional[bool] = None) -> Tuple[int, Dict[str, Any]]:  # fmt: skip
+    """Restore from `path` (a checkpoint, or a root with `latest`); collective. Returns
+    (step, data_state).
+
+    The model loads onto any TP / PP / DP layout. The optimizer state (`dp_reshardable`
+    format) and the RNG states load only onto the layout that saved them; `load_optimizer`
+    None means "when the layout matches". Without optimizer state the Adam moments start
+    from zero and the fp32 main weights are taken from the loaded model. The LR schedule
+    position is restored either way.
+    """
+    from megatron.core import dist_checkpointing
+
+    directory = resolve_checkpoint(path)
+    common = dist_checkpointing.load_common_state_dict(directory)
+    if common.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
+    same_layout = common["layout"] == _layout(par)
+    if load_optimizer is None:
+        load_optimizer = same_layout
+        if not same_layout and par.rank == 0:
+            warnings.warn(
+                f"{directory}: saved on layout {common['layout']}, loading onto {_layout(par)}: "
+                "model weights only, the optimizer state starts afresh",
+                stacklevel=2,
+            )
+    elif load_optimizer and not same_layout:
+        raise ValueError(f"{directory}: optimizer state of layout {common['layout']} cannot load onto {_layout(par)}")
+    with torch.no_grad():
+        sd = _sharded_state_dict(model, optimizer if load_optimizer else None, par, with_rng=same_layout)
+        loaded = dist_checkpointing.load(sd, directory)
+        for i, chunk in enumerate(model):
+            chunk.module.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
+        if load_optimizer:
+            optimizer.load_state_dict(loaded["optimizer"])
+            _set_adam_steps(optimizer, common["adam_steps"])
+        else:
+            optimizer.reload_model_params()
+        scheduler.load_state_dict(common["scheduler"])
+    if same_layout:
+        _set_rng_state(loaded["rng"])
+    return int(common["step"]), dict(common["data_state"])

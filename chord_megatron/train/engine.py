@@ -1,0 +1,170 @@
+"""MegatronEngine: the few verbs the training loop needs, over a Megatron-core policy.
+
+    engine = MegatronEngine(cfg)                 # joins torch.distributed, builds model + optimizer
+    metrics = engine.train_step(batch, step)     # one CHORD update on a global TrainBatch
+    logp = engine.compute_logprobs(batch)        # current policy's log-probs, [B, S]
+    engine.save(dir, data_state); step, data_state = engine.load(dir)
+    for name, tensor in engine.export_weights(): ...   # full tensors, Megatron names
+
+Every rank of the job calls every verb with the same arguments (the same *global* batch on
+all ranks: each data-parallel rank takes its own rows). Results are identical on all ranks.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+import torch
+
+from ..algo import mu_schedule
+from ..config import Config
+from ..types import TrainBatch
+from . import checkpoint as ckpt
+from .batching import check_batch, count_tokens, dp_row_range, shard_for_rank
+from .metrics import logprob_mismatch
+from .model import build_model
+from .optim import build_optimizer, current_lr
+from .parallel import ParallelState, init_parallel
+from .step import LossSettings, chord_forward_backward, forward_logprobs, gather_rows
+from .weights import iter_full_tensors, load_full_state_dict
+
+
+class MegatronEngine:
+    """Model chunks, optimizer and LR schedule of one rank, behind train/logprob/save verbs."""
+
+    def __init__(self, cfg: Config, *, par: Optional[ParallelState] = None,
+                 full_state_dict: Optional[Mapping[str, torch.Tensor]] = None):  # fmt: skip
+        """Build on the current torch.distributed world (initialised from torchrun's
+        environment if needed). `full_state_dict`: start from these weights (Megatron names,
+        see train/weights.py) instead of a random initialisation."""
+        if cfg.train.pack_sequences:
+            raise NotImplementedError(
+                "train.pack_sequences: sequence packing is not implemented; rows are right-padded "
+                "to a common length (set train.pack_sequences=false)"
+            )
+        if cfg.parallel.context > 1:
+            raise NotImplementedError(
+                "parallel.context > 1: context parallelism needs transformer-engine attention and a "
+                "position split of each micro-batch (load-balanced 2 x CP chunks), which this engine "
+                "does not implement yet"
+            )
+        self.cfg = cfg
+        self.par = par or init_parallel(cfg.parallel, seed=cfg.train.seed)
+        self.model = build_model(cfg, self.par)
+        if full_state_dict is not None:
+            load_full_state_dict(self.model, full_state_dict, self.par)
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.model, self.par)
+        self.settings = LossSettings.from_config(cfg)
+        # Updates done so far: the index of the next train_step, what save() records.
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+    def mu_at(self, step: int) -> float:
+        m = self.cfg.algorithm.mu
+        if m.adaptive:
+            raise ValueError("algorithm.mu.adaptive: the caller computes mu from rewards and passes mu=")
+        return mu_schedule(step, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley)
+
+    def train_step(self, batch: TrainBatch, step: int, *, mu: Optional[float] = None) -> Dict[str, float]:
+        """One optimizer update on the global `batch` (the same on every rank).
+
+        old_logp missing -> computed first with a forward-only pass (then the ratio is 1 and
+        the step is strictly on-policy); rollout_logp present -> the rollout/trainer mismatch
+        is reported. mu defaults to algo.mu_schedule(step) of algorithm.mu.
+        Returns metrics, identical on every rank: the chord_loss metrics (count-weighted over
+        the whole batch), grad_norm, lr (the rate this update used), update_successful, and
+        logp_mismatch_* when measurable.
+        """
+        check_batch(batch)
+        if self.settings.chord_kwargs.get("tis_cap") is not None and batch.rollout_logp is None:
+            raise ValueError("algorithm.tis_cap needs TrainBatch.rollout_logp")
+        mu = self.mu_at(step) if mu is None else float(mu)
+        extra: Dict[str, float] = {}
+        if batch.old_logp is None:
+            old = self.compute_logprobs(batch)
+            if batch.rollout_logp is not None:
+                extra.update(logprob_mismatch(old, batch.rollout_logp, on_policy_mask(batch)))
+            batch = _with_old_logp(batch, old)
+
+        counts = count_tokens(batch)
+        mbs = shard_for_rank(batch, dp=self.par.dp, dp_rank=self.par.dp_rank,
+                             micro_batch_size=self.cfg.train.micro_batch_size)  # fmt: skip
+        lr = current_lr(self.optimizer)
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        metrics = chord_forward_backward(self.model, self.par, mbs, mu=mu, counts=counts, settings=self.settings)
+        ok, grad_norm, _ = self.optimizer.step()
+        if ok:
+            self.scheduler.step(increment=1)
+        self.step = step + 1
+        metrics.update(extra)
+        metrics.update(
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+            lr=lr,
+            update_successful=float(bool(ok)),
+            micro_batches=float(len(mbs)),
+        )
+        return metrics
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """log pi(labels) of the current policy at the rollout temperature, [B, S] fp32 on
+        the CPU, the same on every rank. Positions outside the loss mask hold whatever the
+        model gives (0 for out-of-vocabulary labels)."""
+        check_batch(batch)
+        par = self.par
+        mbs = shard_for_rank(batch, dp=par.dp, dp_rank=par.dp_rank, micro_batch_size=self.cfg.train.micro_batch_size)
+        local = forward_logprobs(self.model, par, mbs, settings=self.settings)
+        blocks = [dp_row_range(batch.rows, par.dp, r) for r in range(par.dp)]
+        rows = [block.stop - block.start for block in blocks]
+        return gather_rows(local, rows, par.dp_group).cpu()
+
+    def logprob_mismatch(self, batch: TrainBatch) -> Dict[str, float]:
+        """Mean and max |trainer - rollout| log-prob over on-policy response tokens."""
+        if batch.rollout_logp is None:
+            raise ValueError("logprob_mismatch needs TrainBatch.rollout_logp")
+        return logprob_mismatch(self.compute_logprobs(batch), batch.rollout_logp, on_policy_mask(batch))
+
+    # ------------------------------------------------------------------------------------------
+    # Weights and checkpoints
+    # ------------------------------------------------------------------------------------------
+    def export_weights(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """(Megatron name, full tensor) for every parameter, TP shards gathered and PP stages
+        walked, in canonical order, on every rank (collective: iterate to the end on all
+        ranks). Names and layouts: see train/weights.py."""
+        return iter_full_tensors(self.model, self.par, what="param")
+
+    def load_full_state_dict(self, full: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the weights with a full state dict (and the optimizer's fp32 copies)."""
+        load_full_state_dict(self.model, full, self.par)
+        self.optimizer.reload_model_params()
+
+    def save(self, directory: str, data_state: Optional[Mapping[str, Any]] = None, *, step: Optional[int] = None) -> str:
+        """Write a checkpoint under the root `directory` (see train/checkpoint.py), named by
+        `step` (default: self.step, the number of updates done); keeps the newest
+        checkpoint.keep_last. `data_state` (e.g. the data loader's position) must be the same
+        on every rank. Returns the checkpoint's directory."""
+        step = self.step if step is None else int(step)
+        return ckpt.save_checkpoint(directory, step, self.model, self.optimizer, self.scheduler, self.par,
+                                    data_state=data_state, keep_last=self.cfg.checkpoint.keep_last)  # fmt: skip
+
+    def load(self, path: str) -> Tuple[int, Dict[str, Any]]:
+        """Restore from a checkpoint directory or a root holding a `latest` pointer. Returns
+        (step, data_state) as saved, and sets self.step to that step. Onto another TP/PP/DP
+        layout only the weights (and the LR schedule) are restored."""
+        self.step, data_state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.par)
+        return self.step, data_state
+
+
+def on_policy_mask(batch: TrainBatch) -> torch.Tensor:
+    """[B, S] bool: the trained tokens of on-policy rows."""
+    return batch.loss_mask.bool() & ~batch.is_expert.bool()[:, None]
+
+
+def _with_old_logp(batch: TrainBatch, old: torch.Tensor) -> TrainBatch:
+    return TrainBatch(
+        input_ids=batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask, is_expert=batch.is_expert,
+        advantages=batch.advantages, old_logp=old, rollout_logp=batch.rollout_logp,
+    )  # fmt: skip

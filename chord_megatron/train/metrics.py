@@ -1,0 +1,105 @@
+"""Combine `algo.chord_loss` metrics over micro-batches, data-parallel and pipeline ranks.
+
+chord_loss returns, per call, token-means over that call's own tokens plus the token counts.
+A token-mean of the whole batch is the count-weighted mean of the per-micro-batch means, so
+each metric travels as (mean x count) sums and is divided by the total count at the end.
+The loss terms are different: they are already normalised by the *global* token counts, so
+they simply add up.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+SUMMED = ("loss", "grpo_loss", "sft_loss", "rl_tokens", "sft_tokens")
+RL_MEANS = ("clip_frac", "dual_clip_frac", "approx_kl", "ratio_mean", "entropy_rl", "tis_weight_mean")
+SFT_MEANS = ("sft_nll", "phi_mean", "entropy_sft")
+CONSTANT = ("mu",)  # the same in every call; reported as given
+
+
+def metric_keys(chord_kwargs: Mapping) -> List[str]:
+    """The keys chord_loss reports with these settings (found by calling it on one token),
+    in a fixed order so that every rank lays out the same reduction vector."""
+    from ..algo import chord_loss
+
+    one = torch.zeros(1, 1)
+    kwargs = dict(chord_kwargs)
+    if kwargs.get("tis_cap") is not None:
+        kwargs["rollout_logp"] = one
+    _, metrics = chord_loss(one, one, torch.zeros(1), torch.ones(1, 1), torch.zeros(1, dtype=torch.bool), 0.0,
+                            entropy=one, **kwargs)  # fmt: skip
+    keys = [k for k in metrics if k not in CONSTANT]
+    unknown = [k for k in keys if k not in SUMMED + RL_MEANS + SFT_MEANS]
+    if unknown:
+        raise ValueError(f"train/metrics.py does not know how to combine chord_loss metric(s) {unknown}")
+    return keys
+
+
+def to_sums(metrics: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
+    """One micro-batch's metrics as a [len(keys)] fp32 vector of sums."""
+    out = []
+    for k in keys:
+        v = metrics[k].detach().float()
+        if k in RL_MEANS:
+            v = v * metrics["rl_tokens"]
+        elif k in SFT_MEANS:
+            v = v * metrics["sft_tokens"]
+        out.append(v.reshape(()))
+    return torch.stack(out)
+
+
+def from_sums(total: torch.Tensor, keys: Sequence[str]) -> Dict[str, float]:
+    """Inverse of to_sums, applied to sums over all micro-batches and ranks."""
+    values = dict(zip(keys, total.tolist()))
+    rl = max(values["rl_tokens"], 1.0)
+    sft = max(values["sft_tokens"], 1.0)
+    for k in keys:
+        if k in RL_MEANS:
+            values[k] /= rl
+        elif k in SFT_MEANS:
+            values[k] /= sft
+    return values
+
+
+def reduce_step_metrics(
+    per_microbatch: List[Mapping[str, torch.Tensor]],
+    keys: Sequence[str],
+    *,
+    dp_cp_group: dist.ProcessGroup,
+    pp_group: dist.ProcessGroup,
+    is_last_stage: bool,
+    device: torch.device,
+) -> Dict[str, float]:
+    """Metrics of the whole global batch, identical on every rank.
+
+    `per_microbatch` is what the loss function returned for each micro-batch; only the last
+    pipeline stage has any. Sums go over data/context-parallel ranks, then the last stage
+    broadcasts the result to the other stages (the trainer's rank 0 is a first stage).
+    """
+    total = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    if is_last_stage:
+        for m in per_microbatch:
+            total += to_sums(m, keys).to(device=device, dtype=torch.float64)
+    if dist.get_world_size(dp_cp_group) > 1:
+        dist.all_reduce(total, group=dp_cp_group)
+    if dist.get_world_size(pp_group) > 1:
+        last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
+        dist.broadcast(total, src=last, group=pp_group)
+    return from_sums(total.cpu(), keys)
+
+
+def logprob_mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> Dict[str, float]:
+    """Rollout engine vs trainer log-probs of the same tokens: mean and max |delta| over the
+    masked (on-policy response) tokens. All tensors [B, S]; empty mask -> zeros."""
+    m = mask.bool()
+    n = int(m.sum())
+    if n == 0:
+        return {"logp_mismatch_mean": 0.0, "logp_mismatch_max": 0.0, "logp_mismatch_tokens": 0.0}
+    delta = (trainer_logp.float() - rollout_logp.float()).abs()[m]
+    return {
+        "logp_mismatch_mean": float(delta.mean()),
+        "logp_mismatch_max": float(delta.max()),
+        "logp_mismatch_tokens": float(n),
+    }

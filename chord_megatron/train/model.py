@@ -1,0 +1,210 @@
+"""Build the policy: a Megatron-core GPTModel with a Llama / Qwen2 architecture.
+
+RMSNorm, SwiGLU MLP, RoPE (base `model.rotary_base`), grouped-query attention, optional QKV
+bias, tied or untied embeddings, no other biases, no dropout (RL updates must be a
+deterministic function of the batch). Transformer-engine layers when transformer-engine and
+CUDA are present (or asked for), Megatron's local spec otherwise.
+
+`build_model` returns the model chunks of this pipeline rank (one per virtual stage), each
+wrapped in Megatron's DistributedDataParallel, which owns the contiguous grad buffers the
+distributed optimizer shards. The bare GPTModel of a chunk is `unwrap(chunk)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from .parallel import ParallelState
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """model.dtype: auto = bf16 with CUDA, fp32 without."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def use_transformer_engine(impl: str) -> bool:
+    if impl == "local":
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+
+        have_te = True
+    except ImportError:
+        have_te = False
+    if impl == "transformer_engine":
+        if not (have_te and torch.cuda.is_available()):
+            raise ValueError("model.transformer_impl=transformer_engine needs transformer-engine and CUDA")
+        return True
+    return have_te and torch.cuda.is_available()
+
+
+def megatron_overrides(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config's free-form `megatron:` section, checked against TransformerConfig's fields."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    known = {f.name for f in dataclasses.fields(TransformerConfig)}
+    for key in raw:
+        if key not in known:
+            raise ValueError(
+                f"megatron.{key}: not a field of megatron.core TransformerConfig "
+                f"(the megatron: section is passed to it verbatim)"
+            )
+    return dict(raw)
+
+
+def transformer_config(cfg: Config, par: ParallelState):
+    """TransformerConfig for `cfg` on this machine; `megatron:` entries override ours."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    m, p = cfg.model, cfg.parallel
+    dtype = resolve_dtype(m.dtype)
+    on_gpu = torch.cuda.is_available()
+    fields = dict(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=m.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=p.tensor,
+        pipeline_model_parallel_size=p.pipeline,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline,
+        context_parallel_size=p.context,
+        sequence_parallel=p.sequence_parallel,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        use_cpu_initialization=not on_gpu,
+        # Our loss is already normalised by global token counts (train/step.py): Megatron
+        # must neither divide by the number of micro-batches nor average over DP ranks.
+        calculate_per_token_loss=True,
+        # Fused kernels exist only on CUDA (and some only with apex / transformer-engine).
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        # Over gloo, batched isend/irecv mismatches messages when a stage's previous and next
+        # stage are the same rank (PP=2 with virtual stages): the activations of interleaved
+        # micro-batches came out slightly wrong (tests/dist/test_train_layouts.py, pp2_vpp2).
+        # Unbatched send/recv is exact; there is also no CUDA stream to synchronise.
+        batch_p2p_comm=par.backend == "nccl",
+        batch_p2p_sync=par.backend == "nccl",
+    )
+    fields.update(megatron_overrides(cfg.megatron))
+    return TransformerConfig(**fields)
+
+
+def layer_spec(cfg: Config):
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if use_transformer_engine(cfg.model.transformer_impl):
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.nn.Module]:
+    """The bare GPTModel chunks of this pipeline rank (one per virtual stage), unwrapped."""
+    from megatron.core import parallel_state as mpu
+    from megatron.core.models.gpt import GPTModel
+
+    m = cfg.model
+    if m.vocab_size % par.tp:
+        raise ValueError(
+            f"model.vocab_size={m.vocab_size} must be divisible by parallel.tensor={par.tp} "
+            "(we do not pad the vocabulary: padded logits would change the log-probs)"
+        )
+    tcfg = tcfg or transformer_config(cfg, par)
+    spec = layer_spec(cfg)
+    chunks = []
+    for vp in range(par.num_model_chunks):
+        vp_stage = vp if par.vpp else None
+        model = GPTModel(
+            config=tcfg,
+            transformer_layer_spec=spec,
+            vocab_size=m.vocab_size,
+            max_sequence_length=m.max_seq_length,
+            pre_process=mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            parallel_output=True,
+            share_embeddings_and_output_weights=m.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=m.rotary_base,
+            pg_collection=par.pg,
+            vp_stage=vp_stage,
+        )
+        if torch.cuda.is_available():
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    return chunks
+
+
+def build_model(cfg: Config, par: ParallelState) -> List[torch.nn.Module]:
+    """GPT chunks wrapped for training: Float16Module for bf16, then Megatron's DDP (grad
+    buffers in fp32, the distributed optimizer's layout when parallel.distributed_optimizer).
+    Data-parallel replicas start from rank 0 of each DP group's weights."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.transformer.module import Float16Module
+
+    tcfg = transformer_config(cfg, par)
+    chunks = build_gpt_chunks(cfg, par, tcfg)
+    if tcfg.bf16:
+        chunks = [Float16Module(tcfg, c) for c in chunks]
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )
+    wrapped = [
+        DistributedDataParallel(
+            config=tcfg,
+            ddp_config=ddp_cfg,
+            module=c,
+            # Bucketing only matters when reduction overlaps the backward pass.
+            disable_bucketing=i > 0,
+            pg_collection=par.pg,
+        )
+        for i, c in enumerate(chunks)
+    ]
+    for w in wrapped:
+        w.broadcast_params()
+
+    def finalize_grads(model, num_tokens, pg_collection=None, force_all_reduce=False):
+        # Megatron would divide the grads by the global token count here when
+        # calculate_per_token_loss is set; our loss already is a global token mean.
+        finalize_model_grads(model, None, pg_collection=pg_collection, force_all_reduce=force_all_reduce)
+
+    tcfg.finalize_model_grads_func = finalize_grads
+    if len(wrapped) > 1:
+        tcfg.no_sync_func = [w.no_sync for w in wrapped]
+    else:
+        tcfg.no_sync_func = wrapped[0].no_sync
+    return wrapped
+
+
+def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    from megatron.core.models.gpt import GPTModel
+
+    while not isinstance(chunk, GPTModel):
+        chunk = chunk.module
+    return chunk

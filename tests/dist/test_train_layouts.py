@@ -1,0 +1,272 @@
+"""The CHORD step does not depend on the parallel layout or the micro-batch split.
+
+Two jobs, run once per module:
+  reference (1 process):  TP=PP=DP=1 from a seeded initialisation W0, one train_step per batch
+                          kind and micro-batch size (1, 2 or 4 micro-batches), plus log-probs;
+  layouts   (2 processes, gloo): the same weights W0 loaded into TP=2, PP=2, PP=2 x VPP=2 and
+                          DP=2 (with and without the distributed optimizer), the same steps.
+The TP=1 results are checked against an independent plain-torch re-computation
+(tests/dist/torch_oracle.py: model, CHORD loss and clipped Adam written out from scratch), and
+every layout against TP=1: loss, metrics, full gradients and the parameters after the update.
+Batch kinds: mixed rows (7 rows, so DP shards and micro-batches need padding rows), on-policy
+rows only, expert rows only.
+"""
+import math
+
+import pytest
+import torch
+
+import torch_oracle as oracle
+from dist_harness import run_job
+
+pytestmark = pytest.mark.dist
+
+BASE = [
+    "model.num_layers=4", "model.hidden_size=32", "model.ffn_hidden_size=48", "model.num_attention_heads=4",
+    "model.num_query_groups=2", "model.vocab_size=64", "model.max_seq_length=32", "model.rotary_base=500.0",
+    "rollout.temperature=0.7", "algorithm.mu.peak=0.3", "algorithm.mu.valley=0.3", "algorithm.clip_high=0.28",
+    "algorithm.dual_clip=3.0", "optim.lr=0.05", "optim.adam_eps=0.1", "optim.grad_clip=0.5", "train.seed=7",
+    "data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8",
+]  # fmt: skip
+# A large Adam eps makes the update proportional to the (clipped) gradient, so comparing
+# parameters after a step also compares gradient magnitudes and the clipping factor.
+VARIANTS = {"tied": [], "untied_qkv_bias": ["model.tie_embeddings=false", "model.qkv_bias=true"]}
+LAYOUTS = {
+    "tp2": ["parallel.tensor=2"],
+    "pp2": ["parallel.pipeline=2"],
+    "pp2_vpp2": ["parallel.pipeline=2", "parallel.virtual_pipeline=2"],
+    "dp2": ["parallel.distributed_optimizer=false"],
+    "dp2_distopt": [],
+}
+KINDS = ("mixed", "rl_only", "sft_only")
+MICRO = {1: 7, 2: 4, 4: 2}  # number of micro-batches -> micro_batch_size for the 7-row batch
+REF_MICRO = 2  # the reference run compared with the layouts: 2 micro-batches of 4 rows
+LAYOUT_MBS = 2  # rows per micro-batch in the layout runs (more micro-batches than the pipeline has stages)
+TOL = dict(rtol=2e-5, atol=2e-6)
+MU, TEMPERATURE = 0.3, 0.7
+
+
+def config(*overrides):
+    from chord_megatron.config import load_config
+
+    return load_config(None, BASE + list(overrides))
+
+
+def make_batch(kind: str, *, with_rollout_logp: bool = False):
+    """7 right-padded rows of length 12; prompts of 3-5 tokens, responses of 4-7 tokens."""
+    from chord_megatron.types import TrainBatch
+
+    g = torch.Generator().manual_seed(11)
+    B, S = 7, 12
+    expert = {"mixed": [0, 1, 0, 0, 1, 0, 1], "rl_only": [0] * 7, "sft_only": [1] * 7}[kind]
+    ids = torch.randint(1, 64, (B, S), generator=g)
+    loss_mask = torch.zeros(B, S)
+    for r in range(B):
+        prompt, resp = 3 + r % 3, 4 + r % 4
+        ids[r, prompt + resp :] = 0  # padding
+        loss_mask[r, prompt - 1 : prompt + resp - 1] = 1
+    labels = torch.roll(ids, -1, 1)
+    labels[:, -1] = 0
+    is_expert = torch.tensor(expert, dtype=torch.bool)
+    old = -4.1 + 0.4 * torch.randn(B, S, generator=g)
+    old[is_expert] = float("nan")  # expert rows have no behaviour policy
+    return TrainBatch(
+        input_ids=ids, labels=labels, loss_mask=loss_mask, is_expert=is_expert,
+        advantages=torch.randn(B, generator=g) * (~is_expert),
+        old_logp=old,
+        rollout_logp=(-4.0 + 0.1 * torch.randn(B, S, generator=g)) if with_rollout_logp else None,
+    )  # fmt: skip
+
+
+def _step(cfg, par, W0, kind):
+    from chord_megatron.train.engine import MegatronEngine
+    from chord_megatron.train.weights import iter_full_tensors
+
+    engine = MegatronEngine(cfg, par=par, full_state_dict=W0)
+    loaded = {n: t.clone() for n, t in engine.export_weights()}
+    metrics = engine.train_step(make_batch(kind), step=0)
+    grads = dict(iter_full_tensors(engine.model, engine.par, what="grad"))
+    params = {n: t.clone() for n, t in engine.export_weights()}
+    return {"metrics": metrics, "grads": grads, "params": params, "loaded": loaded}, engine
+
+
+def reference_job():
+    """TP=PP=DP=1: W0 per variant, then every kind x micro-batch split."""
+    from chord_megatron.train.engine import MegatronEngine
+    from chord_megatron.train.parallel import init_parallel
+
+    out = {}
+    for variant, v_over in VARIANTS.items():
+        par = init_parallel(config(*v_over).parallel, seed=7)
+        W0 = {n: t.clone() for n, t in MegatronEngine(config(*v_over), par=par).export_weights()}
+        out[variant] = {"W0": W0}
+        for kind in KINDS:
+            for n_micro, mbs in MICRO.items():
+                res, engine = _step(config(*v_over, f"train.micro_batch_size={mbs}"), par, W0, kind)
+                out[variant][kind, n_micro] = res
+        batch = make_batch("mixed", with_rollout_logp=True)
+        engine = MegatronEngine(config(*v_over), par=par, full_state_dict=W0)
+        out[variant]["logp"] = engine.compute_logprobs(batch)
+        out[variant]["mismatch"] = engine.logprob_mismatch(batch)
+        batch.old_logp = None  # as from a rollout engine: the trainer computes old_logp itself
+        out[variant]["on_policy"] = engine.train_step(batch, step=0)
+    return out
+
+
+def layouts_job(W0s):
+    from chord_megatron.train.engine import MegatronEngine
+    from chord_megatron.train.parallel import init_parallel
+
+    out = {}
+    for variant, v_over in VARIANTS.items():
+        for layout, l_over in LAYOUTS.items():
+            cfg = config(*v_over, *l_over, f"train.micro_batch_size={LAYOUT_MBS}")
+            par = init_parallel(cfg.parallel, seed=7)
+            for kind in KINDS:
+                res, engine = _step(cfg, par, W0s[variant], kind)
+                if layout == "dp2_distopt":
+                    del res["grads"]  # only this rank's slice of each grad buffer is reduced
+                out[variant, layout, kind] = res
+            engine = MegatronEngine(cfg, par=par, full_state_dict=W0s[variant])
+            out[variant, layout, "logp"] = engine.compute_logprobs(make_batch("mixed"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return run_job(reference_job, world=1)[0]
+
+
+@pytest.fixture(scope="module")
+def layouts(ref):
+    per_rank = run_job(layouts_job, world=2, args=({v: ref[v]["W0"] for v in VARIANTS},))
+    return per_rank
+
+
+def _close(actual, expected, what, **tol):
+    torch.testing.assert_close(actual, expected, **(tol or TOL), msg=lambda m: f"{what}: {m}")
+
+
+def _oracle(ref, variant, kind):
+    cfg = config(*VARIANTS[variant])
+    batch = make_batch(kind)
+    loss_kw = dict(mu=MU, temperature=TEMPERATURE, clip_low=0.2, clip_high=0.28, dual_clip=3.0)
+    loss, grads = oracle.loss_and_grads(ref[variant]["W0"], batch, cfg.model, **loss_kw)
+    params, norm = oracle.adam_step(ref[variant]["W0"], grads, lr=0.05, beta1=0.9, beta2=0.999, eps=0.1, max_norm=0.5)
+    return loss, grads, params, norm
+
+
+# ---- TP=1 against the independent re-computation --------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tp1_step_matches_plain_torch_oracle(ref, variant, kind):
+    loss, grads, params, norm = _oracle(ref, variant, kind)
+    got = ref[variant][kind, REF_MICRO]
+    assert got["metrics"]["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
+    assert got["metrics"]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    if kind != "sft_only":  # (expert-only gradients are small: mu x phi-weighted NLL)
+        assert norm > 0.5, "the test should exercise gradient clipping"
+    assert set(got["grads"]) == set(grads)
+    clip = min(1.0, 0.5 / (norm + 1e-6))  # after the step, the grad buffers hold the clipped gradient
+    for name in grads:
+        _close(got["grads"][name], grads[name] * clip, f"grad {name}")
+        _close(got["params"][name], params[name], f"param {name}")
+    if kind == "rl_only":
+        assert got["metrics"]["sft_loss"] == 0.0 and got["metrics"]["sft_tokens"] == 0
+    if kind == "sft_only":
+        assert got["metrics"]["grpo_loss"] == 0.0 and got["metrics"]["rl_tokens"] == 0
+
+
+def test_tp1_metrics_are_whole_batch_token_means(ref):
+    """Count-weighted combination of 2 micro-batches equals the metric of the whole batch."""
+    batch = make_batch("mixed")
+    W0 = ref["tied"]["W0"]
+    lg = oracle.logits(W0, batch.input_ids, config().model).float() / TEMPERATURE
+    logp_all = torch.log_softmax(lg, -1)
+    logp = logp_all.gather(-1, batch.labels[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    mask = batch.loss_mask.bool()
+    sft, rl = mask & batch.is_expert[:, None], mask & ~batch.is_expert[:, None]
+    ratio = (logp - torch.nan_to_num(batch.old_logp)).exp()
+    m = ref["tied"]["mixed", REF_MICRO]["metrics"]
+    assert (m["rl_tokens"], m["sft_tokens"]) == (int(rl.sum()), int(sft.sum()))
+    assert m["sft_nll"] == pytest.approx(float(-logp[sft].mean()), rel=1e-5)
+    assert m["entropy_rl"] == pytest.approx(float(entropy[rl].mean()), rel=1e-5)
+    assert m["entropy_sft"] == pytest.approx(float(entropy[sft].mean()), rel=1e-5)
+    assert m["ratio_mean"] == pytest.approx(float(ratio[rl].mean()), rel=1e-5)
+    assert m["mu"] == MU and m["micro_batches"] == REF_MICRO
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_microbatch_split_gives_the_same_update(ref, variant, kind):
+    one = ref[variant][kind, 1]
+    for n_micro in (2, 4):
+        other = ref[variant][kind, n_micro]
+        assert other["metrics"]["micro_batches"] == n_micro
+        for key in ("loss", "grpo_loss", "sft_loss", "sft_nll", "clip_frac", "entropy_rl", "grad_norm"):
+            assert other["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-7), key
+        for name in one["params"]:
+            _close(other["grads"][name], one["grads"][name], f"{n_micro} micro-batches: grad {name}")
+            _close(other["params"][name], one["params"][name], f"{n_micro} micro-batches: param {name}")
+
+
+def test_compute_logprobs_and_mismatch_match_oracle(ref):
+    batch = make_batch("mixed", with_rollout_logp=True)
+    for variant in VARIANTS:
+        lg = oracle.logits(ref[variant]["W0"], batch.input_ids, config(*VARIANTS[variant]).model)
+        want = torch.log_softmax(lg / TEMPERATURE, -1).gather(-1, batch.labels[..., None]).squeeze(-1)
+        got = ref[variant]["logp"]
+        assert got.shape == (7, 12) and got.dtype == torch.float32
+        mask = batch.loss_mask.bool()
+        _close(got[mask], want[mask], f"{variant} logp")
+        on_policy = mask & ~batch.is_expert[:, None]
+        delta = (want - batch.rollout_logp).abs()[on_policy]
+        mm = ref[variant]["mismatch"]
+        assert mm["logp_mismatch_mean"] == pytest.approx(float(delta.mean()), rel=1e-5)
+        assert mm["logp_mismatch_max"] == pytest.approx(float(delta.max()), rel=1e-5)
+        assert mm["logp_mismatch_tokens"] == int(on_policy.sum())
+
+
+def test_missing_old_logp_means_a_strictly_on_policy_step(ref):
+    for variant in VARIANTS:
+        m = ref[variant]["on_policy"]
+        assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and m["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+        assert m["clip_frac"] == 0.0
+        for key in ("logp_mismatch_mean", "logp_mismatch_max", "logp_mismatch_tokens"):
+            assert m[key] == pytest.approx(ref[variant]["mismatch"][key], rel=1e-6), key
+
+
+# ---- every layout against TP=1 --------------------------------------------------------------
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_layout_matches_tp1(ref, layouts, variant, layout):
+    rank0, rank1 = layouts
+    for kind in KINDS:
+        want = ref[variant][kind, REF_MICRO]
+        got = rank0[variant, layout, kind]
+        where = f"{variant}/{layout}/{kind}"
+        # Sharding W0 into the layout and gathering it back is exact.
+        for name, w in ref[variant]["W0"].items():
+            assert torch.equal(got["loaded"][name], w), f"{where}: {name} did not round-trip"
+        for key, value in want["metrics"].items():
+            if key == "micro_batches":
+                continue
+            assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), f"{where}: {key}"
+        assert rank1[variant, layout, kind]["metrics"] == got["metrics"], f"{where}: ranks disagree"
+        for name in want["params"]:
+            if "grads" in got:
+                _close(got["grads"][name], want["grads"][name], f"{where}: grad {name}")
+            _close(got["params"][name], want["params"][name], f"{where}: param {name}")
+            assert torch.equal(got["params"][name], rank1[variant, layout, kind]["params"][name])
+        mask = make_batch("mixed").loss_mask.bool()
+        _close(rank0[variant, layout, "logp"][mask], ref[variant]["logp"][mask], f"{where}: logp")
+
+
+def test_layouts_ran_the_intended_schedules(layouts):
+    got = layouts[0]
+    # DP=2 halves the rows per rank: 4 padded rows / 2 = 2 micro-batches; otherwise 8 / 2 = 4.
+    assert got["tied", "dp2", "mixed"]["metrics"]["micro_batches"] == 2
+    assert got["tied", "tp2", "mixed"]["metrics"]["micro_batches"] == 4
+    assert got["tied", "pp2_vpp2", "mixed"]["metrics"]["micro_batches"] == 4
+    assert math.isfinite(got["tied", "pp2", "mixed"]["metrics"]["loss"])
