@@ -35,9 +35,16 @@ setup(
         # metrics: TensorBoard event files and PNG curves
         "tensorboard==2.21.0",
         "matplotlib==3.11.2",
+        # rollouts: the in-process engine (transformers pinned as sglang 0.5.23 pins it, so the
+        # gpu extra resolves), the async SGLang client, safetensors for the disk weight sync
+        "transformers==5.19.0",
+        "safetensors==0.8.0",
+        "aiohttp==3.14.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # + `pip install --no-deps sglang==0.5.23`: SGLang's own API types for the contract
+        # tests (with its dependencies it would pull a CUDA torch).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "msgspec==0.22.0", "sglang-router==0.3.2"],
         # Installed on GPU nodes (NGC containers already carry most of it).
         "gpu": ["transformer-engine[pytorch]", "sglang[all]==0.5.23", "sglang-router"],
     },

@@ -1,0 +1,195 @@
+"""Reward functions: a registry, and a runner that scores samples in worker processes.
+
+The contract is `fn(prompt: str, response: str, metadata: dict) -> float`. Rewards run in a
+process pool because user code can hang (a regex on a pathological answer, a sandboxed tool) or
+crash; each sample gets `timeout_s`. A reward that raises, times out, or returns something that
+is not a finite number stops the step with a RewardError naming the function and the sample:
+a silently dropped or NaN reward would corrupt every advantage of its group.
+
+Functions must be importable by the worker processes (defined at a module's top level); the
+registry stores them by name, and the pool is started with "spawn" so workers never inherit the
+trainer's threads or CUDA state.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import numbers
+import re
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+RewardFn = Callable[[str, str, Dict[str, Any]], float]
+
+_REGISTRY: Dict[str, RewardFn] = {}
+_GRACE_S = 2.0  # the parent's wait beyond timeout_s before it gives up on a worker
+
+
+class RewardError(RuntimeError):
+    """A reward function failed on a sample; the message names both."""
+
+    def __init__(self, name: str, index: int, problem: str):
+        self.name, self.index, self.problem = name, index, problem
+        super().__init__(f"reward '{name}' failed on sample {index}: {problem}")
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make `fn` available as `name` (names are unique)."""
+
+    def deco(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"a reward named '{name}' is already registered ({_REGISTRY[name].__module__})")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_reward(name: str) -> RewardFn:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown reward '{name}' (registered: {', '.join(sorted(_REGISTRY)) or 'none'})") from None
+
+
+def registered_rewards() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+# ----------------------------------------------------------------------------------------------
+# An example reward
+# ----------------------------------------------------------------------------------------------
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def extract_answer(response: str) -> Optional[str]:
+    """The last \\boxed{...} content, else the last number in the response, else None."""
+    boxed = _BOXED.findall(response)
+    if boxed:
+        return boxed[-1].strip()
+    numbers_ = _NUMBER.findall(response)
+    return numbers_[-1] if numbers_ else None
+
+
+def _normalise(answer: str) -> str:
+    text = answer.strip().replace(",", "").rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return repr(int(value)) if value.is_integer() else repr(value)
+
+
+@register_reward("exact_match")
+def exact_match(prompt: str, response: str, metadata: Dict[str, Any]) -> float:
+    """1.0 when the response's final answer equals metadata["answer"] (numbers compared by
+    value: "1,000" == "1000.0"), else 0.0."""
+    if "answer" not in metadata:
+        raise KeyError("exact_match needs metadata['answer']")
+    got = extract_answer(response)
+    return float(got is not None and _normalise(got) == _normalise(str(metadata["answer"])))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running rewards
+# ----------------------------------------------------------------------------------------------
+class _Timeout(BaseException):
+    """Raised in a worker by its alarm; a BaseException so `except Exception` in user code
+    does not swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout()
+
+
+def _call(fn: RewardFn, prompt: str, response: str, metadata: Dict[str, Any], timeout_s: float):
+    """Runs in a worker and never raises, so the parent can tell a failure from a pool problem.
+    The alarm stops Python-level hangs exactly at timeout_s; the parent's own wait is the
+    backstop for code that never returns to the interpreter (C extensions)."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return "ok", fn(prompt, response, metadata)
+    except _Timeout:
+        return "timeout", None
+    except BaseException as e:  # noqa: BLE001 - reported to the parent with its type
+        return "raised", f"{type(e).__name__}: {e}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def check_reward_value(name: str, index: int, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RewardError(name, index, f"returned {value!r} ({type(value).__name__}), expected a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise RewardError(name, index, f"returned {value}, expected a finite number")
+    return value
+
+
+@dataclass
+class RewardRunner:
+    """Scores samples with one reward function in `num_workers` processes.
+
+    Use as a context manager, or call close(): the pool is kept between calls (starting spawned
+    workers costs ~0.1 s each) and rebuilt after a timeout, whose worker is killed."""
+
+    reward: str | RewardFn
+    num_workers: int = 2
+    timeout_s: float = 10.0
+    start_method: str = "spawn"
+
+    def __post_init__(self):
+        self.fn: RewardFn = get_reward(self.reward) if isinstance(self.reward, str) else self.reward
+        self.name = self.reward if isinstance(self.reward, str) else getattr(self.fn, "__name__", repr(self.fn))
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None:
+            self._pool = mp.get_context(self.start_method).Pool(self.num_workers)
+        return self._pool
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], metadata: Sequence[Dict[str, Any]]) -> List[float]:
+        if not (len(prompts) == len(responses) == len(metadata)):
+            raise ValueError(f"prompts, responses and metadata differ in length: {len(prompts)}, {len(responses)}, {len(metadata)}")
+        pool = self._get_pool()
+        pending = [pool.apply_async(_call, (self.fn, p, r, m, self.timeout_s))
+                   for p, r, m in zip(prompts, responses, metadata)]
+        rewards: List[float] = []
+        try:
+            for i, res in enumerate(pending):
+                # Results are awaited in order and the pool starts tasks in order, so task i is
+                # running by the time its wait starts: the wait bounds its run time.
+                try:
+                    status, value = res.get(self.timeout_s + _GRACE_S)
+                except mp.TimeoutError:
+                    status, value = "timeout", None
+                except Exception as e:  # the function or its result could not be pickled
+                    raise RewardError(self.name, i, f"{type(e).__name__}: {e}") from None
+                if status == "timeout":
+                    raise RewardError(self.name, i, f"timed out after {self.timeout_s:g}s")
+                if status == "raised":
+                    raise RewardError(self.name, i, f"raised {value}")
+                rewards.append(check_reward_value(self.name, i, value))
+        except RewardError:
+            # Workers may still be busy (or hung) on this batch: do not reuse them.
+            self.close(kill=True)
+            raise
+        return rewards
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is not None:
+            if kill:
+                self._pool.terminate()
+            else:
+                self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(kill=exc[0] is not None)

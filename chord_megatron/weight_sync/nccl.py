@@ -1,0 +1,118 @@
+"""Broadcast transport: SGLang servers on other nodes join a process group with the trainer.
+
+Setup, once: every server gets POST /init_weights_update_group (master address/port, world
+size, and the rank of its first GPU; the trainer is rank 0, server i's GPUs follow as
+rank_offset + j). The servers rendezvous at tcp://master_address:master_port under the store
+prefix `group_name`, exactly as SGLang's init_custom_process_group does, and so must we:
+`join_group` below is the trainer's side of that rendezvous.
+
+Each sync: inside begin/end_weight_update, per bucket, POST /update_weights_from_distributed
+with the bucket's names, dtypes and shapes (the servers then wait for the data), and rank 0
+broadcasts the tensors in exactly that order. The HTTP calls return once the broadcasts have
+arrived, so they are started first and awaited after.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+from typing import Iterable, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .buckets import SyncStats, bucketize, with_last
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def join_group(master_address: str, master_port: int, world_size: int, rank: int, *, group_name: str,
+               backend: str = "nccl", timeout_s: float = 600.0):
+    """A process group outside the default world, rendezvousing at tcp://address:port with the
+    store keys prefixed by `group_name` (SGLang's convention). Blocks until all ranks joined."""
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    store = PrefixStore(group_name, store)
+    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
+                                      backend_options=None, timeout=timeout)
+    # Registering the ranks lets torch.distributed's functions (broadcast, ...) take this group.
+    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    return pg
+
+
+def server_gpus(info: dict) -> int:
+    """GPUs (= ranks in the update group) of one server, from its /server_info."""
+    return int(info.get("tp_size", 1) or 1) * int(info.get("dp_size", 1) or 1) * int(info.get("pp_size", 1) or 1)
+
+
+class NcclSync:
+    """Callable transport for SGLangEngine(weight_sync=NcclSync(...)); call it on the trainer
+    rank that holds the full tensors (rank 0 of the training job)."""
+
+    def __init__(self, master_address: str, master_port: int, *, bucket_mb: float = 512, backend: str = "nccl",
+                 group_name: str = "weight_update_group", device: Optional[torch.device] = None,
+                 init_timeout_s: float = 600.0):
+        self.master_address, self.master_port = master_address, int(master_port)
+        self.max_bytes = int(bucket_mb * 2**20)
+        self.backend, self.group_name = backend, group_name
+        self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
+        self.init_timeout_s = init_timeout_s
+        self.group = None
+
+    def connect(self, engine) -> None:
+        client = engine.client
+        infos = engine.run(client.server_infos())
+        offsets, next_rank = {}, 1
+        for url in client.worker_urls:
+            offsets[url] = next_rank
+            next_rank += server_gpus(infos[url])
+        joined = engine.submit(client.init_weights_update_group(
+            self.master_address, self.master_port, next_rank, offsets, group_name=self.group_name,
+            backend=self.backend, timeout_s=self.init_timeout_s))
+        try:
+            self.group = join_group(self.master_address, self.master_port, next_rank, 0, group_name=self.group_name,
+                                    backend=self.backend, timeout_s=self.init_timeout_s)
+        except BaseException:
+            joined.cancel()
+            raise
+        joined.result(self.init_timeout_s)
+
+    def __call__(self, engine, named: Iterable[Tuple[str, torch.Tensor]], version: str) -> SyncStats:
+        if self.group is None:
+            self.connect(engine)
+        client = engine.client
+        stats = SyncStats("nccl")
+        engine.run(client.begin_weight_update())
+        ok = False
+        try:
+            for bucket, last in with_last(bucketize(named, self.max_bytes)):
+                tensors = [t.to(self.device).contiguous() for _, t in bucket]
+                announced = engine.submit(client.update_weights_from_distributed(
+                    [n for n, _ in bucket], [DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", "")) for t in tensors],
+                    [list(t.shape) for t in tensors], group_name=self.group_name,
+                    weight_version=version if last else None, flush_cache=last))
+                try:  # a server that refuses at once (no session, no group) would never receive
+                    announced.result(timeout=0.05)
+                except concurrent.futures.TimeoutError:
+                    pass  # still waiting for the data, as it should
+                for t in tensors:
+                    dist.broadcast(t, src=0, group=self.group)
+                announced.result()
+                stats.add(bucket)
+            ok = True
+        finally:
+            try:
+                engine.run(client.end_weight_update())
+            except Exception:
+                if ok:
+                    raise
+        return stats.finish()
+
+    def close(self, engine=None) -> None:
+        if self.group is not None:
+            if engine is not None:
+                engine.run(engine.client.destroy_weights_update_group(self.group_name))
+            dist.destroy_process_group(self.group)
+            self.group = None
