@@ -45,8 +45,10 @@ setup(
         # + `pip install --no-deps sglang==0.5.23`: SGLang's own API types for the contract
         # tests (with its dependencies it would pull a CUDA torch).
         "test": ["pytest>=8", "pytest-timeout>=2.3", "msgspec==0.22.0", "sglang-router==0.3.2"],
-        # Installed on GPU nodes (NGC containers already carry most of it).
-        "gpu": ["transformer-engine[pytorch]", "sglang[all]==0.5.23", "sglang-router"],
+        # Trainer nodes with GPUs (NGC PyTorch containers already carry transformer-engine and
+        # apex). SGLang servers run in their own environment: sglang 0.5.23 pins torch 2.14.1,
+        # which conflicts with the trainer's pin, and the trainer only talks HTTP/NCCL to them.
+        "gpu": ["transformer-engine[pytorch]", "sglang-router==0.3.2"],
     },
     entry_points={"console_scripts": ["chord=chord_megatron.cli:main"]},
 )

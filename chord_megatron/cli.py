@@ -3,6 +3,12 @@
     chord config show CONFIG [key=value ...]     print the resolved config as YAML
     chord train CONFIG [key=value ...] [--resume] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
+    chord compare CONFIG [key=value ...] [--variants a,b] [--out DIR]
+                                                 the method and its baselines; table + curves
+    chord eval CONFIG [key=value ...] [--data FILE] [--k K] [--checkpoint DIR]
+                                                 avg@k on a benchmark file
+    chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
+                                                 node roles, ranks, layout and exact commands
     chord bench train-step CONFIG [key=value ...] tokens/s and peak memory of a training step
 
 Every subcommand takes a YAML config and dotted overrides; config problems end the command
@@ -37,6 +43,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    cfg = load_config(args.config, args.overrides)
+    names = args.variants.split(",") if args.variants else None
+    out = args.out or f"{cfg.train.output_dir}-compare"
+    report = run_compare(args.config, args.overrides, cfg, out, names, progress=not args.no_progress)
+    print(report.read_text())
+    print(f"report: {report}  curves: {report.parent / 'curves.png'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval  # issue: real models and data
+
+    cfg = load_config(args.config, args.overrides)
+    return run_eval(cfg, data=args.data, k=args.k, checkpoint=args.checkpoint, out=args.out)
+
+
+def _launch_plan(args: argparse.Namespace) -> int:
+    from .launch_plan import run_launch_plan  # issue: slurm launch
+
+    cfg = load_config(args.config, args.overrides)
+    return run_launch_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,
+                           rollout_nodes=args.rollout_nodes)  # fmt: skip
+
+
 def _bench_train_step(args: argparse.Namespace) -> int:
     from .train.bench import bench_train_step  # imports Megatron: only when asked for
 
@@ -69,6 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
+    compare = sub.add_parser("compare", help="GRPO, SFT, SFT-then-RL, CHORD-mu, CHORD-phi on one budget")
+    _add_config_args(compare)
+    compare.add_argument("--variants", help="comma-separated subset (default: all)")
+    compare.add_argument("--out", help="output folder (default: <train.output_dir>-compare)")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.set_defaults(func=_compare)
+
+    ev = sub.add_parser("eval", help="avg@k of a model on a benchmark file with the task's reward")
+    _add_config_args(ev)
+    ev.add_argument("--data", help="JSONL benchmark file (default: data.eval_path)")
+    ev.add_argument("--k", type=int, help="samples per prompt (default: train.eval_samples)")
+    ev.add_argument("--checkpoint", help="a training checkpoint folder to evaluate (default: the config's model)")
+    ev.add_argument("--out", help="write per-prompt results as JSONL here")
+    ev.set_defaults(func=_eval)
+
+    launch = sub.add_parser("launch", help="multi-node launch helpers").add_subparsers(dest="action", required=True)
+    plan = launch.add_parser("plan", help="print which node runs what, with the exact commands")
+    _add_config_args(plan)
+    plan.add_argument("--nodes", type=int, required=True)
+    plan.add_argument("--gpus-per-node", type=int, default=8)
+    plan.add_argument("--mode", choices=("colocated", "disaggregated"), default="disaggregated",
+                      help="disaggregated: SGLang on some nodes, training on the others")
+    plan.add_argument("--rollout-nodes", type=int, help="nodes for SGLang in disaggregated mode")
+    plan.set_defaults(func=_launch_plan)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")
     _add_config_args(step)
@@ -78,7 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options too (`chord train C --resume train.steps=5`): argparse
+    # stops its positional list at the first option, so gather the leftovers here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as e:

@@ -130,6 +130,7 @@ class MuConfig:
     decay: int = 0
     peak: float = 0.1
     valley: float = 0.1
+    sft_steps: int = 0  # mu = 1 for this many steps first, then the schedule (SFT-then-RL)
     adaptive: bool = False  # appendix variant: mu = max(0, tau - mean reward)
     tau: float = 0.5
 
@@ -429,7 +430,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be >= 1, got {get(key)}")
     for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
                 "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay",
-                "data.arith_expert_rows", "base.steps"]:
+                "algorithm.mu.sft_steps", "data.arith_expert_rows", "base.steps"]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .algo import adaptive_mu, group_advantages, mu_schedule
+from .algo import adaptive_mu, group_advantages, staged_mu
 from .batch import build_train_batch, expert_rows_per_step
 from .config import Config
 from .metrics import MetricsLogger
@@ -46,11 +46,16 @@ def score(scorer, task: Task, rollouts: List[Rollout], prompts) -> List[float]:
     return [OVERLONG_REWARD if r.finish_reason == "length" else float(x) for r, x in zip(rollouts, rewards)]
 
 
-def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> StepData:
-    """Rank 0: sample the step's prompts, roll out, score, and assemble the mixed batch."""
+def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling, mu: Optional[float]) -> StepData:
+    """Rank 0: sample the step's prompts, roll out, score, and assemble the mixed batch.
+
+    `mu` is the step's scheduled mu (None when it depends on this step's rewards). At mu = 1
+    the GRPO term has no weight, so the step is plain SFT on a full batch of expert rows; at
+    mu = 0 it is plain GRPO and no expert rows are drawn."""
     r = cfg.rollout
     t0 = time.perf_counter()
-    n_prompts = r.prompts_per_step if cfg.algorithm.expert_data_ratio < 1.0 else 0
+    sft_only = mu == 1.0 or cfg.algorithm.expert_data_ratio == 1.0
+    n_prompts = 0 if sft_only else r.prompts_per_step
     prompts = task.rl_prompts(step, n_prompts)
     rollouts: List[Rollout] = []
     if prompts:
@@ -61,8 +66,8 @@ def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> St
     adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), r.samples_per_prompt,
                            eps=cfg.algorithm.adv_eps, scale=cfg.algorithm.adv_scale,
                            singleton=cfg.algorithm.adv_singleton)  # fmt: skip
-    n_expert = expert_rows_per_step(len(rollouts), cfg.algorithm.expert_data_ratio,
-                                    pure_sft_rows=r.prompts_per_step * r.samples_per_prompt)  # fmt: skip
+    ratio = 1.0 if sft_only else (0.0 if mu == 0.0 else cfg.algorithm.expert_data_ratio)
+    n_expert = expert_rows_per_step(len(rollouts), ratio, pure_sft_rows=r.prompts_per_step * r.samples_per_prompt)
     expert = task.expert_rows(step, n_expert)
     batch = build_train_batch(rollouts, adv, expert, pad_id=task.tokenizer.pad_id)
     gen_tokens = sum(len(x.response_ids) for x in rollouts)
@@ -78,15 +83,24 @@ def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> St
     return StepData(batch, rewards, metrics)
 
 
-def mu_for(step: int, cfg: Config, rewards: List[float]) -> float:
+def scheduled_mu(step: int, cfg: Config) -> Optional[float]:
+    """mu of `step` from the schedule; None when it is adaptive (it then needs the rewards)."""
     m = cfg.algorithm.mu
     if m.adaptive:
-        return adaptive_mu(sum(rewards) / max(len(rewards), 1), tau=m.tau)
-    return mu_schedule(step, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley)
+        return None
+    return staged_mu(step, sft_steps=m.sft_steps, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley)
+
+
+def mu_for(step: int, cfg: Config, rewards: List[float]) -> float:
+    mu = scheduled_mu(step, cfg)
+    if mu is None:
+        return adaptive_mu(sum(rewards) / max(len(rewards), 1), tau=cfg.algorithm.mu.tau)
+    return mu
 
 
 def evaluate(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> Dict[str, float]:
-    """avg@k on the held-out prompts at the rollout temperature (the paper's protocol)."""
+    """avg@k on the held-out prompts at the rollout temperature (the paper's protocol), of the
+    policy after `step` updates (step 0 = the base model)."""
     k = cfg.train.eval_samples
     rollouts = rollout.generate([p.prompt_ids for p in task.evaluation], k,
                                 sampling(seed=step_seed(cfg.train.seed, step, salt=1)))  # fmt: skip
@@ -118,53 +132,65 @@ def rename(metrics: Dict[str, float]) -> Dict[str, float]:
 # The driver
 # ----------------------------------------------------------------------------------------------
 def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[str, float]:
-    """Run (or resume) the CHORD loop of `cfg`; returns the last evaluation's metrics."""
+    """Run (or resume) the CHORD loop of `cfg`; returns the last evaluation's metrics.
+
+    metrics.jsonl gets one record per update, `step` = its 0-based index (rollouts of the policy
+    before the update, then the update's losses), and one record per evaluation, `step` = the
+    number of updates applied (0 = the base model): both describe the same policy at a step.
+    """
     import torch.distributed as dist
 
     from .base_model import base_weights
     from .rollout.engine import SamplingParams
-    from .train.engine import MegatronEngine
     from .sync import WeightSync
+    from .train.engine import MegatronEngine
 
     out = Path(cfg.train.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out / "checkpoints")
-    base = base_weights(cfg)
-    engine = MegatronEngine(cfg, full_state_dict=base)
+    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
     rank0 = engine.par.rank == 0
-    start = 0
-    if resume:
-        start, _ = engine.load(str(ckpt_dir))
+    start = engine.load(str(ckpt_dir))[0] if resume else 0
     task = load_task(cfg) if rank0 else None
     rollout = make_rollout_engine(cfg, task) if rank0 else None
     scorer = make_scorer(cfg, task) if rank0 else None
+    eos = (task.tokenizer.eos_id,) if rank0 else ()
     sync = WeightSync(engine, rollout, cfg, probe_prompts=[p.prompt_ids for p in task.evaluation[:4]] if rank0 else (),
-                      stop_token_ids=(task.tokenizer.eos_id,) if rank0 else (), pad_id=0)  # fmt: skip
-    sync.push(version=start)
+                      stop_token_ids=eos, pad_id=0)  # fmt: skip
     logger = MetricsLogger(out, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
-                           resume_step=start - 1 if resume else None) if rank0 else None  # fmt: skip
+                           resume_step=start if resume else None) if rank0 else None  # fmt: skip
 
     def sampling(seed: int) -> SamplingParams:
-        return SamplingParams.from_config(cfg.rollout, stop_token_ids=(task.tokenizer.eos_id,), seed=seed)
+        return SamplingParams.from_config(cfg.rollout, stop_token_ids=eos, seed=seed)
+
+    def eval_due(updates: int) -> bool:
+        every = cfg.train.eval_every
+        return bool(every) and (updates % every == 0 or updates == cfg.train.steps)
 
     last_eval: Dict[str, float] = {}
+    sync_metrics = sync.push(version=start)
+    if rank0 and eval_due(start):  # the base model, or re-done after a resume: it is seeded
+        last_eval = evaluate(start, cfg, task, rollout, scorer, sampling)
+        logger.log(start, last_eval)
     bar = _progress(start, cfg.train.steps, enabled=progress and rank0)
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
-        data = collect(step, cfg, task, rollout, scorer, sampling) if rank0 else None
+        data = collect(step, cfg, task, rollout, scorer, sampling, scheduled_mu(step, cfg)) if rank0 else None
         data = _broadcast(data, dist)
-        mu = mu_for(step, cfg, data.rewards)
         metrics = dict(data.metrics)
-        metrics.update(rename(engine.train_step(data.batch, step, mu=mu)))
-        if (step + 1) % cfg.rollout.sync_every == 0 or step + 1 == cfg.train.steps:
-            metrics.update(sync.push(version=step + 1))
-        if rank0 and cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
-            last_eval = evaluate(step, cfg, task, rollout, scorer, sampling)
-            metrics.update(last_eval)
-        if (cfg.checkpoint.save_every and (step + 1) % cfg.checkpoint.save_every == 0) or step + 1 == cfg.train.steps:
-            engine.save(str(ckpt_dir), {"step": step + 1}, step=step + 1)
+        metrics.update(rename(engine.train_step(data.batch, step, mu=mu_for(step, cfg, data.rewards))))
+        metrics.update(sync_metrics)  # the sync that served this step's rollouts
+        updates = step + 1
+        if updates % cfg.rollout.sync_every == 0 or updates == cfg.train.steps:
+            sync_metrics = sync.push(version=updates)
+        if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == cfg.train.steps:
+            engine.save(str(ckpt_dir), {"step": updates}, step=updates)
         metrics["step/seconds"] = time.perf_counter() - t0
         if rank0:
             logger.log(step, metrics)
+            if eval_due(updates):
+                last_eval = evaluate(updates, cfg, task, rollout, scorer, sampling)
+                logger.log(updates, last_eval)
+                metrics.update(last_eval)
             bar.update(metrics)
     bar.close()
     if rank0:

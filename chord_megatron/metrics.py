@@ -1,8 +1,8 @@
 """Run metrics: one JSON line per logged step, the same scalars in TensorBoard.
 
-metrics.jsonl is the record of a run: `chord compare` and the plots read it back. After a
-resume from step k, lines past k (written before the crash, then recomputed) are dropped so
-the file reads exactly as an uninterrupted run's.
+metrics.jsonl is the record of a run: `chord compare` and the plots read it back. A run
+resumed at step k recomputes everything from step k on, so the records of steps >= k (written
+before the crash) are dropped first and the file reads exactly as an uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None):
+                 resume_step: Optional[int] = None):  # keep records with step < resume_step
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
@@ -38,7 +38,7 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= step]
+        kept = [r for r in read_metrics(self.path) if r.get("step", -1) < step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self.path)

@@ -4,7 +4,7 @@ Read top to bottom: schedules (mu), weights (phi), advantages (GRPO), losses (CH
 """
 from .advantages import group_advantages
 from .losses import chord_loss
-from .schedules import adaptive_mu, mu_schedule
+from .schedules import adaptive_mu, mu_schedule, staged_mu
 from .weights import TOKEN_WEIGHT_KINDS, token_weights
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "chord_loss",
     "group_advantages",
     "mu_schedule",
+    "staged_mu",
     "token_weights",
     "TOKEN_WEIGHT_KINDS",
 ]

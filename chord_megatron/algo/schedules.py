@@ -25,6 +25,16 @@ def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: floa
     return valley
 
 
+def staged_mu(step: int, *, sft_steps: int, warmup: int, decay: int, peak: float, valley: float) -> float:
+    """SFT-then-RL and friends: mu = 1 for the first `sft_steps` steps, then mu_schedule counted
+    from the end of that stage (peak = valley = 0 gives the binary step of SFT-then-RL)."""
+    if sft_steps < 0:
+        raise ValueError(f"staged_mu: sft_steps must be >= 0, got {sft_steps}")
+    if step < sft_steps:
+        return 1.0
+    return mu_schedule(step - sft_steps, warmup=warmup, decay=decay, peak=peak, valley=valley)
+
+
 def adaptive_mu(mean_reward: float, *, tau: float = 0.5) -> float:
     """The appendix's reward-driven alternative: mu = max(0, tau - mean reward of the batch)."""
     return max(0.0, tau - mean_reward)

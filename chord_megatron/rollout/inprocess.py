@@ -70,7 +70,7 @@ def top_p_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 class InProcessEngine(RolloutEngine):
     def __init__(self, model: torch.nn.Module, *, eos_token_ids: Sequence[int] = (), seed: int = 0,
-                 max_batch_rows: int = 64):
+                 max_batch_rows: int = 256):
         self.model = model.eval()
         cfg_eos = getattr(model.config, "eos_token_id", None)
         cfg_eos = [] if cfg_eos is None else ([cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos))
@@ -92,27 +92,35 @@ class InProcessEngine(RolloutEngine):
         limit = self.model.config.max_position_embeddings
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else self._generator
         stop = set(params.stop_token_ids) | set(self.eos_token_ids)
-        rollouts: List[Rollout] = []
+        # Prompts of equal length are sampled together (no padding needed), up to
+        # max_batch_rows rows per forward: one batched decode instead of one per prompt.
+        by_length: Dict[int, List[int]] = {}
         for p_idx, prompt in enumerate(prompts):
             if not prompt:
                 raise RolloutError(f"prompt {p_idx} is empty")
             if len(prompt) + params.max_new_tokens > limit:
                 raise RolloutError(f"prompt {p_idx}: {len(prompt)} tokens + max_new_tokens {params.max_new_tokens} "
                                    f"exceed the model's {limit} positions")
-            done = 0
-            while done < samples_per_prompt:  # all samples of a prompt share its length: no padding
-                rows = min(self.max_batch_rows, samples_per_prompt - done)
-                for j, (ids, lps, reason) in enumerate(self._sample(prompt, rows, params, stop, gen)):
-                    rollouts.append(Rollout(prompt_ids=list(prompt), response_ids=ids, logprobs=lps, finish_reason=reason,
-                                            weight_version=self._version, prompt_index=p_idx, sample_index=done + j))
-                done += rows
+            by_length.setdefault(len(prompt), []).append(p_idx)
+        rollouts: List[Rollout] = []
+        for indices in by_length.values():
+            jobs = [(p_idx, s) for p_idx in indices for s in range(samples_per_prompt)]
+            for lo in range(0, len(jobs), self.max_batch_rows):
+                chunk = jobs[lo:lo + self.max_batch_rows]
+                ids = torch.tensor([list(prompts[p_idx]) for p_idx, _ in chunk], dtype=torch.long)
+                for (p_idx, s), (toks, lps, reason) in zip(chunk, self._sample(ids, params, stop, gen)):
+                    rollouts.append(Rollout(prompt_ids=list(prompts[p_idx]), response_ids=toks, logprobs=lps,
+                                            finish_reason=reason, weight_version=self._version,
+                                            prompt_index=p_idx, sample_index=s))  # fmt: skip
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         check_complete(rollouts, len(prompts), samples_per_prompt)
         return rollouts
 
-    def _sample(self, prompt, rows, params, stop, gen) -> List[Tuple[List[int], List[float], str]]:
+    def _sample(self, ids: torch.Tensor, params, stop, gen) -> List[Tuple[List[int], List[float], str]]:
+        """Decode a batch of equal-length prompts [rows, P] with a KV cache."""
         from transformers import DynamicCache
 
-        ids = torch.tensor([list(prompt)] * rows, dtype=torch.long)
+        rows = ids.shape[0]
         out = self.model(input_ids=ids, past_key_values=DynamicCache(config=self.model.config), use_cache=True)
         tokens: List[List[int]] = [[] for _ in range(rows)]
         logps: List[List[float]] = [[] for _ in range(rows)]

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from chord_megatron.algo import adaptive_mu, mu_schedule
+from chord_megatron.algo import adaptive_mu, mu_schedule, staged_mu
 
 
 def spec_mu(step, warmup, decay, peak, valley):
@@ -58,3 +58,13 @@ def test_adaptive_mu():
     assert adaptive_mu(0.2) == pytest.approx(0.3)
     assert adaptive_mu(0.9) == 0.0
     assert adaptive_mu(0.1, tau=0.4) == pytest.approx(0.3)
+
+
+def test_staged_mu_is_sft_then_the_schedule():
+    kw = dict(warmup=0, decay=0, peak=0.0, valley=0.0)
+    assert [staged_mu(s, sft_steps=3, **kw) for s in range(6)] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # the schedule restarts its clock when the SFT stage ends
+    kw = dict(warmup=0, decay=10, peak=0.8, valley=0.0)
+    assert staged_mu(5, sft_steps=5, **kw) == pytest.approx(0.8)
+    assert staged_mu(10, sft_steps=5, **kw) == pytest.approx(mu_schedule(5, **kw))
+    assert staged_mu(7, sft_steps=0, **kw) == mu_schedule(7, **kw)

@@ -25,7 +25,7 @@ def test_resume_drops_steps_past_the_checkpoint(tmp_path):
     log.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "x"')  # torn line from a crash
-    log = MetricsLogger(tmp_path, tensorboard=False, resume_step=2)
+    log = MetricsLogger(tmp_path, tensorboard=False, resume_step=3)
     log.log(3, {"x": 30})
     log.close()
     assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(0, 0), (1, 1), (2, 2), (3, 30)]
