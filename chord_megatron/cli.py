@@ -1,6 +1,7 @@
 """The `chord` command.
 
     chord config show CONFIG [key=value ...]     print the resolved config as YAML
+    chord config reference                       every key, its default and meaning
     chord train CONFIG [key=value ...] [--resume] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--out DIR]
@@ -26,6 +27,13 @@ from .config import ConfigError, dump_config, load_config
 def _config_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from .config_doc import reference
+
+    sys.stdout.write(reference())
     return 0
 
 
@@ -94,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=_config_show)
+    ref = config.add_parser("reference", help="every key with its default and meaning (markdown)")
+    ref.set_defaults(func=_config_reference)
 
     train = sub.add_parser("train", help="run (or resume) CHORD training")
     _add_config_args(train)

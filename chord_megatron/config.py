@@ -41,44 +41,44 @@ class ConfigError(ValueError):
 class ModelConfig:
     """A Llama/Qwen2-style decoder (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
 
-    name: str = "tiny"
+    name: str = "tiny"  # a label for logs and reports
     hf_path: Optional[str] = None  # a local Hugging Face checkpoint folder to load weights from
-    num_layers: int = 2
-    hidden_size: int = 64
-    ffn_hidden_size: int = 176
-    num_attention_heads: int = 4
-    num_query_groups: int = 2
-    vocab_size: int = 64
-    max_seq_length: int = 256
-    rotary_base: float = 10000.0
-    norm_eps: float = 1e-6
-    qkv_bias: bool = False
-    tie_embeddings: bool = True
+    num_layers: int = 2  # transformer layers
+    hidden_size: int = 64  # model width
+    ffn_hidden_size: int = 176  # SwiGLU inner width
+    num_attention_heads: int = 4  # query heads
+    num_query_groups: int = 2  # key/value heads (grouped-query attention)
+    vocab_size: int = 64  # output vocabulary (padded size; at least the tokenizer's)
+    max_seq_length: int = 256  # longest prompt + response the model sees
+    rotary_base: float = 10000.0  # RoPE theta
+    norm_eps: float = 1e-6  # RMSNorm epsilon
+    qkv_bias: bool = False  # bias on the QKV projection (Qwen2)
+    tie_embeddings: bool = True  # share the input embedding and the output layer
     dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     transformer_impl: str = "auto"  # auto = transformer_engine when present with CUDA, else local
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    tensor: int = 1
-    pipeline: int = 1
+    tensor: int = 1  # tensor-parallel size (divides heads, query groups, ffn width)
+    pipeline: int = 1  # pipeline-parallel stages
     virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule)
-    context: int = 1
-    sequence_parallel: bool = False
-    distributed_optimizer: bool = True
+    context: int = 1  # context-parallel size (not implemented yet: must be 1)
+    sequence_parallel: bool = False  # Megatron sequence parallelism (GPU only, needs tensor > 1)
+    distributed_optimizer: bool = True  # shard optimizer state over data-parallel ranks
     backend: str = "auto"  # auto = nccl with CUDA, gloo without
 
 
 @dataclass(frozen=True)
 class DataConfig:
     task: str = "arith"  # arith = the generated toy task; jsonl = the files below
-    prompt_path: Optional[str] = None
-    expert_path: Optional[str] = None
-    eval_path: Optional[str] = None
-    max_prompt_tokens: int = 64
-    max_response_tokens: int = 96
+    prompt_path: Optional[str] = None  # RL prompts JSONL ({prompt or messages, answer})
+    expert_path: Optional[str] = None  # expert JSONL ({prompt, response} or messages)
+    eval_path: Optional[str] = None  # held-out prompts JSONL (default: the first RL prompts)
+    max_prompt_tokens: int = 64  # longer prompts are bad rows
+    max_response_tokens: int = 96  # longer expert responses are bad rows
     on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
-    seed: int = 0
+    seed: int = 0  # seed of the generated task's splits
     reward: str = "arith"  # a name in the reward registry (rollout/rewards.py)
     # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
     arith_digits: int = 2
@@ -103,21 +103,21 @@ class BaseModelConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "inprocess"  # inprocess (CPU, HF transformers) or sglang
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
+    prompts_per_step: int = 8  # prompts rolled out per optimiser step
+    samples_per_prompt: int = 8  # K responses per prompt (the GRPO group)
+    temperature: float = 1.0  # sampling temperature; the trainer scales its logits by it too
+    top_p: float = 1.0  # nucleus sampling
+    max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
     verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
-    verify_tolerance: float = 1e-3
+    verify_tolerance: float = 1e-3  # largest allowed max abs log-prob gap
     weight_sync: str = "tensor"  # tensor (colocated), nccl (separate nodes), disk
-    sync_bucket_mb: int = 512
-    router_url: Optional[str] = None
-    server_urls: List[str] = field(default_factory=list)
-    concurrency: int = 64
-    request_timeout_s: float = 600.0
-    max_retries: int = 3
+    sync_bucket_mb: int = 512  # size of one weight-sync bucket
+    router_url: Optional[str] = None  # attach to a running sglang-router
+    server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
+    concurrency: int = 64  # in-flight /generate requests
+    request_timeout_s: float = 600.0  # per request
+    max_retries: int = 3  # per request, with backoff
     num_servers: int = 1  # SGLang servers to launch from the sglang: section (no urls given)
     startup_timeout_s: float = 900.0  # wait this long for launched servers and the router
 
@@ -126,13 +126,13 @@ class RolloutConfig:
 class MuConfig:
     """mu(step): linear warmup to `peak`, cosine decay to `valley` (constant valley if both 0)."""
 
-    warmup: int = 0
-    decay: int = 0
-    peak: float = 0.1
-    valley: float = 0.1
+    warmup: int = 0  # steps of linear warmup to peak
+    decay: int = 0  # steps of cosine decay from peak to valley
+    peak: float = 0.1  # mu after warmup
+    valley: float = 0.1  # mu after decay (the floor)
     sft_steps: int = 0  # mu = 1 for this many steps first, then the schedule (SFT-then-RL)
     adaptive: bool = False  # appendix variant: mu = max(0, tau - mean reward)
-    tau: float = 0.5
+    tau: float = 0.5  # adaptive mu's target reward
 
 
 @dataclass(frozen=True)
@@ -141,58 +141,55 @@ class AlgorithmConfig:
     token_weight: str = "p1mp"  # none | p | p1mp | entropy | focal | is_clip
     gamma: float = 2.0  # focal exponent
     is_cap: float = 0.4  # is_clip cap
-    cutoff_prob: Optional[float] = None
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    cutoff_prob: Optional[float] = None  # expert tokens with p above it get no SFT gradient
+    clip_low: float = 0.2  # PPO clip: ratio >= 1 - clip_low
+    clip_high: float = 0.2  # PPO clip: ratio <= 1 + clip_high
     dual_clip: Optional[float] = None  # the reference uses 3.0
-    logratio_clamp: Optional[float] = 20.0
+    logratio_clamp: Optional[float] = 20.0  # clamp log(pi/pi_old) to [-c, c]
     tis_cap: Optional[float] = None  # truncated IS against rollout/trainer mismatch (off)
     adv_scale: str = "std"  # std | none
-    adv_eps: float = 1e-6
+    adv_eps: float = 1e-6  # added to the group std
     adv_singleton: str = "zero"  # zero | raw: advantage of a group of one response
     expert_data_ratio: float = 0.2  # fraction of a batch's rows that are expert rows
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-5
-    min_lr: float = 0.0
+    lr: float = 1e-5  # Adam learning rate
+    min_lr: float = 0.0  # floor of cosine / linear decay
     lr_schedule: str = "constant"  # constant | cosine | linear
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = 0  # linear LR warmup
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    grad_clip: float = 1.0  # global gradient-norm clip (0 = off)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 100
+    steps: int = 100  # optimiser steps (one per rollout batch)
     micro_batch_size: int = 4  # rows per micro-batch
-    seed: int = 1234
-    eval_every: int = 10
+    seed: int = 1234  # seeds weights, sampling and data order
+    eval_every: int = 10  # evaluate every N steps, at step 0 and at the end (0 = never)
     eval_samples: int = 4  # k of avg@k
     log_prob_impl: str = "auto"  # auto | triton | chunked | reference
-    pack_sequences: bool = False
-    output_dir: str = "runs/chord"
+    pack_sequences: bool = False  # sequence packing (not implemented yet: must be false)
+    output_dir: str = "runs/chord"  # metrics, TensorBoard, checkpoints and generated data go here
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    jsonl: bool = True
-    tensorboard: bool = True
-    progress: bool = True
-    log_every: int = 1
+    jsonl: bool = True  # write <output_dir>/metrics.jsonl
+    tensorboard: bool = True  # write <output_dir>/tensorboard
+    progress: bool = True  # progress bar
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
-    keep_last: int = 2
-    load: Optional[str] = None
-    save_hf: bool = False
+    keep_last: int = 2  # older checkpoints are deleted
 
 
 @dataclass(frozen=True)
@@ -421,7 +418,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
         "rollout.sync_every", "rollout.concurrency", "rollout.sync_bucket_mb",
         "data.max_prompt_tokens", "data.max_response_tokens",
-        "train.micro_batch_size", "train.eval_samples", "logging.log_every", "checkpoint.keep_last",
+        "train.micro_batch_size", "train.eval_samples", "checkpoint.keep_last",
         "data.arith_digits", "data.arith_rl_prompts", "data.arith_eval_prompts", "base.batch_rows",
         "base.problems",
     ]

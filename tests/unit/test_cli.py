@@ -30,3 +30,21 @@ def test_console_script_is_installed():
         capture_output=True, text=True, check=True,
     )
     assert "tiny-qwen2" in out.stdout
+
+
+def test_readme_embeds_the_generated_config_reference():
+    from chord_megatron.config_doc import BEGIN, END, reference
+
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme, "README.md lacks the config reference markers"
+    embedded = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert embedded == reference().strip(), "README's config reference is stale: paste `chord config reference`"
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "show", str(ROOT / "configs/demo.yaml"), "train.steps=3"]) == 0
+    capsys.readouterr()
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["config", "show", str(ROOT / "configs/demo.yaml"), "--bogus"])
