@@ -33,6 +33,8 @@ BASE = [
 VARIANTS = {"tied": [], "untied_qkv_bias": ["model.tie_embeddings=false", "model.qkv_bias=true"]}
 LAYOUTS = {
     "tp2": ["parallel.tensor=2"],
+    # the fused Triton kernel (under the interpreter on CPU) instead of the chunked torch path
+    "tp2_triton": ["parallel.tensor=2", "train.log_prob_impl=triton"],
     "pp2": ["parallel.pipeline=2"],
     "pp2_vpp2": ["parallel.pipeline=2", "parallel.virtual_pipeline=2"],
     "dp2": ["parallel.distributed_optimizer=false"],
