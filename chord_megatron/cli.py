@@ -145,7 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_known_dependency_warnings() -> None:
+    """Megatron warns once per process that apex / transformer-engine are absent (expected on
+    CPU) and torch about collectives Megatron still calls; neither is actionable for a user."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\..*` is deprecated")
+    warnings.filterwarnings("ignore", message=r"full scope is deprecated")
+    warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _quiet_known_dependency_warnings()
     parser = build_parser()
     # Overrides may come after options too (`chord train C --resume train.steps=5`): argparse
     # stops its positional list at the first option, so gather the leftovers here.
