@@ -33,6 +33,8 @@ def group_advantages(
     if singleton not in ("zero", "raw"):
         raise ValueError(f"group_advantages: singleton must be 'zero' or 'raw', got {singleton!r}")
     r = rewards.detach().float().view(-1, group_size)
+    if r.numel() == 0:  # a step without rollouts (pure SFT)
+        return r.view(-1)
     if group_size == 1:
         return (torch.zeros_like(r) if singleton == "zero" else r.clone()).view(-1)
     centred = r - r.mean(dim=1, keepdim=True)

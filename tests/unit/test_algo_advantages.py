@@ -44,3 +44,8 @@ def test_bad_shapes():
         group_advantages(torch.zeros(4), 0)
     with pytest.raises(ValueError, match="scale"):
         group_advantages(torch.zeros(4), 2, scale="rank")
+
+
+def test_no_rewards_give_no_advantages(recwarn):
+    assert group_advantages(torch.zeros(0), 8).shape == (0,)
+    assert not [w for w in recwarn if "degrees of freedom" in str(w.message)]
