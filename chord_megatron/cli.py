@@ -42,7 +42,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         from .launcher import relaunch
 
-        return relaunch(args.nproc, ["train", args.config, *args.overrides] + (["--resume"] if args.resume else []))
+        flags = (["--resume"] if args.resume else []) + (["--no-progress"] if args.no_progress else [])
+        return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
     from .loop import train
 
     result = train(cfg, resume=args.resume, progress=not args.no_progress and cfg.logging.progress)
@@ -75,7 +76,8 @@ def _launch_plan(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     return run_launch_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,
-                           rollout_nodes=args.rollout_nodes)  # fmt: skip
+                           rollout_nodes=args.rollout_nodes, config_path=args.config,
+                           overrides=args.overrides)  # fmt: skip
 
 
 def _bench_train_step(args: argparse.Namespace) -> int:

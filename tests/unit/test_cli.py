@@ -15,7 +15,7 @@ def test_config_show_prints_the_resolved_config(capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["steps"] == 3
     assert shown["algorithm"]["mu"]["peak"] == 0.3
-    assert shown["model"]["name"] == "tiny-qwen2"  # from the file
+    assert shown["model"]["name"] == "tiny-llama"  # from the file
 
 
 def test_config_error_is_one_line_and_exit_2(capsys):
@@ -29,7 +29,7 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "chord_megatron.cli", "config", "show", str(ROOT / "configs/demo.yaml")],
         capture_output=True, text=True, check=True,
     )
-    assert "tiny-qwen2" in out.stdout
+    assert "tiny-llama" in out.stdout
 
 
 def test_readme_embeds_the_generated_config_reference():
