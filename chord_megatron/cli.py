@@ -169,11 +169,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from .data.jsonl import DataError
+
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"chord: config error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:
+        print(f"chord: data error: {e}", file=sys.stderr)
+        return 2
+    except _run_errors() as e:
+        # Stops the run, with one line naming the culprit; metrics and checkpoints written so
+        # far stay where they are, and `--resume` continues from the last checkpoint.
+        print(f"chord: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_errors() -> tuple:
+    from .rollout.engine import RolloutError
+    from .rollout.rewards import RewardError
+    from .sync import SyncVerificationError
+
+    return (RolloutError, RewardError, SyncVerificationError)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ engine takes its own data-parallel rows). What a step samples and trains on is a
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,10 +148,11 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
 
     out = Path(cfg.train.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out / "checkpoints")
-    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
-    rank0 = engine.par.rank == 0
-    start = engine.load(str(ckpt_dir))[0] if resume else 0
+    # Data problems should stop the run before minutes go into a base model and an engine.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     task = load_task(cfg) if rank0 else None
+    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
+    start = engine.load(str(ckpt_dir))[0] if resume else 0
     rollout = make_rollout_engine(cfg, task) if rank0 else None
     scorer = make_scorer(cfg, task) if rank0 else None
     eos = (task.tokenizer.eos_id,) if rank0 else ()
@@ -185,6 +187,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == cfg.train.steps:
             engine.save(str(ckpt_dir), {"step": updates}, step=updates)
         metrics["step/seconds"] = time.perf_counter() - t0
+        metrics["train/tokens_per_s"] = float(data.batch.loss_mask.sum()) / metrics["step/seconds"]
         if rank0:
             logger.log(step, metrics)
             if eval_due(updates):

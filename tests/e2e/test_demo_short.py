@@ -37,3 +37,17 @@ def test_short_demo_runs_and_learns(tmp_path, base_cache):
     evals = [r for r in records if "eval/accuracy" in r]
     assert [r["step"] for r in evals] == [0, 4, 8]  # the base model, then after 4 and 8 updates
     assert (out / "checkpoints").is_dir() and (out / "tensorboard").is_dir()
+
+
+def test_malformed_data_file_stops_with_file_and_line(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "12+30=", "answer": "42"}\n{"prompt": "1+2=", "answer": }\n')
+    expert = tmp_path / "expert.jsonl"
+    expert.write_text('{"prompt": "11+30=", "response": "1+0+0=01,1+3+0=04|41"}\n')
+    common = [DEMO, "data.task=jsonl", f"data.prompt_path={prompts}", f"data.expert_path={expert}",
+              "base.steps=0", "train.steps=1", f"train.output_dir={tmp_path / 'run'}", "--no-progress"]  # fmt: skip
+    out = chord("train", *common, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(f"chord: data error: {prompts}:2: not valid JSON")
+    # the same file with data.on_bad_row=skip trains, dropping (and counting) the bad row
+    chord("train", *common, "data.on_bad_row=skip", "train.eval_every=0")
