@@ -125,8 +125,14 @@ RENAME = {
 }  # fmt: skip
 
 
+# Token-means over one row kind mean nothing in a step without rows of that kind.
+RL_ONLY = ("grpo_loss", "clip_frac", "dual_clip_frac", "approx_kl", "ratio_mean", "entropy_rl", "tis_weight_mean")
+EXPERT_ONLY = ("sft_loss", "sft_nll", "phi_mean", "entropy_sft")
+
+
 def rename(metrics: Dict[str, float]) -> Dict[str, float]:
-    return {RENAME[k]: v for k, v in metrics.items() if k in RENAME}
+    drop = (RL_ONLY if not metrics.get("rl_tokens") else ()) + (EXPERT_ONLY if not metrics.get("sft_tokens") else ())
+    return {RENAME[k]: v for k, v in metrics.items() if k in RENAME and k not in drop}
 
 
 # ----------------------------------------------------------------------------------------------

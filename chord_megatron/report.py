@@ -21,8 +21,11 @@ CURVES = (
 )
 
 
-def last(records: Sequence[Mapping], key: str) -> float:
+def last(records: Sequence[Mapping], key: str, require: str | None = None) -> float:
+    """The last finite value of `key` (in a record where `require`, if given, is non-zero)."""
     for r in reversed(records):
+        if require is not None and not r.get(require):
+            continue
         v = r.get(key)
         if isinstance(v, (int, float)) and math.isfinite(v):
             return float(v)
@@ -50,7 +53,7 @@ def comparison_table(runs: Mapping[str, Sequence[Mapping]], base_accuracy: float
         delta = f"{acc - base_accuracy:+.3f}" if base_accuracy is not None and math.isfinite(acc) else "—"
         lines.append(
             f"| {name} | {_fmt(acc)} | {delta} | {_fmt(last(records, 'eval/response_length'), 1)} | "
-            f"{_fmt(last(records, 'entropy/rl'))} | {_fmt(last(records, 'entropy/expert'))} |"
+            f"{_fmt(last(records, 'entropy/rl', 'tokens/rl'))} | {_fmt(last(records, 'entropy/expert', 'tokens/expert'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -72,18 +75,20 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping]], out_path: str | Path, key
     cols = 2 if len(present) > 1 else 1
     rows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.4 * rows), squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(runs)}  # one colour per run in every panel
     for ax, (key, title) in zip(axes.flat, present):
         for name, records in runs.items():
             xs, ys = series(records, key)
             if xs:
-                ax.plot(xs, ys, label=name, marker="o" if len(xs) < 12 else None, markersize=3)
+                ax.plot(xs, ys, label=name, color=colors[name], marker="o" if len(xs) < 12 else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colors[n], label=n) for n in runs]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)

@@ -5,7 +5,8 @@ from chord_megatron.report import comparison_table, last, plot_curves
 
 
 def runs():
-    a = [{"step": s, "reward/mean": s / 10, "entropy/rl": 1.0 - s / 20} for s in range(5)]
+    a = [{"step": s, "reward/mean": s / 10, "entropy/rl": 1.0 - s / 20, "tokens/rl": 8} for s in range(5)]
+    a.append({"step": 4, "entropy/rl": 0.0, "tokens/rl": 0})  # a step without on-policy rows
     a.append({"step": 4, "eval/accuracy": 0.6, "eval/response_length": 12.0})
     b = [{"step": s, "reward/mean": 0.1} for s in range(5)] + [{"step": 4, "eval/accuracy": 0.3}]
     return {"chord-phi": a, "grpo": b}
