@@ -40,11 +40,15 @@ setup(
         "transformers==5.19.0",
         "safetensors==0.8.0",
         "aiohttp==3.14.5",
+        # the "math" reward: symbolic answer checking (pure Python; brings latex2sympy2_extended, antlr4)
+        "math-verify==0.9.0",
     ],
     extras_require={
         # + `pip install --no-deps sglang==0.5.23`: SGLang's own API types for the contract
         # tests (with its dependencies it would pull a CUDA torch).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "msgspec==0.22.0", "sglang-router==0.3.2"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "msgspec==0.22.0", "sglang-router==0.3.2", "pyarrow==26.0.1"],
+        # Parquet data files (Hugging Face datasets' format): a 55 MB wheel, so not in the base install.
+        "data": ["pyarrow==26.0.1"],
         # Trainer nodes with GPUs (NGC PyTorch containers already carry transformer-engine and
         # apex). SGLang servers run in their own environment: sglang 0.5.23 pins torch 2.14.1,
         # which conflicts with the trainer's pin, and the trainer only talks HTTP/NCCL to them.

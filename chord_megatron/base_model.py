@@ -55,8 +55,10 @@ def pretrain_config(cfg: Config) -> Config:
 def base_weights(cfg: Config, progress: Optional[Callable[[int, Dict[str, float]], None]] = None):
     """Full Megatron state dict of the base model (training and caching it on first use), or
     None when the run starts from random weights. Collective: call on every rank."""
-    if cfg.model.hf_path:
-        raise NotImplementedError("model.hf_path: loading Hugging Face checkpoints is not implemented yet")
+    if cfg.model.hf_path:  # checked against config.json, read lazily layer by layer (hf_io.py)
+        from .hf_io import hf_state_dict
+
+        return hf_state_dict(cfg)
     if cfg.base.steps == 0:
         return None
     if cfg.data.task != "arith":

@@ -54,6 +54,10 @@ class ModelConfig:
     norm_eps: float = 1e-6  # RMSNorm epsilon
     qkv_bias: bool = False  # bias on the QKV projection (Qwen2)
     tie_embeddings: bool = True  # share the input embedding and the output layer
+    head_dim: Optional[int] = None  # attention head size; None = hidden_size / num_attention_heads
+    qk_layernorm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    rope_scaling: str = "none"  # none | llama3 (Llama-3.1/3.2 frequency scaling) | linear
+    rope_scaling_factor: float = 8.0  # the checkpoint's rope factor when rope_scaling is not none
     dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     transformer_impl: str = "auto"  # auto = transformer_engine when present with CUDA, else local
 
@@ -80,6 +84,7 @@ class DataConfig:
     on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
     seed: int = 0  # seed of the generated task's splits
     reward: str = "arith"  # a name in the reward registry (rollout/rewards.py)
+    tokenizer: Optional[str] = None  # a local HF tokenizer folder; default: model.hf_path, else characters
     # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
     arith_digits: int = 2
     arith_rl_prompts: int = 2000
@@ -221,6 +226,7 @@ PASS_THROUGH = ("megatron", "sglang")
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.dtype": ("auto", "fp32", "bf16"),
     "model.transformer_impl": ("auto", "local", "transformer_engine"),
+    "model.rope_scaling": ("none", "llama3", "linear"),
     "parallel.backend": ("auto", "nccl", "gloo"),
     "data.task": ("arith", "jsonl"),
     "data.on_bad_row": ("error", "skip"),
@@ -437,8 +443,12 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
     if m.num_attention_heads % m.num_query_groups:
         fail("model.num_query_groups",
              f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}")
-    if (m.hidden_size // m.num_attention_heads) % 2:
-        fail("model.hidden_size", "the head dimension must be even for rotary embeddings")
+    if m.head_dim is not None and m.head_dim < 1:
+        fail("model.head_dim", f"must be >= 1, got {m.head_dim}")
+    if (m.head_dim or m.hidden_size // m.num_attention_heads) % 2:
+        fail("model.head_dim" if m.head_dim else "model.hidden_size", "the head dimension must be even for rotary embeddings")
+    if not m.rope_scaling_factor > 0:
+        fail("model.rope_scaling_factor", f"must be > 0, got {m.rope_scaling_factor}")
     if m.num_attention_heads % p.tensor:
         fail("parallel.tensor", f"{p.tensor} does not divide model.num_attention_heads={m.num_attention_heads}")
     if m.num_query_groups % p.tensor:

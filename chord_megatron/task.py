@@ -7,14 +7,17 @@ where it left off, and every variant of `chord compare` sees the same prompts in
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
 from .config import Config
-from .data import CharTokenizer, ExpertRow, PromptRow, load_expert, load_prompts, write_jsonl
+from .data import ExpertRow, PromptRow, load_expert, load_prompts, write_jsonl
 from .data.arith import arith_reward, make_splits
+from .data.hf_tokenizer import load_tokenizer
+from .data.overlap import drop_overlap
 
 RewardFn = Callable[[str, str, dict], float]
 
@@ -68,7 +71,7 @@ def load_task(cfg: Config) -> Task:
     """The task of a config: generated (data.task = arith, written to <output_dir>/data and read
     back through the same validated loader as user files) or read from JSONL files."""
     d = cfg.data
-    tokenizer = CharTokenizer()
+    tokenizer = load_tokenizer(cfg)  # data.tokenizer or model.hf_path (HF), else characters
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens"
@@ -88,6 +91,14 @@ def load_task(cfg: Config) -> Task:
             expert_path, tokenizer, max_prompt_tokens=d.max_prompt_tokens,
             max_response_tokens=d.max_response_tokens, on_bad_row=d.on_bad_row,
         )  # fmt: skip
+    if expert:  # RL prompts that are also expert problems (normalised text) are dropped, and counted
+        prompts, overlap = drop_overlap(prompts, [e.raw_prompt for e in expert], key=lambda p: p.raw_prompt)
+        if overlap:
+            skipped["prompts"]["in_expert_set"] += overlap
+            print(f"chord: {overlap} RL prompts of {prompt_path} are also expert problems in {expert_path}: "
+                  "left out of RL", file=sys.stderr)  # fmt: skip
+        if not prompts:
+            raise ValueError(f"{prompt_path}: every RL prompt also appears in the expert set {expert_path}")
     evaluation = prompts[: min(len(prompts), 64)]
     if eval_path:
         evaluation, skipped["eval"] = load_prompts(

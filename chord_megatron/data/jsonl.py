@@ -6,6 +6,9 @@ Accepted rows (one JSON object per line; blank lines are ignored):
   expert:          {"prompt": str, "response": str}
                    or {"messages": [..., {"role": "assistant", "content": <the expert response>}]}
 
+Parquet files (*.parquet, read with pyarrow) hold the same records, one per table row; their
+"line" in messages is the 1-based row number.
+
 A bad row (not JSON, not an object, a missing or empty field, too many tokens) stops loading
 with a DataError naming the file and line, or, with on_bad_row="skip", is dropped and counted
 by reason so that the run can report what it left out.
@@ -36,6 +39,7 @@ class PromptRow:
     answer: str
     metadata: Dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    raw_prompt: str = ""  # the row's own prompt text (no chat template): what overlap checks compare
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ExpertRow:
     prompt_ids: List[int]
     response_ids: List[int]  # ends with the tokenizer's eos
     source: str = ""
+    raw_prompt: str = ""  # the row's own prompt text (no chat template): what overlap checks compare
 
 
 class _Skip(Exception):
@@ -52,6 +57,9 @@ class _Skip(Exception):
 
 def _records(path: Path) -> Iterable[Tuple[int, Any, Optional[str]]]:
     """(line number, parsed object or None, JSON error or None) for every non-blank line."""
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path)
+        return
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -60,6 +68,19 @@ def _records(path: Path) -> Iterable[Tuple[int, Any, Optional[str]]]:
                 yield n, json.loads(line), None
             except json.JSONDecodeError as e:
                 yield n, None, f"not valid JSON ({e.msg} at column {e.colno})"
+
+
+def _parquet_records(path: Path) -> Iterable[Tuple[int, Any, Optional[str]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'chord-megatron[data]')") from None
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            # A column absent from a row is null in Parquet: treat it as absent, as in JSONL.
+            yield n, {k: v for k, v in row.items() if v is not None}, None
 
 
 def _text(obj: Dict[str, Any], key: str) -> str:
@@ -99,6 +120,15 @@ def _prompt_text(obj: Dict[str, Any], tokenizer: Any, *, drop_last_assistant: bo
     return text, reply
 
 
+def raw_prompt(obj: Dict[str, Any], *, drop_last_assistant: bool = False) -> str:
+    """The prompt as the row spells it: the "prompt" field, or "role: content" lines of its
+    messages (without the expert's final assistant turn)."""
+    if "messages" not in obj:
+        return str(obj.get("prompt", ""))
+    messages = obj["messages"][:-1] if drop_last_assistant else obj["messages"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
 def _load(path: str | Path, on_bad_row: str, parse) -> Tuple[list, Counter]:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -135,7 +165,7 @@ def load_prompts(
         if len(ids) > max_prompt_tokens:
             raise _Skip("too_long", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}")
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "messages")}
-        return PromptRow(prompt, ids, answer, meta, where)
+        return PromptRow(prompt, ids, answer, meta, where, raw_prompt(obj))
 
     return _load(path, on_bad_row, parse)
 
@@ -162,7 +192,7 @@ def load_expert(
                 "too_long",
                 f"expert response has {len(r_ids)} tokens, more than data.max_response_tokens={max_response_tokens}",
             )
-        return ExpertRow(p_ids, r_ids, where)
+        return ExpertRow(p_ids, r_ids, where, raw_prompt(obj, drop_last_assistant=True))
 
     return _load(path, on_bad_row, parse)
 

@@ -193,3 +193,6 @@ class RewardRunner:
 
     def __exit__(self, *exc):
         self.close(kill=exc[0] is not None)
+
+
+from .. import rewards_math, rewards_tool  # noqa: E402,F401 (they register "math" and "tool_call")

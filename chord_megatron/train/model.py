@@ -71,7 +71,8 @@ def transformer_config(cfg: Config, par: ParallelState):
         ffn_hidden_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups,
-        kv_channels=m.hidden_size // m.num_attention_heads,
+        kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads,
+        qk_layernorm=m.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=m.norm_eps,
         gated_linear_unit=True,
@@ -117,8 +118,8 @@ def layer_spec(cfg: Config):
     )
 
     if use_transformer_engine(cfg.model.transformer_impl):
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm)
+    return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=cfg.model.qk_layernorm)
 
 
 def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.nn.Module]:
@@ -148,6 +149,11 @@ def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.n
             share_embeddings_and_output_weights=m.tie_embeddings,
             position_embedding_type="rope",
             rotary_base=m.rotary_base,
+            # llama3: megatron-core scales with low/high frequency factors 1/4 and an original
+            # context of 8192 (hf_io refuses checkpoints with others); linear: positions / factor.
+            rope_scaling=m.rope_scaling == "llama3",
+            rope_scaling_factor=m.rope_scaling_factor,
+            seq_len_interpolation_factor=m.rope_scaling_factor if m.rope_scaling == "linear" else None,
             pg_collection=par.pg,
             vp_stage=vp_stage,
         )

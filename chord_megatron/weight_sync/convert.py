@@ -8,6 +8,7 @@ Pure tensor reshuffling, streamed: names and layouts in, names and layouts out, 
     decoder.layers.i.self_attention.linear_qkv.*     model.layers.i.self_attn.{q,k,v}_proj.*
         packed per KV group g: [q heads of g; k of g; v of g]
     decoder.layers.i.self_attention.linear_proj.weight  model.layers.i.self_attn.o_proj.weight
+    decoder.layers.i.self_attention.{q,k}_layernorm.weight  model.layers.i.self_attn.{q,k}_norm.weight (Qwen3)
     decoder.layers.i.pre_mlp_layernorm.weight        model.layers.i.post_attention_layernorm.weight
     decoder.layers.i.mlp.linear_fc1.weight = [gate; up]  model.layers.i.mlp.{gate,up}_proj.weight
     decoder.layers.i.mlp.linear_fc2.weight           model.layers.i.mlp.down_proj.weight
@@ -38,6 +39,8 @@ _LAYER_RENAMES = {
     "input_layernorm.weight": "input_layernorm.weight",
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",  # TE spec
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",  # Qwen3 per-head q/k RMSNorm
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
     "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",  # TE spec
     "mlp.linear_fc2.weight": "mlp.down_proj.weight",
@@ -67,7 +70,8 @@ class Layout:
     @classmethod
     def from_model_config(cls, model_cfg, megatron: Dict = None) -> "Layout":
         """From chord_megatron.config.ModelConfig (and a `megatron:` kv_channels override)."""
-        head_dim = (megatron or {}).get("kv_channels") or model_cfg.hidden_size // model_cfg.num_attention_heads
+        head_dim = ((megatron or {}).get("kv_channels") or getattr(model_cfg, "head_dim", None)
+                    or model_cfg.hidden_size // model_cfg.num_attention_heads)
         return cls(model_cfg.num_attention_heads, model_cfg.num_query_groups, int(head_dim), model_cfg.tie_embeddings)
 
     @property
@@ -133,6 +137,8 @@ def megatron_to_hf(named: Named, layout: Layout, *, lm_head_when_tied: bool = Fa
 _HF_TO_M_RENAMES = {
     "input_layernorm.weight": "input_layernorm.weight",
     "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
+    "self_attn.q_norm.weight": "self_attention.q_layernorm.weight",
+    "self_attn.k_norm.weight": "self_attention.k_layernorm.weight",
     "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
     "mlp.down_proj.weight": "mlp.linear_fc2.weight",
 }

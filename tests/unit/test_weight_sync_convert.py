@@ -124,7 +124,7 @@ def test_transformer_engine_norm_names_are_accepted():
     assert torch.equal(out["model.layers.3.post_attention_layernorm.weight"], t + 1)
 
 
-@pytest.mark.parametrize("name", ["decoder.layers.0.self_attention.q_layernorm.weight", "embedding.position_embeddings.weight",
+@pytest.mark.parametrize("name", ["decoder.layers.0.self_attention.q_layernorm.bias", "embedding.position_embeddings.weight",
                                   "decoder.layers.0.mlp.router.weight"])
 def test_unknown_megatron_names_are_errors(name):
     with pytest.raises(ValueError, match="no Hugging Face name"):
