@@ -8,6 +8,7 @@
                                                  the method and its baselines; table + curves
     chord eval CONFIG [key=value ...] [--data FILE] [--k K] [--checkpoint DIR]
                                                  avg@k on a benchmark file
+    chord export-hf CONFIG CHECKPOINT OUT         a training checkpoint as a Hugging Face folder
     chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
                                                  node roles, ranks, layout and exact commands
     chord bench train-step CONFIG [key=value ...] tokens/s and peak memory of a training step
@@ -71,6 +72,13 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval(cfg, data=args.data, k=args.k, checkpoint=args.checkpoint, out=args.out)
 
 
+def _export_hf(args: argparse.Namespace) -> int:
+    from .hf_io import run_export_hf
+
+    cfg = load_config(args.config, args.overrides)
+    return run_export_hf(cfg, args.checkpoint, args.out)
+
+
 def _launch_plan(args: argparse.Namespace) -> int:
     from .launch_plan import run_launch_plan  # issue: slurm launch
 
@@ -128,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", help="a training checkpoint folder to evaluate (default: the config's model)")
     ev.add_argument("--out", help="write per-prompt results as JSONL here")
     ev.set_defaults(func=_eval)
+
+    export = sub.add_parser("export-hf", help="a training checkpoint as a Hugging Face folder")
+    export.add_argument("config")
+    export.add_argument("checkpoint", help="a checkpoint folder (or a root with a `latest` pointer)")
+    export.add_argument("out", help="the Hugging Face folder to write")
+    export.add_argument("overrides", nargs="*", metavar="key=value")
+    export.set_defaults(func=_export_hf)
 
     launch = sub.add_parser("launch", help="multi-node launch helpers").add_subparsers(dest="action", required=True)
     plan = launch.add_parser("plan", help="print which node runs what, with the exact commands")

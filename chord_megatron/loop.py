@@ -39,12 +39,19 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 
 
 def score(scorer, task: Task, rollouts: List[Rollout], prompts) -> List[float]:
-    """Rewards of the rollouts; a response cut off by the length limit scores OVERLONG_REWARD."""
+    """Rewards of the rollouts. Each reward function sees the finish reason in its metadata;
+    one that declares `handles_finish_reason` (the math reward: -1 only for a cut response
+    without an answer) decides about cut responses itself, for the others a response cut off by
+    the length limit scores OVERLONG_REWARD."""
+    from .rollout.rewards import get_reward
+
+    own = getattr(get_reward(task.reward_name), "handles_finish_reason", False)
     tok = task.tokenizer
-    jobs = [(prompts[r.prompt_index].prompt, tok.decode(r.response_ids), prompts[r.prompt_index].metadata)
-            for r in rollouts]  # fmt: skip
+    jobs = [(prompts[r.prompt_index].prompt, tok.decode(r.response_ids),
+             {**prompts[r.prompt_index].metadata, "finish_reason": r.finish_reason}) for r in rollouts]  # fmt: skip
     rewards = scorer(jobs)
-    return [OVERLONG_REWARD if r.finish_reason == "length" else float(x) for r, x in zip(rollouts, rewards)]
+    return [OVERLONG_REWARD if r.finish_reason == "length" and not own else float(x)
+            for r, x in zip(rollouts, rewards)]  # fmt: skip
 
 
 def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling, mu: Optional[float]) -> StepData:

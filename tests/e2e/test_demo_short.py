@@ -38,6 +38,14 @@ def test_short_demo_runs_and_learns(tmp_path, base_cache):
     assert [r["step"] for r in evals] == [0, 4, 8]  # the base model, then after 4 and 8 updates
     assert (out / "checkpoints").is_dir() and (out / "tensorboard").is_dir()
 
+    # the trained weights leave as a Hugging Face folder that transformers loads
+    hf = tmp_path / "hf"
+    chord("export-hf", DEMO, out / "checkpoints", hf, *SHORT, f"train.output_dir={out}")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == 32
+
 
 def test_malformed_data_file_stops_with_file_and_line(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
