@@ -50,7 +50,28 @@ def _train(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress and cfg.logging.progress)
     if result:
         print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+        _summarise_run(cfg)
     return 0
+
+
+def _summarise_run(cfg) -> None:
+    """Held-out accuracy before and after, and a PNG of the run's curves (rank 0 only)."""
+    import os
+    from pathlib import Path
+
+    from .metrics import read_metrics
+    from .report import plot_curves, series
+
+    out = Path(cfg.train.output_dir)
+    if int(os.environ.get("RANK", "0")) != 0 or not (out / "metrics.jsonl").exists():
+        return
+    records = read_metrics(out / "metrics.jsonl")
+    steps, acc = series(records, "eval/accuracy")
+    if len(acc) >= 2 and steps[0] == 0:
+        print(f"held-out accuracy (avg@{cfg.train.eval_samples}): base model {acc[0]:.3f} -> "
+              f"{acc[-1]:.3f} after {steps[-1]} steps")  # fmt: skip
+    png = plot_curves({cfg.model.name: records}, out / "curves.png")
+    print(f"metrics: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'}), curves: {png}")
 
 
 def _compare(args: argparse.Namespace) -> int:
