@@ -6,8 +6,8 @@ Token alignment (Megatron's convention): `input_ids[:, t]` is fed at position t 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -42,18 +42,10 @@ class TrainBatch:
     def rows(self) -> int:
         return self.input_ids.shape[0]
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "TrainBatch":
+        """`fn` applied to every tensor field alike (absent optional fields stay None)."""
+        return TrainBatch(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)})
+
     def select(self, index: torch.Tensor | slice) -> "TrainBatch":
         """The rows `index` (a slice or a tensor of row indices), every field alike."""
-
-        def pick(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t[index]
-
-        return TrainBatch(
-            input_ids=pick(self.input_ids),
-            labels=pick(self.labels),
-            loss_mask=pick(self.loss_mask),
-            is_expert=pick(self.is_expert),
-            advantages=pick(self.advantages),
-            old_logp=pick(self.old_logp),
-            rollout_logp=pick(self.rollout_logp),
-        )
+        return self.map(lambda t: t[index])

@@ -57,21 +57,7 @@ def pad_rows(batch: TrainBatch, rows: int) -> TrainBatch:
         raise ValueError(f"cannot pad {batch.rows} rows down to {rows}")
     if extra == 0:
         return batch
-
-    def pad(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if t is None:
-            return None
-        return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))])
-
-    return TrainBatch(
-        input_ids=pad(batch.input_ids),
-        labels=pad(batch.labels),
-        loss_mask=pad(batch.loss_mask),
-        is_expert=pad(batch.is_expert),
-        advantages=pad(batch.advantages),
-        old_logp=pad(batch.old_logp),
-        rollout_logp=pad(batch.rollout_logp),
-    )
+    return batch.map(lambda t: torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))]))
 
 
 def micro_batches(batch: TrainBatch, micro_batch_size: int) -> List[TrainBatch]:

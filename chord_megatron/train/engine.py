@@ -11,6 +11,8 @@ all ranks: each data-parallel rank takes its own rows). Results are identical on
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
@@ -164,7 +166,4 @@ def on_policy_mask(batch: TrainBatch) -> torch.Tensor:
 
 
 def _with_old_logp(batch: TrainBatch, old: torch.Tensor) -> TrainBatch:
-    return TrainBatch(
-        input_ids=batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask, is_expert=batch.is_expert,
-        advantages=batch.advantages, old_logp=old, rollout_logp=batch.rollout_logp,
-    )  # fmt: skip
+    return dataclasses.replace(batch, old_logp=old)
