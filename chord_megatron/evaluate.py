@@ -79,20 +79,14 @@ def model_weights(cfg: Config, checkpoint: Optional[str]):
 
 
 def score_samples(reward: str, prompts, rollouts, tokenizer, *, workers: int = 2, timeout_s: float = 30.0) -> List[float]:
-    """Rewards of `rollouts` (r.prompt_index indexes `prompts`), overlong handled as described above."""
-    from .loop import OVERLONG_REWARD
-    from .rollout.rewards import RewardRunner, get_reward
+    """Rewards of `rollouts` (r.prompt_index indexes `prompts`), scored as training scores them."""
+    from .loop import score
+    from .rollout.rewards import RewardRunner
 
-    fn = get_reward(reward)
-    own_overlong = bool(getattr(fn, "handles_finish_reason", False))
-    jobs = [(prompts[r.prompt_index].prompt, tokenizer.decode(r.response_ids),
-             {"answer": prompts[r.prompt_index].answer, **prompts[r.prompt_index].metadata,
-              "finish_reason": r.finish_reason}) for r in rollouts]  # fmt: skip
-    if not jobs:
+    if not rollouts:
         return []
     with RewardRunner(reward, num_workers=workers, timeout_s=timeout_s) as run:
-        values = run(*map(list, zip(*jobs)))
-    return [v if own_overlong or r.finish_reason != "length" else OVERLONG_REWARD for r, v in zip(rollouts, values)]
+        return score(lambda jobs: run(*map(list, zip(*jobs))), reward, tokenizer, rollouts, prompts)
 
 
 def run_eval(cfg: Config, *, data: Optional[str] = None, k: Optional[int] = None, checkpoint: Optional[str] = None,

@@ -38,17 +38,19 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7919 + salt * 104_729) % (2**31 - 1)
 
 
-def score(scorer, task: Task, rollouts: List[Rollout], prompts) -> List[float]:
+def score(scorer, reward_name: str, tokenizer, rollouts: List[Rollout], prompts) -> List[float]:
     """Rewards of the rollouts. Each reward function sees the finish reason in its metadata;
     one that declares `handles_finish_reason` (the math reward: -1 only for a cut response
     without an answer) decides about cut responses itself, for the others a response cut off by
     the length limit scores OVERLONG_REWARD."""
     from .rollout.rewards import get_reward
 
-    own = getattr(get_reward(task.reward_name), "handles_finish_reason", False)
-    tok = task.tokenizer
-    jobs = [(prompts[r.prompt_index].prompt, tok.decode(r.response_ids),
-             {**prompts[r.prompt_index].metadata, "finish_reason": r.finish_reason}) for r in rollouts]  # fmt: skip
+    own = getattr(get_reward(reward_name), "handles_finish_reason", False)
+    jobs = []
+    for r in rollouts:
+        p = prompts[r.prompt_index]
+        jobs.append((p.prompt, tokenizer.decode(r.response_ids),
+                     {"answer": p.answer, **p.metadata, "finish_reason": r.finish_reason}))  # fmt: skip
     rewards = scorer(jobs)
     return [OVERLONG_REWARD if r.finish_reason == "length" and not own else float(x)
             for r, x in zip(rollouts, rewards)]  # fmt: skip
@@ -70,7 +72,7 @@ def collect(step: int, cfg: Config, task: Task, rollout, scorer, sampling, mu: O
         rollouts = rollout.generate([p.prompt_ids for p in prompts], r.samples_per_prompt,
                                     sampling(seed=step_seed(cfg.train.seed, step)))  # fmt: skip
     gen_s = time.perf_counter() - t0
-    rewards = score(scorer, task, rollouts, prompts) if rollouts else []
+    rewards = score(scorer, task.reward_name, task.tokenizer, rollouts, prompts) if rollouts else []
     adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), r.samples_per_prompt,
                            eps=cfg.algorithm.adv_eps, scale=cfg.algorithm.adv_scale,
                            singleton=cfg.algorithm.adv_singleton)  # fmt: skip
@@ -112,7 +114,7 @@ def evaluate(step: int, cfg: Config, task: Task, rollout, scorer, sampling) -> D
     k = cfg.train.eval_samples
     rollouts = rollout.generate([p.prompt_ids for p in task.evaluation], k,
                                 sampling(seed=step_seed(cfg.train.seed, step, salt=1)))  # fmt: skip
-    rewards = score(scorer, task, rollouts, task.evaluation)
+    rewards = score(scorer, task.reward_name, task.tokenizer, rollouts, task.evaluation)
     n = len(rollouts)
     return {
         "eval/accuracy": sum(x == 1.0 for x in rewards) / n,
