@@ -6,6 +6,8 @@ a consumer always receives whole parameters.
 """
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Tuple
@@ -83,3 +85,20 @@ class SyncStats:
             f"{prefix}tensors": float(self.tensors),
             f"{prefix}buckets": float(self.buckets),
         }
+
+
+@contextlib.contextmanager
+def update_session(engine):
+    """begin_weight_update ... end_weight_update around a transport's buckets, from the
+    trainer's thread (the buckets come from a collective iterator that must run there). If the
+    body fails, a failure to end the session is not raised over the original error."""
+    engine.run(engine.client.begin_weight_update())
+    try:
+        yield
+    except BaseException:
+        try:
+            engine.run(engine.client.end_weight_update())
+        except Exception:
+            pass
+        raise
+    engine.run(engine.client.end_weight_update())

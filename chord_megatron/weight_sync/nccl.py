@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .buckets import SyncStats, bucketize, with_last
+from .buckets import SyncStats, bucketize, update_session, with_last
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -84,9 +84,7 @@ class NcclSync:
             self.connect(engine)
         client = engine.client
         stats = SyncStats("nccl")
-        engine.run(client.begin_weight_update())
-        ok = False
-        try:
+        with update_session(engine):
             for bucket, last in with_last(bucketize(named, self.max_bytes)):
                 tensors = [t.to(self.device).contiguous() for _, t in bucket]
                 announced = engine.submit(client.update_weights_from_distributed(
@@ -101,13 +99,6 @@ class NcclSync:
                     dist.broadcast(t, src=0, group=self.group)
                 announced.result()
                 stats.add(bucket)
-            ok = True
-        finally:
-            try:
-                engine.run(client.end_weight_update())
-            except Exception:
-                if ok:
-                    raise
         return stats.finish()
 
     def close(self, engine=None) -> None:

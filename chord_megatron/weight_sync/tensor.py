@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
-from .buckets import Bucket, SyncStats, bucketize, with_last
+from .buckets import Bucket, SyncStats, bucketize, update_session, with_last
 
 Serializer = Callable[[Bucket], str]
 
@@ -65,9 +65,7 @@ class TensorSync:
         infos = engine.run(client.server_infos())
         tp = {url: int(info.get("tp_size", 1) or 1) for url, info in infos.items()}
         stats = SyncStats("tensor")
-        engine.run(client.begin_weight_update())
-        ok = False
-        try:
+        with update_session(engine):
             # Buckets are gathered in this (the caller's) thread: the tensors may come from a
             # collective iterator that must run where the trainer runs it.
             for bucket, last in with_last(bucketize(named, self.max_bytes)):
@@ -82,11 +80,4 @@ class TensorSync:
                     for url in client.worker_urls)))
                 stats.add(bucket)
                 del bucket, payload  # the servers have copied: IPC handles may be released
-            ok = True
-        finally:
-            try:
-                engine.run(client.end_weight_update())
-            except Exception:
-                if ok:
-                    raise
         return stats.finish()
