@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .combine import ShardPartials, combine_shard_partials, owned_mask
+from .combine import ShardPartials, backward_inputs, finish_forward, owned_mask
 
 DEFAULT_CHUNK_ROWS = 32
 
@@ -138,24 +138,17 @@ class ChunkedVocabParallelLogprobs(torch.autograd.Function):
         chunk_rows: int,
     ):
         part = chunked_shard_partials(logits, targets, vocab_start, temperature, with_entropy, chunk_rows)
-        owned = owned_mask(targets, vocab_start, logits.shape[1])
-        res = combine_shard_partials(part, owned, tp_group, with_entropy)
-        entropy = res.entropy if with_entropy else res.log_sum.new_empty(0)
-        ctx.save_for_backward(logits, targets, res.row_max, res.log_sum, res.valid, entropy)
-        ctx.cfg = (vocab_start, temperature, with_entropy, inplace_backward, chunk_rows)
-        ctx.set_materialize_grads(False)
-        return res.logp, entropy
+        return finish_forward(ctx, part, logits, targets, vocab_start, tp_group, with_entropy,
+                              (vocab_start, temperature, with_entropy, inplace_backward, chunk_rows))
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        logits, targets, row_max, log_sum, valid, entropy = ctx.saved_tensors
         vocab_start, temperature, with_entropy, inplace, chunk_rows = ctx.cfg
-        use_entropy = with_entropy and g_ent is not None
-        zeros = torch.zeros_like(log_sum)
-        g_logp = zeros if g_logp is None else torch.where(valid, g_logp.float(), zeros)
+        logits, targets, row_max, log_sum, entropy, g_logp, g_ent, use_entropy = backward_inputs(
+            ctx, g_logp, g_ent, with_entropy)
         out = logits if inplace else torch.empty_like(logits)
         chunked_shard_grad(
             logits, targets, row_max, log_sum, entropy if use_entropy else None, g_logp,
-            g_ent.float() if use_entropy else None, vocab_start, temperature, out, chunk_rows,
+            g_ent, vocab_start, temperature, out, chunk_rows,
         )  # fmt: skip
         return out, None, None, None, None, None, None, None

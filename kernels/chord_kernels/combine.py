@@ -88,3 +88,29 @@ def combine_shard_partials(
     logp = torch.where(valid, (target_z - global_max) - log_sum, torch.zeros_like(log_sum))
     entropy = log_sum - sum_exp_dz / sum_exp if with_entropy else None
     return Combined(logp, entropy, global_max, log_sum, valid)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parts of the autograd Functions that do not depend on how the shard is swept
+# ----------------------------------------------------------------------------------------------
+def finish_forward(ctx, part: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,
+                   tp_group: Optional[dist.ProcessGroup], with_entropy: bool, cfg: tuple):
+    """Combine this shard's partials across the TP group and save what backward needs;
+    returns (logp, entropy or an empty tensor)."""
+    owned = owned_mask(targets, vocab_start, logits.shape[1])
+    res = combine_shard_partials(part, owned, tp_group, with_entropy)
+    entropy = res.entropy if with_entropy else res.log_sum.new_empty(0)
+    ctx.save_for_backward(logits, targets, res.row_max, res.log_sum, res.valid, entropy)
+    ctx.cfg = cfg
+    ctx.set_materialize_grads(False)
+    return res.logp, entropy
+
+
+def backward_inputs(ctx, g_logp: Optional[torch.Tensor], g_ent: Optional[torch.Tensor], with_entropy: bool):
+    """(logits, targets, row_max, log_sum, entropy, g_logp, g_ent, use_entropy): upstream
+    gradients as fp32, 0 for targets outside the vocabulary; g_ent is None when unused."""
+    logits, targets, row_max, log_sum, valid, entropy = ctx.saved_tensors
+    use_entropy = with_entropy and g_ent is not None
+    zeros = torch.zeros_like(log_sum)
+    g_logp = zeros if g_logp is None else torch.where(valid, g_logp.float(), zeros)
+    return logits, targets, row_max, log_sum, entropy, g_logp, (g_ent.float() if use_entropy else None), use_entropy

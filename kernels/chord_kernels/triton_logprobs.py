@@ -23,7 +23,7 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 
-from .combine import ShardPartials, combine_shard_partials, owned_mask
+from .combine import ShardPartials, backward_inputs, finish_forward
 
 # Starting value of the running max. Finite on purpose: with -inf, the rescale term
 # (m_old - m_new) * s_old would be -inf * 0 = NaN on the first tile.
@@ -227,22 +227,16 @@ class TritonVocabParallelLogprobs(torch.autograd.Function):
     ):
         launch = launch or default_launch(logits.shape[1])
         part = shard_partials(logits, targets, vocab_start, temperature, with_entropy, *launch)
-        owned = owned_mask(targets, vocab_start, logits.shape[1])
-        res = combine_shard_partials(part, owned, tp_group, with_entropy)
-        entropy = res.entropy if with_entropy else res.log_sum.new_empty(0)
-        ctx.save_for_backward(logits, targets, res.row_max, res.log_sum, res.valid, entropy)
-        ctx.cfg = (vocab_start, temperature, with_entropy, inplace_backward, launch)
-        ctx.set_materialize_grads(False)
-        return res.logp, entropy
+        return finish_forward(ctx, part, logits, targets, vocab_start, tp_group, with_entropy,
+                              (vocab_start, temperature, with_entropy, inplace_backward, launch))
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
-        logits, targets, row_max, log_sum, valid, entropy = ctx.saved_tensors
         vocab_start, temperature, with_entropy, inplace, launch = ctx.cfg
-        use_entropy = with_entropy and g_ent is not None
+        logits, targets, row_max, log_sum, entropy, g_logp, g_ent, use_entropy = backward_inputs(
+            ctx, g_logp, g_ent, with_entropy)
         zeros = torch.zeros_like(log_sum)
-        g_logp = zeros if g_logp is None else torch.where(valid, g_logp.float(), zeros)
-        ent, g_ent = (entropy, g_ent.float()) if use_entropy else (zeros, zeros)
+        ent, g_ent = (entropy, g_ent) if use_entropy else (zeros, zeros)
         stats = torch.stack([row_max, log_sum, ent, g_logp, g_ent])
         out = logits if inplace else torch.empty_like(logits)
         shard_grad(logits, targets, stats, vocab_start, temperature, use_entropy, out, *launch)
