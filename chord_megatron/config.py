@@ -67,7 +67,7 @@ class ParallelConfig:
     tensor: int = 1  # tensor-parallel size (divides heads, query groups, ffn width)
     pipeline: int = 1  # pipeline-parallel stages
     virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule)
-    context: int = 1  # context-parallel size (not implemented yet: must be 1)
+    context: int = 1  # context-parallel size: each sequence is split over this many ranks (2 x context chunks)
     sequence_parallel: bool = False  # Megatron sequence parallelism (GPU only, needs tensor > 1)
     distributed_optimizer: bool = True  # shard optimizer state over data-parallel ranks
     backend: str = "auto"  # auto = nccl with CUDA, gloo without
@@ -179,7 +179,8 @@ class TrainConfig:
     eval_every: int = 10  # evaluate every N steps, at step 0 and at the end (0 = never)
     eval_samples: int = 4  # k of avg@k
     log_prob_impl: str = "auto"  # auto | triton | chunked | reference
-    pack_sequences: bool = False  # sequence packing (not implemented yet: must be false)
+    pack_sequences: bool = False  # pack several rows into each model row (micro_batch_size = model rows)
+    pack_length: int = 0  # tokens per packed model row (0 = the batch's padded row length; longer rows widen it)
     output_dir: str = "runs/chord"  # metrics, TensorBoard, checkpoints and generated data go here
 
 
@@ -433,7 +434,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be >= 1, got {get(key)}")
     for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
                 "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay",
-                "algorithm.mu.sft_steps", "data.arith_expert_rows", "base.steps"]:
+                "algorithm.mu.sft_steps", "data.arith_expert_rows", "base.steps", "train.pack_length"]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 

@@ -96,9 +96,9 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
                   parallelism): Korthikanti et al. 2022 for bf16 without recomputation, the
                   attention-score term dropped (flash attention). t = micro-batch tokens / CP =
                   train.micro_batch_size x S_max / CP, S_max = min(data.max_prompt_tokens +
-                  max(rollout.max_new_tokens, data.max_response_tokens), model.max_seq_length).
-                  The first pipeline stage holds min(PP, micro-batches) micro-batches of its
-                  L / PP layers (1F1B). megatron.recompute_granularity=full keeps only each
+                  max(rollout.max_new_tokens, data.max_response_tokens), model.max_seq_length),
+                  or train.pack_length when packing sets one. The first pipeline stage holds
+                  min(PP, micro-batches) micro-batches of its L / PP layers (1F1B). megatron.recompute_granularity=full keeps only each
                   layer's input (t x h x 2) plus one layer's full activations.
       logits      t x V / TP x 6 (bf16 logits and one fp32 working copy)
       overhead    3 GiB (CUDA context, NCCL buffers, allocator slack)
@@ -116,6 +116,8 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
 
     seq = min(cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.data.max_response_tokens),
               m.max_seq_length)
+    if cfg.train.pack_sequences and cfg.train.pack_length:
+        seq = cfg.train.pack_length  # packed model rows: micro_batch_size of them, this long
     tokens = cfg.train.micro_batch_size * seq / layout.cp
     per_layer = tokens * m.hidden_size * ((34 / layout.tp) if p.sequence_parallel else (10 + 24 / layout.tp))
     rows_per_rank = math.ceil(_max_step_rows(cfg) / layout.dp)

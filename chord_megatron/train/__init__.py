@@ -4,7 +4,10 @@
   cpu_patches.py  what megatron-core needs to run without CUDA (applied only then)
   model.py        Llama/Qwen2-style GPTModel from the config, DDP-wrapped
   weights.py      full (unsharded) parameters <-> TP/PP shards; export for weight sync
-  batching.py     global batch -> this DP rank's micro-batches; global token counts
+  batching.py     global batch -> this DP rank's rows; global token counts
+  micro_batch.py  rows -> the model's input on this rank (packed, context-parallel split) and back
+  packing.py      sequence packing: which rows share a model row, block-diagonal mask, THD bounds
+  cp_attention.py context parallelism for the local layer spec (all-gather K/V attention)
   log_probs.py    vocab-parallel log-probs / entropies via chord_kernels
   step.py         forward_step / loss_func adaptor: chord_loss under Megatron's schedules
   metrics.py      count-weighted metric reduction over micro-batches and ranks

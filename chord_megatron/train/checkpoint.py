@@ -126,8 +126,11 @@ def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool,
             _init_optimizer_states(optimizer)
         sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
     if with_rng:
+        # One RNG state per rank: context-parallel ranks count as data-parallel ones here, which
+        # keeps the key of CP = 1 checkpoints unchanged.
+        dp_cp, dp_cp_rank = par.dp * par.cp, par.dp_rank * par.cp + par.cp_rank
         sd["rng"] = ShardedObject(
-            "rng_state", _rng_state(), (par.pp, par.tp, par.dp), (par.pp_rank, par.tp_rank, par.dp_rank), replica_id=0
+            "rng_state", _rng_state(), (par.pp, par.tp, dp_cp), (par.pp_rank, par.tp_rank, dp_cp_rank), replica_id=0
         )
     return sd
 

@@ -64,6 +64,8 @@ TORCH_VIEW_MODULES: Dict[str, Tuple[str, ...]] = {
     "megatron.core.transformer.utils": ('device="cuda"',),
     "megatron.core.models.gpt.gpt_model": ("torch.cuda.current_device()",),
     "megatron.core.models.common.embeddings.rotary_pos_embedding": ("torch.cuda.current_device()",),
+    # context parallelism: RoPE picks this rank's position chunks with a pinned index tensor
+    "megatron.core.models.common.embeddings.rope_utils": ("pin_memory=True",),
     "megatron.core.utils": ("torch.cuda.current_device()",),
     "megatron.core.dist_checkpointing.exchange_utils": ('device="cuda"',),
     "megatron.core.dist_checkpointing.strategies.async_utils": ("torch.cuda.synchronize()",),
@@ -84,6 +86,7 @@ TENSOR_TYPE_CALLERS: Dict[str, Tuple[str, ...]] = {
 TENSOR_CUDA_CALLERS: Dict[str, Tuple[str, ...]] = {
     "megatron.core.models.common.language_module.language_module": ("weight.data = weight.data.cuda()",),
     "megatron.core.optimizer.grad_scaler": (".cuda(torch.cuda.current_device())",),
+    "megatron.core.models.common.embeddings.rope_utils": (".cuda(non_blocking=True)",),
 }
 
 # The tensor-parallel RNG functions replaced, and what their unpatched source relies on.

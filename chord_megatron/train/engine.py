@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -21,12 +21,13 @@ from ..algo import mu_schedule
 from ..config import Config
 from ..types import TrainBatch
 from . import checkpoint as ckpt
-from .batching import check_batch, count_tokens, dp_row_range, shard_for_rank
+from .batching import check_batch, count_tokens
 from .metrics import logprob_mismatch
-from .model import build_model
+from .micro_batch import MicroBatch, build_micro_batches
+from .model import build_model, use_transformer_engine
 from .optim import build_optimizer, current_lr
 from .parallel import ParallelState, init_parallel
-from .step import LossSettings, chord_forward_backward, forward_logprobs, gather_rows
+from .step import LossSettings, chord_forward_backward, forward_logprobs
 from .weights import iter_full_tensors, load_full_state_dict
 
 
@@ -38,17 +39,7 @@ class MegatronEngine:
         """Build on the current torch.distributed world (initialised from torchrun's
         environment if needed). `full_state_dict`: start from these weights (Megatron names,
         see train/weights.py) instead of a random initialisation."""
-        if cfg.train.pack_sequences:
-            raise NotImplementedError(
-                "train.pack_sequences: sequence packing is not implemented; rows are right-padded "
-                "to a common length (set train.pack_sequences=false)"
-            )
-        if cfg.parallel.context > 1:
-            raise NotImplementedError(
-                "parallel.context > 1: context parallelism needs transformer-engine attention and a "
-                "position split of each micro-batch (load-balanced 2 x CP chunks), which this engine "
-                "does not implement yet"
-            )
+        self.thd = _check_layout(cfg)
         self.cfg = cfg
         self.par = par or init_parallel(cfg.parallel, seed=cfg.train.seed)
         self.model = build_model(cfg, self.par)
@@ -90,13 +81,13 @@ class MegatronEngine:
             batch = _with_old_logp(batch, old)
 
         counts = count_tokens(batch)
-        mbs = shard_for_rank(batch, dp=self.par.dp, dp_rank=self.par.dp_rank,
-                             micro_batch_size=self.cfg.train.micro_batch_size)  # fmt: skip
+        mbs = self.micro_batches(batch)
         lr = current_lr(self.optimizer)
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        metrics = chord_forward_backward(self.model, self.par, mbs, mu=mu, counts=counts, settings=self.settings)
+        metrics = chord_forward_backward(self.model, self.par, mbs, mu=mu, counts=counts, settings=self.settings,
+                                         thd=self.thd)  # fmt: skip
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
@@ -116,12 +107,18 @@ class MegatronEngine:
         the CPU, the same on every rank. Positions outside the loss mask hold whatever the
         model gives (0 for out-of-vocabulary labels)."""
         check_batch(batch)
-        par = self.par
-        mbs = shard_for_rank(batch, dp=par.dp, dp_rank=par.dp_rank, micro_batch_size=self.cfg.train.micro_batch_size)
-        local = forward_logprobs(self.model, par, mbs, settings=self.settings)
-        blocks = [dp_row_range(batch.rows, par.dp, r) for r in range(par.dp)]
-        rows = [block.stop - block.start for block in blocks]
-        return gather_rows(local, rows, par.dp_group).cpu()
+        B, S = batch.input_ids.shape
+        logp = forward_logprobs(self.model, self.par, self.micro_batches(batch), rows=B, seq_length=S,
+                                settings=self.settings, thd=self.thd)  # fmt: skip
+        return logp.cpu()
+
+    def micro_batches(self, batch: TrainBatch) -> List[MicroBatch]:
+        """This rank's micro-batches of the global `batch` (packed and split over
+        context-parallel ranks as configured)."""
+        par, t = self.par, self.cfg.train
+        return build_micro_batches(batch, dp=par.dp, dp_rank=par.dp_rank, micro_batch_size=t.micro_batch_size,
+                                   cp=par.cp, cp_rank=par.cp_rank, pack=t.pack_sequences, pack_length=t.pack_length,
+                                   seq_multiple=sequence_multiple(self.cfg))  # fmt: skip
 
     def logprob_mismatch(self, batch: TrainBatch) -> Dict[str, float]:
         """Mean and max |trainer - rollout| log-prob over on-policy response tokens."""
@@ -158,6 +155,27 @@ class MegatronEngine:
         layout only the weights (and the LR schedule) are restored."""
         self.step, data_state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.par)
         return self.step, data_state
+
+
+def sequence_multiple(cfg: Config) -> int:
+    """Model rows are padded to a multiple of this: 2 x CP chunks for context parallelism,
+    times TP for sequence parallelism (which splits the sequence over tensor-parallel ranks)."""
+    p = cfg.parallel
+    return (p.tensor if p.sequence_parallel else 1) * (2 * p.context if p.context > 1 else 1)
+
+
+def _check_layout(cfg: Config) -> bool:
+    """Refuse what this engine cannot run; True when packed rows go to transformer-engine's
+    attention in the THD format (otherwise as a block-diagonal mask to local attention)."""
+    te = use_transformer_engine(cfg.model.transformer_impl)
+    packed = cfg.train.pack_sequences
+    if packed and te and cfg.parallel.context > 1:
+        raise NotImplementedError(
+            "train.pack_sequences with parallel.context > 1 on transformer-engine attention needs the THD context-"
+            "parallel split of every packed row, which this engine does not implement; set model.transformer_impl=local "
+            "(all-gather context parallelism, slower) or train.pack_sequences=false"
+        )
+    return packed and te
 
 
 def on_policy_mask(batch: TrainBatch) -> torch.Tensor:

@@ -11,6 +11,7 @@ distributed optimizer shards. The bare GPTModel of a chunk is `unwrap(chunk)`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Dict, List, Mapping
 
@@ -112,6 +113,9 @@ def transformer_config(cfg: Config, par: ParallelState):
 
 
 def layer_spec(cfg: Config):
+    """Transformer-engine layers when available (their attention does context parallelism and
+    packed THD sequences natively); Megatron's local spec otherwise, whose attention gets our
+    all-gather context-parallel stand-in when parallel.context > 1 (train/cp_attention.py)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
@@ -119,7 +123,13 @@ def layer_spec(cfg: Config):
 
     if use_transformer_engine(cfg.model.transformer_impl):
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm)
-    return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=cfg.model.qk_layernorm)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=cfg.model.qk_layernorm)
+    if cfg.parallel.context > 1:
+        from .cp_attention import ContextParallelDotProductAttention
+
+        spec = copy.deepcopy(spec)
+        spec.submodules.self_attention.submodules.core_attention = ContextParallelDotProductAttention
+    return spec
 
 
 def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.nn.Module]:

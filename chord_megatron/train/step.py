@@ -9,9 +9,11 @@ This is the one place where parallel layout meets the loss. The rules:
   data-parallel ranks. The model config sets `calculate_per_token_loss=True` (no per-micro-batch
   division, and DDP sums gradients instead of averaging them) and replaces Megatron's final
   division by its token count with nothing (`finalize_grads` in train/model.py).
-* Context parallelism is not implemented (the engine refuses parallel.context > 1). It would
-  split each row's positions over ranks; as every token's term already carries the global
-  denominators, the per-rank partial sums would add up the same way.
+* The loss is computed in the rows' layout even when the model reads packed rows or this
+  context-parallel rank's share of the positions (train/micro_batch.py): per-token log-probs
+  are scattered back to the rows, and tokens this rank does not hold are masked out. Every
+  token's term carries the global denominators, so the partial sums of context-parallel
+  ranks add up like those of data-parallel ranks (DDP reduces over both).
 
 The update then does not depend on the parallel layout or the micro-batch split, up to
 floating-point summation order.
@@ -27,10 +29,11 @@ import torch.distributed as dist
 
 from ..algo import chord_loss
 from ..config import Config
-from ..types import TrainBatch
 from .batching import TokenCounts
 from .log_probs import token_logprobs
 from .metrics import metric_keys, reduce_step_metrics
+from .micro_batch import MicroBatch
+from .packing import block_causal_mask, cu_seqlens
 from .parallel import ParallelState
 
 
@@ -66,39 +69,63 @@ def _to(t: Optional[torch.Tensor], device: torch.device, dtype=None) -> Optional
     return None if t is None else t.to(device=device, dtype=dtype, non_blocking=True)
 
 
-def _model_forward(mb: TrainBatch, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """Logits [b, S, V_local] on the last stage, hidden states [S, b, H] on the others
-    (which take their input from the previous stage, not from `input_ids`). Rows are
-    right-padded, so the causal mask alone keeps real tokens from attending to padding."""
-    b, S = mb.input_ids.shape
+def _model_forward(mb: MicroBatch, model: torch.nn.Module, device: torch.device, thd: bool) -> torch.Tensor:
+    """Logits [b, L / CP, V_local] on the last stage, hidden states on the others (which take
+    their input from the previous stage, not from `input_ids`). Plain rows are right-padded,
+    so the causal mask alone keeps real tokens from attending to padding; packed rows get a
+    block-diagonal causal mask (local attention) or transformer-engine's THD format (`thd`:
+    all model rows of the micro-batch as one sequence with segment boundaries)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
     input_ids = mb.input_ids.to(device=device, dtype=torch.long)
-    position_ids = torch.arange(S, device=device).unsqueeze(0).expand(b, S)
-    return model(input_ids, position_ids, None)
+    b, L_local = input_ids.shape
+    position_ids = torch.arange(L_local, device=device).unsqueeze(0).expand(b, L_local)
+    if mb.segment_ids is None:
+        return model(input_ids, position_ids, None)
+    if not thd:
+        return model(input_ids, position_ids, block_causal_mask(mb.segment_ids.to(device)))
+    cu = cu_seqlens(mb.segment_ids).to(device)
+    longest = int((cu[1:] - cu[:-1]).max())
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+    return model(input_ids.reshape(1, -1), position_ids.reshape(1, -1), None, packed_seq_params=params)
 
 
-def _chord_loss_func(mb: TrainBatch, logits: torch.Tensor, *, mu: float, counts: TokenCounts,
-                     settings: LossSettings, par: ParallelState):  # fmt: skip
-    """Megatron loss_func, the 3-tuple form: (loss, token count, metrics)."""
-    device = logits.device
+def _rows_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LossSettings, par: ParallelState,
+                   *, with_entropy: bool, inplace_backward: bool):  # fmt: skip
+    """Per-token log-probs (and entropies) of the micro-batch, in the rows' layout [n, S]."""
+    logits = logits.reshape(*mb.input_ids.shape, logits.shape[-1])
     logp, entropy = token_logprobs(
         logits,
-        mb.labels.to(device=device, dtype=torch.long),
+        mb.labels.to(device=logits.device, dtype=torch.long),
         tp_group=par.tp_group,
         temperature=settings.temperature,
         impl=settings.impl,
-        with_entropy=True,
-        # Nothing reads the logits after this op: its backward may reuse their memory.
-        inplace_backward=True,
+        with_entropy=with_entropy,
+        inplace_backward=inplace_backward,
     )
+    return mb.to_rows(logp), (None if entropy is None else mb.to_rows(entropy))
+
+
+def _chord_loss_func(mb: MicroBatch, logits: torch.Tensor, *, mu: float, counts: TokenCounts,
+                     settings: LossSettings, par: ParallelState):  # fmt: skip
+    """Megatron loss_func, the 3-tuple form: (loss, token count, metrics)."""
+    device = logits.device
+    # Nothing reads the logits after this op: its backward may reuse their memory.
+    logp, entropy = _rows_logprobs(mb, logits, settings, par, with_entropy=True, inplace_backward=True)
+    rows = mb.rows
+    loss_mask = _to(rows.loss_mask, device)
+    present = mb.present()
+    if present is not None:  # tokens another context-parallel rank (or nobody) computes
+        loss_mask = loss_mask * present.to(device)
     loss, metrics = chord_loss(
         logp,
-        _to(mb.old_logp, device, torch.float32),
-        _to(mb.advantages, device, torch.float32),
-        _to(mb.loss_mask, device),
-        _to(mb.is_expert, device, torch.bool),
+        _to(rows.old_logp, device, torch.float32),
+        _to(rows.advantages, device, torch.float32),
+        loss_mask,
+        _to(rows.is_expert, device, torch.bool),
         mu,
         denominators=counts.as_denominators(),
-        rollout_logp=_to(mb.rollout_logp, device, torch.float32),
+        rollout_logp=_to(rows.rollout_logp, device, torch.float32),
         entropy=entropy,
         **settings.chord_kwargs,
     )
@@ -106,34 +133,30 @@ def _chord_loss_func(mb: TrainBatch, logits: torch.Tensor, *, mu: float, counts:
     return loss, num_tokens, metrics
 
 
-def _logprob_func(mb: TrainBatch, logits: torch.Tensor, non_loss_data: bool = False, *,
+def _logprob_func(mb: MicroBatch, logits: torch.Tensor, non_loss_data: bool = False, *,
                   settings: LossSettings, par: ParallelState) -> torch.Tensor:  # fmt: skip
-    """Forward-only 'loss' function: the current policy's log-probs [b, S] (no gradient)."""
-    logp, _ = token_logprobs(
-        logits,
-        mb.labels.to(device=logits.device, dtype=torch.long),
-        tp_group=par.tp_group,
-        temperature=settings.temperature,
-        impl=settings.impl,
-        with_entropy=False,
-    )
+    """Forward-only 'loss' function: the current policy's log-probs [n, S] (no gradient; 0 at
+    tokens this rank does not compute)."""
+    logp, _ = _rows_logprobs(mb, logits, settings, par, with_entropy=False, inplace_backward=False)
     return logp.detach().float()
 
 
-def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[TrainBatch], loss_func_for,
-                 *, forward_only: bool, collect_non_loss_data: bool = False) -> list:  # fmt: skip
-    """Run Megatron's pipeline schedule for `par` over the micro-batches `mbs` (equal shapes).
-    `loss_func_for(mb)` gives the loss function of a micro-batch. Returns what the loss
-    functions returned (as Megatron stores it), on the last pipeline stage; [] elsewhere."""
+def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], loss_func_for,
+                 *, forward_only: bool, collect_non_loss_data: bool = False, thd: bool = False) -> list:  # fmt: skip
+    """Run Megatron's pipeline schedule for `par` over the micro-batches `mbs` (equal model
+    shapes). `loss_func_for(mb)` gives the loss function of a micro-batch. Returns what the
+    loss functions returned (as Megatron stores it), on the last pipeline stage; [] elsewhere."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
     from megatron.core.utils import get_model_config
 
-    b, S = mbs[0].input_ids.shape
+    b, L = mbs[0].micro_batch_size, mbs[0].seq_length
+    if thd and mbs[0].segment_ids is not None:  # the model rows travel as one [b * L] sequence
+        b, L = 1, b * L
 
     def forward_step(data_iterator, chunk):
         mb = next(data_iterator)
-        return _model_forward(mb, chunk, par.device), loss_func_for(mb)
+        return _model_forward(mb, chunk, par.device, thd), loss_func_for(mb)
 
     # Interleaved schedules give every model chunk its own iterator over the same micro-batches.
     data = [iter(mbs) for _ in model] if len(model) > 1 else iter(mbs)
@@ -146,7 +169,7 @@ def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[Tra
         data_iterator=data,
         model=model if len(model) > 1 else model[0],
         num_microbatches=len(mbs),
-        seq_length=S,
+        seq_length=L,  # the whole length: the schedule divides by the context-parallel size
         micro_batch_size=b,
         forward_only=forward_only,
         collect_non_loss_data=collect_non_loss_data,
@@ -155,12 +178,14 @@ def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[Tra
     )
 
 
-def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs: List[TrainBatch], *,
-                           mu: float, counts: TokenCounts, settings: LossSettings) -> Dict[str, float]:  # fmt: skip
+def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], *,
+                           mu: float, counts: TokenCounts, settings: LossSettings,
+                           thd: bool = False) -> Dict[str, float]:  # fmt: skip
     """Forward and backward of the CHORD loss over this rank's micro-batches; gradients end up
-    reduced over data-parallel ranks in the DDP grad buffers (`param.main_grad`). Returns the
-    batch's metrics (count-weighted over micro-batches and ranks), the same on every rank."""
-    if any(mb.old_logp is None for mb in mbs):
+    reduced over data- and context-parallel ranks in the DDP grad buffers (`param.main_grad`).
+    Returns the batch's metrics (count-weighted over micro-batches and ranks), the same on
+    every rank."""
+    if any(mb.rows.old_logp is None for mb in mbs):
         raise ValueError("chord_forward_backward: micro-batches need old_logp (MegatronEngine computes missing ones)")
     store = run_schedule(
         model,
@@ -168,6 +193,7 @@ def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs
         mbs,
         lambda mb: partial(_chord_loss_func, mb, mu=mu, counts=counts, settings=settings, par=par),
         forward_only=False,
+        thd=thd,
     )
     metrics = reduce_step_metrics(
         store,
@@ -181,11 +207,13 @@ def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs
     return metrics
 
 
-def forward_logprobs(model: List[torch.nn.Module], par: ParallelState, mbs: List[TrainBatch], *,
-                     settings: LossSettings) -> torch.Tensor:  # fmt: skip
-    """The current policy's log-probs of this rank's micro-batches, [n_mb * b, S] fp32 on
-    `par.device`, on every pipeline stage (the last stage computes them and broadcasts)."""
-    b, S = mbs[0].input_ids.shape
+def forward_logprobs(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], *, rows: int,
+                     seq_length: int, settings: LossSettings, thd: bool = False) -> torch.Tensor:  # fmt: skip
+    """The current policy's log-probs of a global batch of `rows` x `seq_length` tokens whose
+    micro-batches on this rank are `mbs`: [rows, seq_length] fp32 on `par.device`, the same on
+    every rank. Each token is computed by one (data-, context-parallel) rank of the last
+    pipeline stage; the others contribute zeros to a sum over those ranks, which the last stage
+    then broadcasts along the pipeline."""
     with torch.no_grad():
         store = run_schedule(
             model,
@@ -194,22 +222,16 @@ def forward_logprobs(model: List[torch.nn.Module], par: ParallelState, mbs: List
             lambda mb: partial(_logprob_func, mb, settings=settings, par=par),
             forward_only=True,
             collect_non_loss_data=True,
+            thd=thd,
         )
+    out = torch.zeros(rows, seq_length, dtype=torch.float32, device=par.device)
     if par.is_last_stage:
-        local = torch.cat([t.to(par.device) for t in store])
-    else:
-        local = torch.empty(len(mbs) * b, S, dtype=torch.float32, device=par.device)
+        for mb, logp in zip(mbs, store):
+            real = mb.row_ids >= 0
+            out[mb.row_ids[real].to(par.device)] = logp.to(par.device)[real.to(par.device)]
+    if dist.get_world_size(par.dp_cp_group) > 1:
+        dist.all_reduce(out, group=par.dp_cp_group)
     if par.pp > 1:
         last = dist.get_global_rank(par.pp_group, par.pp - 1)
-        dist.broadcast(local, src=last, group=par.pp_group)
-    return local
-
-
-def gather_rows(local: torch.Tensor, rows: List[int], group: dist.ProcessGroup) -> torch.Tensor:
-    """Concatenate each rank's first rows[r] rows of `local` over `group`, in rank order.
-    `local` has the same (padded) shape on every rank."""
-    if dist.get_world_size(group) == 1:
-        return local[: rows[0]]
-    pieces = [torch.empty_like(local) for _ in rows]
-    dist.all_gather(pieces, local.contiguous(), group=group)
-    return torch.cat([p[:n] for p, n in zip(pieces, rows)])
+        dist.broadcast(out, src=last, group=par.pp_group)
+    return out

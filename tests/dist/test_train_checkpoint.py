@@ -6,8 +6,10 @@ One 2-process job (gloo):
             (an extra update, RNG draws), is rebuilt from another seed and loads the checkpoint.
             Losses, metrics, weights, every rank's optimizer state and the RNG must be
             bit-identical; the checkpoint root must hold what keep_last says.
-  reshard   a checkpoint written at TP=2 is loaded at PP=2 and at DP=2 (TP=PP=1 replicas),
-            and one written at PP=2 is loaded at TP=2: the weights must come back exactly.
+  reshard   a checkpoint written at TP=2 is loaded at PP=2, at DP=2 (TP=PP=1 replicas) and at
+            CP=2, and one written at PP=2 is loaded at TP=2: the weights must come back
+            exactly, and PP=2 and CP=2 then take the same step; CP=2 (with the distributed
+            optimizer sharded over its 2 ranks) resumes bit-exactly from its own checkpoint.
 """
 import os
 
@@ -134,7 +136,20 @@ def reshard_part(root):
 
     tp2_again = engine("parallel.tensor=2", seed=4)
     tp2_again.load(os.path.join(root, "pp2"))
+
+    cp2 = engine("parallel.context=2", seed=5)  # context-parallel ranks hold replicas of the weights
+    cp2.load(os.path.join(root, "tp2"))
+    at_cp2 = weights(cp2)
+    cp2_metrics = cp2.train_step(batch(1), 1)  # the same update as pp2's from the same state
+    after_cp2 = weights(cp2)
+    cp2.save(os.path.join(root, "cp2"), {}, step=2)  # and resumes exactly on its own layout
+    cp2_next = cp2.train_step(batch(2), 2)
+    cp2_resumed = engine("parallel.context=2", seed=6)
+    cp2_resumed.load(os.path.join(root, "cp2"))
+    cp2_resumed_next = cp2_resumed.train_step(batch(2), 2)
     return {
+        "at_cp2": at_cp2, "cp2_metrics": cp2_metrics, "after_cp2": after_cp2, "cp2_next": cp2_next,
+        "cp2_resumed_next": cp2_resumed_next, "cp2_final": weights(cp2), "cp2_resumed_final": weights(cp2_resumed),
         "saved_tp2": saved_tp2, "at_pp2": at_pp2, "at_dp2": at_dp2, "pp2_loaded": pp2_loaded,
         "pp2_metrics": pp2_metrics, "saved_pp2": saved_pp2, "at_tp2_again": weights(tp2_again),
     }  # fmt: skip
@@ -196,3 +211,14 @@ def test_weights_reshard_across_layouts(results):
         for name, w in r["saved_pp2"].items():
             assert torch.equal(r["at_tp2_again"][name], w), f"rank {rank}: PP2 -> TP2 {name}"
         assert torch.isfinite(torch.tensor(r["pp2_metrics"]["loss"]))
+        for name, w in r["saved_tp2"].items():
+            assert torch.equal(r["at_cp2"][name], w), f"rank {rank}: TP2 -> CP2 {name}"
+        for key in ("loss", "grad_norm", "lr", "sft_nll"):
+            assert r["cp2_metrics"][key] == pytest.approx(r["pp2_metrics"][key], rel=1e-5), key
+        # Adam's first step from a fresh state moves each weight by about +-lr (1e-2) whatever
+        # the gradient's size, so a near-zero gradient may round either way: 1 % of a step.
+        for name, w in r["saved_pp2"].items():
+            torch.testing.assert_close(r["after_cp2"][name], w, rtol=0, atol=1e-4)
+        assert r["cp2_resumed_next"] == r["cp2_next"], f"rank {rank}: CP=2 resume"
+        for name, w in r["cp2_final"].items():
+            assert torch.equal(r["cp2_resumed_final"][name], w), f"rank {rank}: CP=2 resume {name}"

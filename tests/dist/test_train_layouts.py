@@ -30,6 +30,7 @@ BASE = [
 ]  # fmt: skip
 # A large Adam eps makes the update proportional to the (clipped) gradient, so comparing
 # parameters after a step also compares gradient magnitudes and the clipping factor.
+PACK = ["train.pack_sequences=true", "train.pack_length=24"]
 VARIANTS = {"tied": [], "untied_qkv_bias": ["model.tie_embeddings=false", "model.qkv_bias=true"]}
 LAYOUTS = {
     "tp2": ["parallel.tensor=2"],
@@ -39,7 +40,16 @@ LAYOUTS = {
     "pp2_vpp2": ["parallel.pipeline=2", "parallel.virtual_pipeline=2"],
     "dp2": ["parallel.distributed_optimizer=false"],
     "dp2_distopt": [],
+    # context parallelism: each row's positions split over 2 ranks (all-gather attention on CPU)
+    "cp2": ["parallel.context=2", "parallel.distributed_optimizer=false"],
+    "cp2_distopt": ["parallel.context=2"],
+    # sequence packing: several rows per model row of 24 tokens, block-diagonal attention
+    "cp2_packed": ["parallel.context=2", "parallel.distributed_optimizer=false", *PACK],
+    "tp2_packed": ["parallel.tensor=2", *PACK],
+    "pp2_packed": ["parallel.pipeline=2", *PACK],
+    "dp2_packed": ["parallel.distributed_optimizer=false", *PACK],
 }
+SHARDED_GRADS = ("dp2_distopt", "cp2_distopt")  # the distributed optimizer reduces only this rank's slice
 KINDS = ("mixed", "rl_only", "sft_only")
 MICRO = {1: 7, 2: 4, 4: 2}  # number of micro-batches -> micro_batch_size for the 7-row batch
 REF_MICRO = 2  # the reference run compared with the layouts: 2 micro-batches of 4 rows
@@ -92,6 +102,16 @@ def _step(cfg, par, W0, kind):
     return {"metrics": metrics, "grads": grads, "params": params, "loaded": loaded}, engine
 
 
+def _model_shapes(engine, batch):
+    """What the model reads on this rank, and which attention the layers use."""
+    from chord_megatron.train.model import unwrap
+
+    layer = unwrap(engine.model[0]).decoder.layers[0]
+    mbs = engine.micro_batches(batch)
+    return {"attention": type(layer.self_attention.core_attention).__name__,
+            "input": [tuple(mb.input_ids.shape) for mb in mbs], "rows": [mb.rows.rows for mb in mbs]}  # fmt: skip
+
+
 def reference_job():
     """TP=PP=DP=1: W0 per variant, then every kind x micro-batch split."""
     from chord_megatron.train.engine import MegatronEngine
@@ -106,6 +126,9 @@ def reference_job():
             for n_micro, mbs in MICRO.items():
                 res, engine = _step(config(*v_over, f"train.micro_batch_size={mbs}"), par, W0, kind)
                 out[variant][kind, n_micro] = res
+            for n_pack_rows in (1, 2):  # packed rows per micro-batch
+                cfg = config(*v_over, *PACK, f"train.micro_batch_size={n_pack_rows}")
+                out[variant][kind, "packed", n_pack_rows] = _step(cfg, par, W0, kind)[0]
         batch = make_batch("mixed", with_rollout_logp=True)
         engine = MegatronEngine(config(*v_over), par=par, full_state_dict=W0)
         out[variant]["logp"] = engine.compute_logprobs(batch)
@@ -126,11 +149,12 @@ def layouts_job(W0s):
             par = init_parallel(cfg.parallel, seed=7)
             for kind in KINDS:
                 res, engine = _step(cfg, par, W0s[variant], kind)
-                if layout == "dp2_distopt":
-                    del res["grads"]  # only this rank's slice of each grad buffer is reduced
+                if layout in SHARDED_GRADS:
+                    del res["grads"]
                 out[variant, layout, kind] = res
             engine = MegatronEngine(cfg, par=par, full_state_dict=W0s[variant])
             out[variant, layout, "logp"] = engine.compute_logprobs(make_batch("mixed"))
+            out[variant, layout, "shapes"] = _model_shapes(engine, make_batch("mixed"))
     return out
 
 
@@ -213,6 +237,23 @@ def test_microbatch_split_gives_the_same_update(ref, variant, kind):
             _close(other["params"][name], one["params"][name], f"{n_micro} micro-batches: param {name}")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_packed_rows_give_the_same_update(ref, variant, kind):
+    """Packing 7 rows (6-11 tokens each) into rows of 24 tokens changes nothing but the
+    summation order: block-diagonal attention, and RoPE depends only on relative positions."""
+    one = ref[variant][kind, 1]
+    for n_pack_rows in (1, 2):
+        got = ref[variant][kind, "packed", n_pack_rows]
+        assert got["metrics"]["micro_batches"] < 7 / n_pack_rows, "rows should share model rows"
+        for key, value in one["metrics"].items():
+            if key != "micro_batches":
+                assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        for name in one["params"]:
+            _close(got["grads"][name], one["grads"][name], f"packed x{n_pack_rows}: grad {name}")
+            _close(got["params"][name], one["params"][name], f"packed x{n_pack_rows}: param {name}")
+
+
 def test_compute_logprobs_and_mismatch_match_oracle(ref):
     batch = make_batch("mixed", with_rollout_logp=True)
     for variant in VARIANTS:
@@ -272,3 +313,13 @@ def test_layouts_ran_the_intended_schedules(layouts):
     assert got["tied", "tp2", "mixed"]["metrics"]["micro_batches"] == 4
     assert got["tied", "pp2_vpp2", "mixed"]["metrics"]["micro_batches"] == 4
     assert math.isfinite(got["tied", "pp2", "mixed"]["metrics"]["loss"])
+    # Context parallelism: the all-gather attention, and each rank reads half of every row.
+    for layout in ("cp2", "cp2_packed"):
+        shapes = got["tied", layout, "shapes"]
+        assert shapes["attention"] == "ContextParallelDotProductAttention", layout
+    assert set(got["tied", "cp2", "shapes"]["input"]) == {(2, 6)}
+    assert set(got["tied", "cp2_packed", "shapes"]["input"]) == {(2, 12)}
+    assert got["tied", "tp2", "shapes"]["attention"] == "DotProductAttention"
+    # Packing: 7 rows of 6-11 tokens fill 4 rows of 24 tokens, 2 per micro-batch.
+    assert got["tied", "tp2_packed", "shapes"]["input"] == [(2, 24), (2, 24)]
+    assert sum(got["tied", "tp2_packed", "shapes"]["rows"]) == 7

@@ -1,4 +1,5 @@
-"""The demo on 2 processes with TP=2, through `chord train --nproc 2`, matches the TP=1 run."""
+"""The demo on 2 processes through `chord train --nproc 2` matches the 1-process run: with TP=2,
+and with context parallelism (CP=2) on packed rows."""
 import pytest
 
 from chord_megatron.metrics import read_metrics
@@ -7,19 +8,31 @@ from conftest import DEMO, SHORT, chord
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
+ARGS = [*SHORT, "train.steps=4", "train.eval_every=4", "algorithm.mu.peak=0.5", "algorithm.mu.valley=0.1",
+        "algorithm.mu.decay=4", "--no-progress"]  # fmt: skip
+LAYOUTS = {
+    "tp2": ["parallel.tensor=2"],
+    "cp2_packed": ["parallel.context=2", "train.pack_sequences=true", "train.pack_length=64"],
+}
 
-def test_tp2_demo_matches_tp1(tmp_path, base_cache):
-    args = [*SHORT, f"base.cache_dir={base_cache}", "train.steps=4", "train.eval_every=4",
-            "algorithm.mu.peak=0.5", "algorithm.mu.valley=0.1", "algorithm.mu.decay=4", "--no-progress"]  # fmt: skip
-    chord("train", DEMO, *args, f"train.output_dir={tmp_path / 'tp1'}")
-    chord("train", DEMO, *args, f"train.output_dir={tmp_path / 'tp2'}", "parallel.tensor=2", "--nproc", "2")
-    one = read_metrics(tmp_path / "tp1" / "metrics.jsonl")
-    two = read_metrics(tmp_path / "tp2" / "metrics.jsonl")
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, base_cache):
+    out = tmp_path_factory.mktemp("tp1")
+    chord("train", DEMO, *ARGS, f"base.cache_dir={base_cache}", f"train.output_dir={out}")
+    return read_metrics(out / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_process_demo_matches_one_process(tmp_path, base_cache, one_process, layout):
+    chord("train", DEMO, *ARGS, f"base.cache_dir={base_cache}", f"train.output_dir={tmp_path}", *LAYOUTS[layout],
+          "--nproc", "2")  # fmt: skip
+    one, two = one_process, read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
-        # Same weights, same seeds: the samples coincide (TP only reorders fp32 sums, far below
-        # what it takes to flip a sampled token here), so rewards and lengths are equal ...
+        # Same weights, same seeds: the samples coincide (the layout only reorders fp32 sums, far
+        # below what it takes to flip a sampled token here), so rewards and lengths are equal ...
         for key in ("reward/mean", "response/length", "eval/accuracy", "eval/response_length"):
             if key in a:
                 assert a[key] == b[key], (a["step"], key)

@@ -79,13 +79,12 @@ def test_tensor_parallel_shards_follow_megatron_layouts():
     assert shard_tp("x.input_layernorm.weight", norm, torch.nn.Parameter(norm), 2, 1) is norm
 
 
-@pytest.mark.parametrize(
-    "override,match",
-    [("train.pack_sequences=true", "sequence packing is not implemented"),
-     ("parallel.context=2", "context parallelism")],
-)  # fmt: skip
-def test_engine_refuses_what_it_does_not_implement(override, match):
-    from chord_megatron.train.engine import MegatronEngine
+def test_engine_refuses_packing_with_context_parallelism_on_transformer_engine(monkeypatch):
+    """TE's context parallelism needs packed rows split per sequence (THD); not implemented."""
+    from chord_megatron.train import engine
 
-    with pytest.raises(NotImplementedError, match=match):
-        MegatronEngine(cfg(override))
+    monkeypatch.setattr(engine, "use_transformer_engine", lambda impl: True)  # as on a GPU node with TE
+    with pytest.raises(NotImplementedError, match="train.pack_sequences with parallel.context > 1"):
+        engine.MegatronEngine(cfg("train.pack_sequences=true", "parallel.context=2"))
+    assert engine._check_layout(cfg("train.pack_sequences=true")) is True  # packed rows go as THD
+    assert engine._check_layout(cfg("parallel.context=2")) is False
