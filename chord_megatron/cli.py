@@ -11,7 +11,9 @@
     chord export-hf CONFIG CHECKPOINT OUT         a training checkpoint as a Hugging Face folder
     chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
                                                  node roles, ranks, layout and exact commands
-    chord bench train-step CONFIG [key=value ...] tokens/s and peak memory of a training step
+    chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
+                                                 tokens/s and peak memory of a training step
+                                                 (--vs: against a variant, as ratios)
 
 Every subcommand takes a YAML config and dotted overrides; config problems end the command
 with one line naming the key and where it came from, and exit status 2.
@@ -110,14 +112,26 @@ def _launch_plan(args: argparse.Namespace) -> int:
 
 
 def _bench_train_step(args: argparse.Namespace) -> int:
-    from .train.bench import bench_train_step  # imports Megatron: only when asked for
+    from .train.bench import bench_train_step, compare_train_step  # imports Megatron: only when asked for
 
     cfg = load_config(args.config, args.overrides)
-    result = bench_train_step(cfg, steps=args.steps)
+    if not args.vs:
+        _print_table(bench_train_step(cfg, steps=args.steps))
+        return 0
+    variant = load_config(args.config, list(args.overrides) + list(args.vs))
+    result = compare_train_step(cfg, variant, steps=args.steps)
+    for part in ("baseline", "variant"):
+        print(f"--- {part}{'' if part == 'baseline' else ': ' + ' '.join(args.vs)}")
+        _print_table(result[part])
+    print("--- variant / baseline")
+    _print_table(result["ratios"])
+    return 0
+
+
+def _print_table(result) -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
-    return 0
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -179,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")
     _add_config_args(step)
     step.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    step.add_argument("--vs", nargs="+", metavar="key=value", default=[],
+                      help="also run the config with these overrides, in the same run, and print the ratios")
     step.set_defaults(func=_bench_train_step)
     return parser
 

@@ -30,14 +30,19 @@ def bench_shapes(cfg: Config) -> Dict[str, int]:
 
 
 def random_batch(cfg: Config, seed: int = 0) -> TrainBatch:
-    """A TrainBatch of the benchmark shapes with random tokens, advantages and old log-probs."""
+    """A TrainBatch of the benchmark shapes with random tokens, advantages and old log-probs.
+    Response lengths vary as sampled ones do (uniform between a quarter of the budget and all
+    of it), so that right-padding and sequence packing cost what they would in a run."""
     shapes = bench_shapes(cfg)
     rows, S = shapes["rl_rows"] + shapes["expert_rows"], shapes["seq_length"]
     prompt = min(cfg.data.max_prompt_tokens, S - 1)
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, cfg.model.vocab_size, (rows, S), generator=g)
+    budget = S - prompt
+    lengths = torch.randint(max(1, budget // 4), budget + 1, (rows,), generator=g)
     loss_mask = torch.zeros(rows, S)
-    loss_mask[:, prompt - 1 : S - 1] = 1.0  # labels are input_ids shifted left by one
+    for r, n in enumerate(lengths.tolist()):
+        loss_mask[r, prompt - 1 : prompt - 1 + n] = 1.0  # labels are input_ids shifted left by one
     is_expert = torch.arange(rows) >= shapes["rl_rows"]
     return TrainBatch(
         input_ids=input_ids,
@@ -92,7 +97,24 @@ def bench_train_step(cfg: Config, steps: int = 3) -> Dict[str, Any]:
         "rows": batch.rows,
         "seq_length": batch.input_ids.shape[1],
         "tokens_per_step": tokens,
-        "layout": {"world": par.world_size, "tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp},
+        "layout": {"world": par.world_size, "tp": par.tp, "pp": par.pp, "vpp": par.vpp, "cp": par.cp, "dp": par.dp},
+        "packed": cfg.train.pack_sequences,
+        "micro_batches": len(engine.micro_batches(batch)),
         "device": str(par.device),
         "dtype": str(engine.model[0].config.params_dtype).replace("torch.", ""),
     }
+
+
+def compare_train_step(baseline: Config, variant: Config, steps: int = 3) -> Dict[str, Any]:
+    """bench_train_step of `baseline`, then of `variant`, in the same run (the same machine
+    state), and the variant / baseline ratios: step time, trained tokens/s, and peak memory
+    where it is measured per run (CUDA; the CPU's peak RSS covers the whole process)."""
+    base = bench_train_step(baseline, steps)
+    var = bench_train_step(variant, steps)
+    ratios = {
+        "step_time": var["step_time_s"] / base["step_time_s"],
+        "trained_tokens_per_s": var["trained_tokens_per_s"] / base["trained_tokens_per_s"],
+    }
+    if base["memory_kind"] == "cuda_max_allocated":
+        ratios["peak_memory"] = var["peak_memory_mb"] / base["peak_memory_mb"]
+    return {"baseline": base, "variant": var, "ratios": ratios}

@@ -12,11 +12,11 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def bench_job():
+def bench_job(*extra):
     from chord_megatron.config import load_config
     from chord_megatron.train.bench import bench_train_step
 
-    return bench_train_step(load_config(None, OVERRIDES), steps=2)
+    return bench_train_step(load_config(None, OVERRIDES + list(extra)), steps=2)
 
 
 def test_bench_train_step_reports_throughput_and_memory():
@@ -27,5 +27,38 @@ def test_bench_train_step_reports_throughput_and_memory():
     assert r["tokens_per_s"] == pytest.approx(240 / r["step_time_s"])
     assert 0 < r["trained_tokens_per_s"] < r["tokens_per_s"]
     assert r["memory_kind"] == "cpu_peak_rss" and 50 < r["peak_memory_mb"] < 24 * 1024
-    assert r["layout"] == {"world": 1, "tp": 1, "pp": 1, "vpp": None, "dp": 1}
+    assert r["layout"] == {"world": 1, "tp": 1, "pp": 1, "vpp": None, "cp": 1, "dp": 1}
     assert (r["device"], r["dtype"]) == ("cpu", "float32")
+    assert (r["packed"], r["micro_batches"]) == (False, 3)  # 10 rows, 4 per micro-batch
+
+
+def test_bench_batch_has_ragged_responses_that_packing_fits_into_fewer_rows():
+    from chord_megatron.config import load_config
+    from chord_megatron.train.bench import random_batch
+
+    lengths = random_batch(load_config(None, OVERRIDES)).loss_mask.sum(1)
+    assert lengths.min() >= 4 and lengths.max() <= 16 and len(set(lengths.tolist())) > 3
+    r = run_job(bench_job, world=1, args=("train.pack_sequences=true", "train.micro_batch_size=1"))[0]
+    assert r["packed"] and r["micro_batches"] < 10 and r["tokens_per_step"] == 240
+
+
+def test_chord_bench_vs_prints_both_runs_and_their_ratios(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  seed: 3\n")
+    cmd = [sys.executable, "-m", "chord_megatron.cli", "bench", "train-step", str(config), *OVERRIDES, "--steps", "1",
+           "--vs", "train.pack_sequences=true", "train.micro_batch_size=1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "--- baseline" in text and "--- variant: train.pack_sequences=true train.micro_batch_size=1" in text
+    values = {}
+    for part in text.split("--- ")[1:]:
+        head, *lines = part.strip().splitlines()
+        values[head.split(":")[0]] = dict(line.split(None, 1) for line in lines)
+    base, var, ratio = values["baseline"], values["variant"], values["variant / baseline"]
+    assert (base["packed"], var["packed"]) == ("False", "True")
+    assert float(ratio["step_time"]) == pytest.approx(float(var["step_time_s"]) / float(base["step_time_s"]))
+    assert "peak_memory" not in ratio  # the CPU's peak RSS is per process, not per run
