@@ -106,11 +106,13 @@ def bench_train_step(cfg: Config, steps: int = 3) -> Dict[str, Any]:
 
 
 def compare_train_step(baseline: Config, variant: Config, steps: int = 3) -> Dict[str, Any]:
-    """bench_train_step of `baseline`, then of `variant`, in the same run (the same machine
-    state), and the variant / baseline ratios: step time, trained tokens/s, and peak memory
-    where it is measured per run (CUDA; the CPU's peak RSS covers the whole process)."""
-    base = bench_train_step(baseline, steps)
-    var = bench_train_step(variant, steps)
+    """bench_train_step of `baseline` and `variant` in the same run, in the order baseline,
+    variant, variant, baseline: whichever runs later in a process runs on a warmer (or more
+    fragmented) allocator, and this order cancels that. Returns each config's merged result
+    and the variant / baseline ratios: step time, trained tokens/s, and peak memory where it
+    is measured per run (CUDA; the CPU's peak RSS covers the whole process)."""
+    runs = [bench_train_step(cfg, steps) for cfg in (baseline, variant, variant, baseline)]
+    base, var = _merge([runs[0], runs[3]]), _merge([runs[1], runs[2]])
     ratios = {
         "step_time": var["step_time_s"] / base["step_time_s"],
         "trained_tokens_per_s": var["trained_tokens_per_s"] / base["trained_tokens_per_s"],
@@ -118,3 +120,14 @@ def compare_train_step(baseline: Config, variant: Config, steps: int = 3) -> Dic
     if base["memory_kind"] == "cuda_max_allocated":
         ratios["peak_memory"] = var["peak_memory_mb"] / base["peak_memory_mb"]
     return {"baseline": base, "variant": var, "ratios": ratios}
+
+
+def _merge(runs) -> Dict[str, Any]:
+    """Runs of one config as one result: all step times, their mean, the highest peak."""
+    out = dict(runs[0])
+    out["step_times_s"] = [t for r in runs for t in r["step_times_s"]]
+    out["step_time_s"] = sum(out["step_times_s"]) / len(out["step_times_s"])
+    out["tokens_per_s"] = out["tokens_per_step"] / out["step_time_s"]
+    out["trained_tokens_per_s"] = runs[0]["trained_tokens_per_s"] * runs[0]["step_time_s"] / out["step_time_s"]
+    out["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
+    return out

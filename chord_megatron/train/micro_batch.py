@@ -72,8 +72,9 @@ def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch
     """This (data-, context-parallel) rank's micro-batches of the global `batch`.
 
     Unpacked: micro_batch_size rows per micro-batch (padded with inert rows to whole
-    micro-batches, the same number on every DP rank). Packed: micro_batch_size model rows of
-    `pack_length` tokens (0: the batch's S) per micro-batch. Model rows are padded to a multiple
+    micro-batches, the same number on every DP rank). Packed: at most micro_batch_size model
+    rows of `pack_length` tokens (0: the batch's S) per micro-batch, as few micro-batches as
+    that allows, evenly filled. Model rows are padded to a multiple
     of `seq_multiple` (2 x CP for context parallelism)."""
     block = dp_row_range(batch.rows, dp, dp_rank)
     if pack:
@@ -99,7 +100,11 @@ def _packed(batch, block, mbs, capacity, cp, cp_rank, seq_multiple) -> List[Micr
     capacity = max([capacity] + lengths)
     packs = plan_packs(lengths, capacity)
     L = round_up(capacity, seq_multiple)
-    groups = [packs[i : i + mbs] for i in range(0, len(packs), mbs)] or [[]]
+    # As few micro-batches as micro_batch_size allows, with the packs spread evenly over them:
+    # every micro-batch has the same shape, so a last, part-filled one would carry empty rows.
+    n_groups = max(1, math.ceil(len(packs) / mbs))
+    mbs = max(1, math.ceil(len(packs) / n_groups))
+    groups = [packs[i * mbs : (i + 1) * mbs] for i in range(n_groups)]
     out = []
     for group in groups:
         members = [r for pack in group for r in pack]

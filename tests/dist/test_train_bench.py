@@ -1,4 +1,6 @@
 """`bench_train_step` (behind `chord bench train-step`) on a tiny config, in a world of one."""
+import ast
+
 import pytest
 
 from dist_harness import run_job
@@ -61,4 +63,8 @@ def test_chord_bench_vs_prints_both_runs_and_their_ratios(tmp_path):
     base, var, ratio = values["baseline"], values["variant"], values["variant / baseline"]
     assert (base["packed"], var["packed"]) == ("False", "True")
     assert float(ratio["step_time"]) == pytest.approx(float(var["step_time_s"]) / float(base["step_time_s"]))
+    # each config ran twice (baseline, variant, variant, baseline), 1 timed step each
+    for result in (base, var):
+        times = ast.literal_eval(result["step_times_s"])
+        assert len(times) == 2 and float(result["step_time_s"]) == pytest.approx(sum(times) / 2)
     assert "peak_memory" not in ratio  # the CPU's peak RSS is per process, not per run

@@ -135,8 +135,8 @@ def test_a_rank_without_trained_rows_still_runs_one_micro_batch():
     batch = ragged_batch(rows=4)
     batch.loss_mask.zero_()
     mbs = build_micro_batches(batch, dp=2, dp_rank=1, micro_batch_size=2, pack=True)
-    assert len(mbs) == 1 and mbs[0].rows.rows == 0 and mbs[0].input_ids.shape == (2, 12)
-    assert mbs[0].to_rows(torch.ones(2, 12)).shape == (0, 12)
+    assert len(mbs) == 1 and mbs[0].rows.rows == 0 and mbs[0].input_ids.shape == (1, 12)
+    assert mbs[0].to_rows(torch.ones(1, 12)).shape == (0, 12)
 
 
 def test_a_row_longer_than_pack_length_widens_the_model_rows():
@@ -145,3 +145,14 @@ def test_a_row_longer_than_pack_length_widens_the_model_rows():
     mbs = build_micro_batches(batch, dp=1, dp_rank=0, micro_batch_size=2, pack=True, pack_length=4, seq_multiple=4)
     assert {mb.seq_length for mb in mbs} == {-(-longest // 4) * 4}
     assert sorted(torch.cat([mb.row_ids for mb in mbs]).tolist()) == [r for r in range(9) if r != 3]
+
+
+@pytest.mark.parametrize("mbs,want", [(1, [1] * 4), (2, [2, 2]), (3, [2, 2]), (64, [4])])
+def test_packs_are_spread_evenly_over_as_few_micro_batches_as_allowed(mbs, want):
+    batch = ragged_batch()
+    n_packs = len(plan_packs(trained_lengths(batch.loss_mask), 12))
+    assert n_packs == 4
+    got = build_micro_batches(batch, dp=1, dp_rank=0, micro_batch_size=mbs, pack=True)
+    assert [mb.micro_batch_size for mb in got] == want
+    # no empty model rows
+    assert sum(int((mb.segment_ids >= 0).any(1).sum()) for mb in got) == n_packs
