@@ -1,10 +1,13 @@
-"""The CHORD step does not depend on the parallel layout or the micro-batch split.
+"""The CHORD step does not depend on the parallel layout, the micro-batch split or packing.
 
-Two jobs, run once per module:
+Jobs, run once per module:
   reference (1 process):  TP=PP=DP=1 from a seeded initialisation W0, one train_step per batch
-                          kind and micro-batch size (1, 2 or 4 micro-batches), plus log-probs;
-  layouts   (2 processes, gloo): the same weights W0 loaded into TP=2, PP=2, PP=2 x VPP=2 and
-                          DP=2 (with and without the distributed optimizer), the same steps.
+                          kind and micro-batch size (1, 2 or 4 micro-batches), the same with
+                          packed rows (1 or 2 model rows of 24 tokens per micro-batch), plus log-probs;
+  layouts   (2 processes, gloo): the same weights W0 loaded into TP=2, PP=2, PP=2 x VPP=2,
+                          DP=2 (with and without the distributed optimizer), CP=2 (with and
+                          without), and packed rows under CP=2, TP=2, PP=2 and DP=2; the same steps;
+  layouts4  (4 processes): TP=2 x CP=2, and PP=2 x CP=2 with packed rows.
 The TP=1 results are checked against an independent plain-torch re-computation
 (tests/dist/torch_oracle.py: model, CHORD loss and clipped Adam written out from scratch), and
 every layout against TP=1: loss, metrics, full gradients and the parameters after the update.
@@ -323,3 +326,47 @@ def test_layouts_ran_the_intended_schedules(layouts):
     # Packing: 7 rows of 6-11 tokens fill 4 rows of 24 tokens, 2 per micro-batch.
     assert got["tied", "tp2_packed", "shapes"]["input"] == [(2, 24), (2, 24)]
     assert sum(got["tied", "tp2_packed", "shapes"]["rows"]) == 7
+
+
+# ---- context parallelism combined with TP and PP (4 processes) -------------------------------
+LAYOUTS_4 = {
+    "tp2_cp2": ["parallel.tensor=2", "parallel.context=2", "parallel.distributed_optimizer=false"],
+    "pp2_cp2_packed": ["parallel.pipeline=2", "parallel.context=2", *PACK],
+}
+
+
+def layouts4_job(W0):
+    from chord_megatron.train.engine import MegatronEngine
+    from chord_megatron.train.parallel import init_parallel
+
+    out = {}
+    for layout, l_over in LAYOUTS_4.items():
+        cfg = config(*l_over, f"train.micro_batch_size={LAYOUT_MBS}")
+        par = init_parallel(cfg.parallel, seed=7)
+        res, engine = _step(cfg, par, W0, "mixed")
+        out[layout] = res
+        out[layout, "logp"] = MegatronEngine(cfg, par=par, full_state_dict=W0).compute_logprobs(make_batch("mixed"))
+        out[layout, "layout"] = (engine.par.tp, engine.par.pp, engine.par.cp, engine.par.dp)
+    return out
+
+
+@pytest.fixture(scope="module")
+def layouts4(ref):
+    return run_job(layouts4_job, world=4, args=(ref["tied"]["W0"],), timeout=300)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS_4))
+def test_context_parallel_combined_with_tp_and_pp_matches_tp1(ref, layouts4, layout):
+    want = ref["tied"]["mixed", REF_MICRO]
+    expect_layout = {"tp2_cp2": (2, 1, 2, 1), "pp2_cp2_packed": (1, 2, 2, 1)}[layout]
+    for rank, got in enumerate(layouts4):
+        assert got[layout, "layout"] == expect_layout
+        for key, value in want["metrics"].items():
+            if key != "micro_batches":
+                assert got[layout]["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), f"rank {rank}: {key}"
+        for name in want["params"]:
+            _close(got[layout]["params"][name], want["params"][name], f"{layout} rank {rank}: param {name}")
+            if "grads" in got[layout] and layout == "tp2_cp2":
+                _close(got[layout]["grads"][name], want["grads"][name], f"{layout}: grad {name}")
+    mask = make_batch("mixed").loss_mask.bool()
+    _close(layouts4[0][layout, "logp"][mask], ref["tied"]["logp"][mask], f"{layout}: logp")
