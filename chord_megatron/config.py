@@ -196,6 +196,7 @@ class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2  # older checkpoints are deleted
+    optimizer_format: str = "dp_reshardable"  # Adam state: dp_reshardable (resumes on the same layout) | fully_reshardable (any layout; gathered per DP group while saving)
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "algorithm.adv_singleton": ("zero", "raw"),
     "optim.lr_schedule": ("constant", "cosine", "linear"),
     "train.log_prob_impl": ("auto", "triton", "chunked", "reference"),
+    "checkpoint.optimizer_format": ("dp_reshardable", "fully_reshardable"),
 }
 
 

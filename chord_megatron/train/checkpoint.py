@@ -12,11 +12,16 @@ only then does `latest` (replaced atomically) point at it, so a crash mid-save l
 previous checkpoint in charge. Older checkpoints beyond `keep_last` are deleted afterwards.
 
 Model weights are stored per parameter in global coordinates, so they load onto any TP / PP /
-DP layout. The distributed optimizer's state is stored in its `dp_reshardable` format and RNG
-states per rank; both are restored only onto the layout that saved them. (megatron-core
-0.16.1's layout-free optimizer formats do not work here: `fully_sharded_model_space` relies on
-the removed `ShardedTensor.flattened_range`, and `fully_reshardable` fails with
-KeyError 'step'.)
+DP / CP layout. RNG states are stored per rank and restored only onto the layout that saved
+them. The distributed optimizer's state is stored in one of two formats
+(checkpoint.optimizer_format):
+* `dp_reshardable` (default): every rank writes its own shard; restored onto the same layout
+  only (elsewhere Adam restarts, with a warning);
+* `fully_reshardable`: each data-parallel group gathers its state while saving and writes it in
+  global coordinates, like the weights; restored onto any layout. Saving costs a gather of the
+  optimizer state of a TP x PP shard onto one rank.
+(megatron-core 0.16.1's `fully_sharded_model_space` relies on the removed
+`ShardedTensor.flattened_range` and cannot be used.)
 
 Workarounds for megatron-core 0.16.1 (see the platform notes):
 * loading the distributed optimizer needs its Adam states to exist already: they are
@@ -24,10 +29,16 @@ Workarounds for megatron-core 0.16.1 (see the platform notes):
   gradient with zero moments is 0; the loaded values overwrite everything anyway);
 * torch Adam's per-parameter `step` comes back as that dummy step's 1, so the saved count is
   stored separately and written back (bias correction depends on it);
-* loading runs under torch.no_grad (it copies into leaf parameters).
+* loading runs under torch.no_grad (it copies into leaf parameters);
+* `fully_reshardable` loading hands DistributedOptimizer._set_main_param_and_optimizer_states
+  every state but torch Adam's per-parameter `step`, which that method then looks up
+  (KeyError 'step'): `_step_passed_through` hands it the destination's own step for the load,
+  and the saved count is written afterwards (tests/unit/test_train_checkpoint_files.py pins
+  the Megatron code this relies on).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -44,7 +55,7 @@ from .parallel import ParallelState
 LATEST = "latest"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
 
 
 def step_dirname(step: int) -> str:
@@ -80,6 +91,51 @@ def _set_adam_steps(optimizer, steps: List[Optional[float]]) -> None:
                 group["step"] = step
 
 
+def _is_distributed(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(opt, DistributedOptimizer) for opt in _inner_optimizers(optimizer))
+
+
+def _load_optimizer(optimizer, state: Mapping[str, Any], optimizer_format: str, adam_steps) -> None:
+    """optimizer.load_state_dict, then the saved Adam step counts (see the module doc)."""
+    with _step_passed_through(optimizer) if optimizer_format == "fully_reshardable" else contextlib.nullcontext():
+        optimizer.load_state_dict(state)
+    _set_adam_steps(optimizer, adam_steps)
+
+
+@contextlib.contextmanager
+def _step_passed_through(optimizer):
+    """While loading a `fully_reshardable` state: megatron-core 0.16.1's
+    load_parameter_state_from_fully_reshardable hands _set_main_param_and_optimizer_states
+    every saved state except "step", which that method then copies for every key of the
+    destination (KeyError 'step' with torch Adam, whose per-parameter state holds a step).
+    Hand it the destination's own step (copied onto itself); the caller then writes the
+    saved count. Instance attributes only, removed on exit."""
+    patched = []
+    for opt in _inner_optimizers(optimizer):
+        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def set_states(model_param, tensors, _original=original, _opt=opt):
+            if "step" not in tensors:
+                group_index, group_order = _opt.model_param_group_index_map[model_param]
+                main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
+                step = _opt.optimizer.state.get(main_param, {}).get("step")
+                if step is not None:
+                    tensors = {**tensors, "step": step}
+            _original(model_param, tensors)
+
+        opt._set_main_param_and_optimizer_states = set_states
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+
+
 def _init_optimizer_states(optimizer) -> None:
     """Create Adam states where none exist yet, so that loading has tensors to fill."""
     for opt in _inner_optimizers(optimizer):
@@ -112,7 +168,8 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool, is_loading: bool = True) -> dict:
+def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool, is_loading: bool = True,
+                        optimizer_format: str = "dp_reshardable") -> dict:  # fmt: skip
     """Model chunks, optimizer (unless None) and this rank's RNG as one sharded state dict."""
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -124,7 +181,8 @@ def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool,
     if optimizer is not None:
         if is_loading:
             _init_optimizer_states(optimizer)
-        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+        metadata = {"distrib_optim_sharding_type": optimizer_format}
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
     if with_rng:
         # One RNG state per rank: context-parallel ranks count as data-parallel ones here, which
         # keeps the key of CP = 1 checkpoints unchanged.
@@ -136,9 +194,12 @@ def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool,
 
 
 def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: ParallelState, *,
-                    data_state: Optional[Mapping[str, Any]] = None, keep_last: Optional[int] = None) -> str:  # fmt: skip
+                    data_state: Optional[Mapping[str, Any]] = None, keep_last: Optional[int] = None,
+                    optimizer_format: str = "dp_reshardable") -> str:  # fmt: skip
     """Write checkpoint `step` under `root` (collective); returns its directory. `data_state`
     is stored as given (it must be the same on every rank)."""
+    if optimizer_format not in OPTIMIZER_FORMATS:
+        raise ValueError(f"optimizer_format must be one of {OPTIMIZER_FORMATS}, got {optimizer_format!r}")
     from megatron.core import dist_checkpointing
 
     from .ckpt_writer import InProcessTorchDistSaveStrategy
@@ -151,11 +212,13 @@ def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: Para
         os.makedirs(tmp)
     dist.barrier()
 
-    sd = _sharded_state_dict(model, optimizer, par, is_loading=False, with_rng=True)
+    sd = _sharded_state_dict(model, optimizer, par, is_loading=False, with_rng=True, optimizer_format=optimizer_format)
     sd.update(
         format_version=FORMAT_VERSION,
         step=int(step),
         layout=_layout(par),
+        optimizer_format=optimizer_format,
+        distributed_optimizer=_is_distributed(optimizer),
         scheduler=scheduler.state_dict(),
         adam_steps=_adam_steps(optimizer),
         data_state=dict(data_state or {}),
@@ -211,11 +274,12 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
     """Restore from `path` (a checkpoint, or a root with `latest`); collective. Returns
     (step, data_state).
 
-    The model loads onto any TP / PP / DP layout. The optimizer state (`dp_reshardable`
-    format) and the RNG states load only onto the layout that saved them; `load_optimizer`
-    None means "when the layout matches". Without optimizer state the Adam moments start
-    from zero and the fp32 main weights are taken from the loaded model. The LR schedule
-    position is restored either way.
+    The model loads onto any TP / PP / DP / CP layout, the RNG states only onto the layout
+    that saved them. The optimizer state loads onto the same layout, and onto any layout when
+    it was saved as `fully_reshardable` by the same kind of optimizer (distributed or not);
+    `load_optimizer` None means "whenever it can". Without optimizer state the Adam moments
+    start from zero and the fp32 main weights are taken from the loaded model. The LR
+    schedule position is restored either way.
     """
     from megatron.core import dist_checkpointing
 
@@ -224,24 +288,29 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
     if common.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
     same_layout = common["layout"] == _layout(par)
+    optimizer_format = common.get("optimizer_format", "dp_reshardable")
+    same_optimizer = common.get("distributed_optimizer", _is_distributed(optimizer)) == _is_distributed(optimizer)
+    optimizer_fits = same_optimizer and (same_layout or optimizer_format == "fully_reshardable")
     if load_optimizer is None:
-        load_optimizer = same_layout
-        if not same_layout and par.rank == 0:
+        load_optimizer = optimizer_fits
+        if not optimizer_fits and par.rank == 0:
             warnings.warn(
-                f"{directory}: saved on layout {common['layout']}, loading onto {_layout(par)}: "
-                "model weights only, the optimizer state starts afresh",
+                f"{directory}: saved on layout {common['layout']} with a {optimizer_format} optimizer state, loading "
+                f"onto {_layout(par)}: model weights only, the optimizer state starts afresh (save with "
+                "checkpoint.optimizer_format=fully_reshardable to carry it across layouts)",
                 stacklevel=2,
             )
-    elif load_optimizer and not same_layout:
-        raise ValueError(f"{directory}: optimizer state of layout {common['layout']} cannot load onto {_layout(par)}")
+    elif load_optimizer and not optimizer_fits:
+        raise ValueError(f"{directory}: the {optimizer_format} optimizer state of layout {common['layout']} "
+                         f"cannot load onto {_layout(par)}")  # fmt: skip
     with torch.no_grad():
-        sd = _sharded_state_dict(model, optimizer if load_optimizer else None, par, with_rng=same_layout)
+        sd = _sharded_state_dict(model, optimizer if load_optimizer else None, par, with_rng=same_layout,
+                                 optimizer_format=optimizer_format)  # fmt: skip
         loaded = dist_checkpointing.load(sd, directory)
         for i, chunk in enumerate(model):
             chunk.module.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
         if load_optimizer:
-            optimizer.load_state_dict(loaded["optimizer"])
-            _set_adam_steps(optimizer, common["adam_steps"])
+            _load_optimizer(optimizer, loaded["optimizer"], optimizer_format, common["adam_steps"])
         else:
             optimizer.reload_model_params()
         scheduler.load_state_dict(common["scheduler"])

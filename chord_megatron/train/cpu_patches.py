@@ -87,6 +87,8 @@ TENSOR_CUDA_CALLERS: Dict[str, Tuple[str, ...]] = {
     "megatron.core.models.common.language_module.language_module": ("weight.data = weight.data.cuda()",),
     "megatron.core.optimizer.grad_scaler": (".cuda(torch.cuda.current_device())",),
     "megatron.core.models.common.embeddings.rope_utils": (".cuda(non_blocking=True)",),
+    # the fully_reshardable optimizer checkpoint gathers state through a CUDA staging tensor
+    "megatron.core.optimizer.distrib_optimizer": ("send_tensor.cuda()",),
 }
 
 # The tensor-parallel RNG functions replaced, and what their unpatched source relies on.

@@ -147,13 +147,17 @@ class MegatronEngine:
         on every rank. Returns the checkpoint's directory."""
         step = self.step if step is None else int(step)
         return ckpt.save_checkpoint(directory, step, self.model, self.optimizer, self.scheduler, self.par,
-                                    data_state=data_state, keep_last=self.cfg.checkpoint.keep_last)  # fmt: skip
+                                    data_state=data_state, keep_last=self.cfg.checkpoint.keep_last,
+                                    optimizer_format=self.cfg.checkpoint.optimizer_format)  # fmt: skip
 
-    def load(self, path: str) -> Tuple[int, Dict[str, Any]]:
+    def load(self, path: str, *, load_optimizer: Optional[bool] = None) -> Tuple[int, Dict[str, Any]]:
         """Restore from a checkpoint directory or a root holding a `latest` pointer. Returns
-        (step, data_state) as saved, and sets self.step to that step. Onto another TP/PP/DP
-        layout only the weights (and the LR schedule) are restored."""
-        self.step, data_state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.par)
+        (step, data_state) as saved, and sets self.step to that step. Onto another TP/PP/DP/CP
+        layout the weights and the LR schedule are restored, and the optimizer state when the
+        checkpoint was written with checkpoint.optimizer_format=fully_reshardable.
+        `load_optimizer`: None = whenever possible; False = weights only; True = or fail."""
+        self.step, data_state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.par,
+                                                     load_optimizer=load_optimizer)  # fmt: skip
         return self.step, data_state
 
 

@@ -9,7 +9,8 @@ One 2-process job (gloo):
   reshard   a checkpoint written at TP=2 is loaded at PP=2, at DP=2 (TP=PP=1 replicas) and at
             CP=2, and one written at PP=2 is loaded at TP=2: the weights must come back
             exactly, and PP=2 and CP=2 then take the same step; CP=2 (with the distributed
-            optimizer sharded over its 2 ranks) resumes bit-exactly from its own checkpoint.
+            optimizer sharded over its 2 ranks) resumes bit-exactly from its own checkpoint;
+            a `fully_reshardable` optimizer state written at DP=2 resumes at TP=2 and PP=2.
 """
 import os
 
@@ -147,7 +148,23 @@ def reshard_part(root):
     cp2_resumed = engine("parallel.context=2", seed=6)
     cp2_resumed.load(os.path.join(root, "cp2"))
     cp2_resumed_next = cp2_resumed.train_step(batch(2), 2)
+    # Adam's state across layouts: written fully_reshardable at DP=2 (distributed optimizer),
+    # read at TP=2 and at CP=2 x ... (world 2); the next update must equal the writer's own.
+    writer = engine("checkpoint.optimizer_format=fully_reshardable", seed=7)
+    for s in range(2):
+        writer.train_step(batch(s), s)
+    writer.save(os.path.join(root, "full"), {}, step=2)
+    writer_next = writer.train_step(batch(2), 2)
+    across = {"writer_next": writer_next, "writer_final": weights(writer)}
+    for name, over in (("tp2", ["parallel.tensor=2"]), ("pp2", ["parallel.pipeline=2"])):
+        reader = engine(*over, seed=8)
+        reader.load(os.path.join(root, "full"))
+        across[name] = (reader.train_step(batch(2), 2), weights(reader))
+    fresh = engine("parallel.tensor=2", seed=9)  # the control: the same weights, Adam restarted
+    fresh.load(os.path.join(root, "full"), load_optimizer=False)
+    across["fresh"] = (fresh.train_step(batch(2), 2), weights(fresh))
     return {
+        "across": across,
         "at_cp2": at_cp2, "cp2_metrics": cp2_metrics, "after_cp2": after_cp2, "cp2_next": cp2_next,
         "cp2_resumed_next": cp2_resumed_next, "cp2_final": weights(cp2), "cp2_resumed_final": weights(cp2_resumed),
         "saved_tp2": saved_tp2, "at_pp2": at_pp2, "at_dp2": at_dp2, "pp2_loaded": pp2_loaded,
@@ -222,3 +239,18 @@ def test_weights_reshard_across_layouts(results):
         assert r["cp2_resumed_next"] == r["cp2_next"], f"rank {rank}: CP=2 resume"
         for name, w in r["cp2_final"].items():
             assert torch.equal(r["cp2_resumed_final"][name], w), f"rank {rank}: CP=2 resume {name}"
+
+
+def test_optimizer_state_saved_fully_reshardable_resumes_on_other_layouts(results):
+    """DP=2 writes; TP=2 and PP=2 read weights *and* Adam state: their next update equals the
+    writer's. With Adam restarted instead (the control), it does not."""
+    for rank, r in enumerate(x["reshard"]["across"] for x in results):
+        want = r["writer_final"]
+        for layout in ("tp2", "pp2"):
+            metrics, final = r[layout]
+            for key in ("loss", "grad_norm", "lr"):
+                assert metrics[key] == pytest.approx(r["writer_next"][key], rel=1e-5), (rank, layout, key)
+            for name, w in want.items():
+                torch.testing.assert_close(final[name], w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{rank} {layout} {name}: {m}")
+        _, fresh = r["fresh"]
+        assert max(float((fresh[n] - w).abs().max()) for n, w in want.items()) > 1e-3

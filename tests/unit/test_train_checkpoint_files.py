@@ -40,3 +40,52 @@ def test_prune_keeps_the_newest_and_the_one_just_written(tmp_path):
     ckpt._prune(root, keep_last=1, keep=ckpt.step_dirname(5))
     assert [s for s, _ in ckpt.list_checkpoints(root)] == [5, 11]
     assert ckpt.list_checkpoints(os.path.join(root, "missing")) == []
+
+
+def test_the_megatron_code_behind_the_fully_reshardable_step_workaround_is_unchanged():
+    """checkpoint._step_passed_through exists because megatron-core 0.16.1 (1) puts torch Adam's
+    "step" into every per-parameter state on load, (2) leaves "step" out of what it hands
+    _set_main_param_and_optimizer_states, which (3) copies every destination key. If a release
+    changes any of these, this fails: re-check the workaround (and drop it when fixed)."""
+    import inspect
+
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    from chord_megatron.train.cpu_patches import PINNED_MEGATRON_CORE, installed_megatron_version
+
+    assert installed_megatron_version() == PINNED_MEGATRON_CORE
+    load = inspect.getsource(DistributedOptimizer.load_state_dict)
+    assert 's["step"] = step' in load
+    reshardable = inspect.getsource(DistributedOptimizer.load_parameter_state_from_fully_reshardable)
+    assert 'if k == "step":' in reshardable and "continue" in reshardable
+    setter = inspect.getsource(DistributedOptimizer._set_main_param_and_optimizer_states)
+    assert "for key in dst_tensors:" in setter and "dst_tensors[key].copy_(tensors[key])" in setter
+
+
+def test_step_passed_through_hands_the_destination_step_and_cleans_up():
+    """The workaround on a stand-in optimizer: the wrapped setter receives "step" (the
+    destination's own tensor) only when it was missing, and the instance is restored."""
+    import torch
+
+    class Inner:
+        def __init__(self):
+            self.main = torch.zeros(2)
+            self.param_groups = [{"params": [self.main]}]
+            self.state = {self.main: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(2)}}
+
+    class FakeDistOpt:
+        def __init__(self):
+            self.optimizer = Inner()
+            self.model_param_group_index_map = {"p": (0, 0)}
+            self.seen = []
+
+        def _set_main_param_and_optimizer_states(self, model_param, tensors):
+            self.seen.append(dict(tensors))
+
+    opt = FakeDistOpt()
+    with ckpt._step_passed_through(opt):
+        opt._set_main_param_and_optimizer_states("p", {"exp_avg": torch.ones(2)})
+        opt._set_main_param_and_optimizer_states("p", {"exp_avg": torch.ones(2), "step": torch.tensor(9.0)})
+    assert opt.seen[0]["step"] is opt.optimizer.state[opt.optimizer.main]["step"]
+    assert float(opt.seen[1]["step"]) == 9.0
+    assert "_set_main_param_and_optimizer_states" not in vars(opt)
