@@ -78,6 +78,7 @@ class State:
         self.in_flight = 0
         self.malformed_left = args.malformed
         self.flush_busy_left = args.flush_busy
+        self.refuse_distributed_after_s = args.refuse_distributed_after_s
         self.abort_epoch = 0
         self.paused = False
         self.session_open = False
@@ -194,6 +195,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self._fail("call /begin_weight_update before updating weights")
                 if path.endswith("distributed") and s.group is None:
                     return self._fail("no weights update group: call /init_weights_update_group first")
+            if path.endswith("distributed") and s.refuse_distributed_after_s is not None:
+                time.sleep(s.refuse_distributed_after_s)  # a late refusal: the data is never taken
+                return self._fail("refused (fault injection: --refuse-distributed-after-s)")
             if path.endswith("distributed") and s.group_pg is not None:
                 self._receive(body)
             with s.lock:
@@ -381,6 +385,8 @@ def main(argv=None):
     p.add_argument("--malformed", type=int, default=0, help="answer the first N /generate with broken JSON")
     p.add_argument("--flush-busy", type=int, default=0, help="answer the first N /flush_cache with 400")
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--refuse-distributed-after-s", type=float, default=None,
+                   help="answer every /update_weights_from_distributed with an error after this long")
     p.add_argument("--join-groups", action="store_true",
                    help="really join /init_weights_update_group's process group and receive broadcasts (imports torch)")
     p.add_argument("--max-lifetime-s", type=float, default=300.0, help="exit by itself after this long")

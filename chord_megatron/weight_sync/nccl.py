@@ -10,11 +10,16 @@ Each sync: inside begin/end_weight_update, per bucket, POST /update_weights_from
 with the bucket's names, dtypes and shapes (the servers then wait for the data), and rank 0
 broadcasts the tensors in exactly that order. The HTTP calls return once the broadcasts have
 arrived, so they are started first and awaited after.
+
+A server that refuses an announcement (no session, unknown names, ...) never takes part in
+the broadcast, which would then block until the group's timeout. So the broadcasts are
+asynchronous and, while they run, the announcement is watched: its refusal ends the wait, and
+the group, now out of step, is aborted and dropped (the next sync sets up a new one).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
+import time
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -53,12 +58,13 @@ class NcclSync:
 
     def __init__(self, master_address: str, master_port: int, *, bucket_mb: float = 512, backend: str = "nccl",
                  group_name: str = "weight_update_group", device: Optional[torch.device] = None,
-                 init_timeout_s: float = 600.0):
+                 init_timeout_s: float = 600.0, poll_s: float = 0.01):
         self.master_address, self.master_port = master_address, int(master_port)
         self.max_bytes = int(bucket_mb * 2**20)
         self.backend, self.group_name = backend, group_name
         self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
         self.init_timeout_s = init_timeout_s
+        self.poll_s = poll_s
         self.group = None
 
     def connect(self, engine) -> None:
@@ -91,15 +97,37 @@ class NcclSync:
                     [n for n, _ in bucket], [DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", "")) for t in tensors],
                     [list(t.shape) for t in tensors], group_name=self.group_name,
                     weight_version=version if last else None, flush_cache=last))
-                try:  # a server that refuses at once (no session, no group) would never receive
-                    announced.result(timeout=0.05)
-                except concurrent.futures.TimeoutError:
-                    pass  # still waiting for the data, as it should
-                for t in tensors:
-                    dist.broadcast(t, src=0, group=self.group)
+                works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
+                try:
+                    self._wait_watching(works, announced)
+                except BaseException:
+                    self._abandon(engine)
+                    raise
                 announced.result()
                 stats.add(bucket)
         return stats.finish()
+
+    def _wait_watching(self, works, announced) -> None:
+        """Until the broadcasts are done; a failed announcement ends the wait with its error."""
+        while not all(w.is_completed() for w in works):
+            if announced.done() and announced.exception() is not None:
+                announced.result()  # raises the server's refusal
+            time.sleep(self.poll_s)
+        for w in works:
+            w.wait()
+
+    def _abandon(self, engine) -> None:
+        """Abort the out-of-step group (its pending broadcasts end with it) and ask the servers
+        to drop their side; best effort, the original error is what the caller raises."""
+        group, self.group = self.group, None
+        try:
+            group.abort()
+        except Exception:
+            pass
+        try:
+            engine.run(engine.client.destroy_weights_update_group(self.group_name))
+        except Exception:
+            pass
 
     def close(self, engine=None) -> None:
         if self.group is not None:

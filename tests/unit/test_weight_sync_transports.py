@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import pickle
+import time
 import urllib.request
 
 import pytest
@@ -205,14 +206,25 @@ def test_nccl_sync_broadcasts_over_a_real_group(fakes):
         assert [u["weight_version"] for u in s["weight_updates"]][-5:] == [None] * 4 + ["10"]
 
 
-def test_nccl_sync_refused_announcement_does_not_hang(fakes):
-    (w,) = fakes(1)
-    sync = NcclSync("127.0.0.1", free_port(), backend="gloo", init_timeout_s=5)
-    sync.group = object()  # pretend connected; the fake has no group, so it refuses at once
+@pytest.mark.slow
+@needs_wheel
+def test_nccl_sync_late_refusal_ends_the_broadcast_instead_of_hanging(fakes):
+    """The server joins the group but refuses the announcement after 1 s and never receives: the
+    32 MB broadcast cannot complete, and the sync must fail with the refusal well before the
+    group's 60 s timeout, abort the group and close the session."""
+    (w,) = fakes(1, "--join-groups", "--refuse-distributed-after-s", "1.0")
+    sync = NcclSync("127.0.0.1", free_port(), backend="gloo", init_timeout_s=60)
+    big = [("model.embed_tokens.weight", torch.ones(8 * 2**20))]
     with engine_for([w], sync) as eng:
-        with pytest.raises(SGLangError, match="init_weights_update_group first"):
-            eng.update_weights(named_tensors(1), "1")
-    assert not stats(w)["session_open"]
+        start = time.monotonic()
+        with pytest.raises(SGLangError, match="fault injection"):
+            eng.update_weights(big, "1")
+        assert time.monotonic() - start < 20
+        assert sync.group is None  # dropped: the next sync sets up a new group
+        assert eng.weight_version is None
+    s = stats(w)
+    assert not s["session_open"]
+    assert "/destroy_weights_update_group" in [p for p, _ in s["requests"]]
 
 
 def test_transport_from_config(tmp_path, monkeypatch):
