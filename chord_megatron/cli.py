@@ -240,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run_errors() -> tuple:
     from .rollout.engine import RolloutError
-    from .rollout.rewards import RewardError
+    from .rewards import RewardError
     from .sync import SyncVerificationError
 
     return (RolloutError, RewardError, SyncVerificationError)

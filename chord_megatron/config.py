@@ -83,7 +83,7 @@ class DataConfig:
     max_response_tokens: int = 96  # longer expert responses are bad rows
     on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
     seed: int = 0  # seed of the generated task's splits
-    reward: str = "arith"  # a name in the reward registry (rollout/rewards.py)
+    reward: str = "arith"  # a name in the reward registry (chord_megatron/rewards)
     tokenizer: Optional[str] = None  # a local HF tokenizer folder; default: model.hf_path, else characters
     # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
     arith_digits: int = 2

@@ -81,7 +81,7 @@ def model_weights(cfg: Config, checkpoint: Optional[str]):
 def score_samples(reward: str, prompts, rollouts, tokenizer, *, workers: int = 2, timeout_s: float = 30.0) -> List[float]:
     """Rewards of `rollouts` (r.prompt_index indexes `prompts`), scored as training scores them."""
     from .loop import score
-    from .rollout.rewards import RewardRunner
+    from .rewards import RewardRunner
 
     if not rollouts:
         return []

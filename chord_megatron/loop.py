@@ -43,7 +43,7 @@ def score(scorer, reward_name: str, tokenizer, rollouts: List[Rollout], prompts)
     one that declares `handles_finish_reason` (the math reward: -1 only for a cut response
     without an answer) decides about cut responses itself, for the others a response cut off by
     the length limit scores OVERLONG_REWARD."""
-    from .rollout.rewards import get_reward
+    from .rewards import get_reward
 
     own = getattr(get_reward(reward_name), "handles_finish_reason", False)
     jobs = []
@@ -230,7 +230,7 @@ def make_rollout_engine(cfg: Config, task: Task):
 
 def make_scorer(cfg: Config, task: Task):
     """jobs [(prompt, response, metadata)] -> rewards, in a worker process with a timeout."""
-    from .rollout.rewards import RewardRunner
+    from .rewards import RewardRunner
 
     runner = RewardRunner(task.reward_name, num_workers=1)
 

@@ -111,7 +111,7 @@ def load_task(cfg: Config) -> Task:
 
 def _register_task_rewards() -> None:
     """The generated task's reward joins the registry under the name configs use."""
-    from .rollout.rewards import register_reward, registered_rewards
+    from .rewards import register_reward, registered_rewards
 
     if "arith" not in registered_rewards():
         register_reward("arith")(arith_reward)

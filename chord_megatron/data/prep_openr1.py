@@ -82,7 +82,7 @@ class TraceFilter:
 
     def why_not(self, row: Dict[str, Any], i: int, answer: int) -> Optional[str]:
         """None when generation i of `row` is a usable expert trace, else the reason."""
-        from ..rewards_math import is_correct, last_boxed
+        from ..rewards.math_answer import is_correct, last_boxed
 
         text = _at(row, "generations", i)
         if not isinstance(text, str) or not text.strip():

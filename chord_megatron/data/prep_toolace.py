@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..rewards_tool import CallSyntaxError, parse_bracket_calls
+from ..rewards.tool_call import CallSyntaxError, parse_bracket_calls
 from .overlap import drop_overlap
 from .prep_common import read_rows, summary, write_outputs
 

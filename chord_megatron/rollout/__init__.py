@@ -1,4 +1,4 @@
-"""Rollouts: the engines that sample responses, and the rewards that score them.
+"""Rollouts: the engines that sample responses (the rewards that score them: chord_megatron/rewards).
 
   engine.py           the RolloutEngine interface every engine implements, SamplingParams
   inprocess.py        a Hugging Face transformers engine in this process (CPU, tests, demo)
@@ -7,9 +7,8 @@
   sglang_client.py    the one module that speaks HTTP to SGLang servers (async, retries)
   sglang_engine.py    the RolloutEngine over SGLang servers behind sglang-router
   router.py           start sglang-router (and servers) from config, or attach to running ones
-  rewards.py          reward registry and a process-pool runner with timeouts
   fake_sglang.py      a stdlib-only fake SGLang worker for tests and CPU smoke runs
 
-Nothing is imported here on purpose: reward worker processes import this package and must not
-pay for torch or transformers.
+Nothing is imported here on purpose: importing one module must not pay for torch or
+transformers.
 """

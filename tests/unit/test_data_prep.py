@@ -158,7 +158,7 @@ def toolace_rows(n=12):
 
 
 def test_prep_toolace_recipe(tmp_path):
-    from chord_megatron.rewards_tool import tool_call_reward
+    from chord_megatron.rewards.tool_call import tool_call_reward
 
     src = tmp_path / "data.json"
     src.write_text(json.dumps(toolace_rows()))

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
 
-from chord_megatron.rollout.rewards import register_reward, registered_rewards  # noqa: E402
+from chord_megatron.rewards import register_reward, registered_rewards  # noqa: E402
 from test_hf_models import make_checkpoint  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """The "math" reward: math-verify's verdict on tricky answers, and the paper's format penalties."""
 import pytest
 
-from chord_megatron.rewards_math import CORRECT, OVERLONG, WRONG_BOXED, WRONG_UNBOXED, last_boxed, math_reward
+from chord_megatron.rewards.math_answer import CORRECT, OVERLONG, WRONG_BOXED, WRONG_UNBOXED, last_boxed, math_reward
 
 pytest.importorskip("math_verify")
 
@@ -81,7 +81,7 @@ def test_needs_a_reference_answer():
 def test_registered_and_runs_in_reward_workers():
     """Registered as "math" and scored in a spawned worker, under the runner's own timeout (which
     shares SIGALRM with math-verify's)."""
-    from chord_megatron.rollout.rewards import RewardRunner, registered_rewards
+    from chord_megatron.rewards import RewardRunner, registered_rewards
 
     assert {"math", "tool_call"} <= set(registered_rewards())
     with RewardRunner("math", num_workers=1, timeout_s=20) as run:

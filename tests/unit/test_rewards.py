@@ -5,15 +5,8 @@ import time
 
 import pytest
 
-from chord_megatron.rollout.rewards import (
-    RewardError,
-    RewardRunner,
-    exact_match,
-    extract_answer,
-    get_reward,
-    register_reward,
-    registered_rewards,
-)
+from chord_megatron.rewards import RewardError, RewardRunner, get_reward, register_reward, registered_rewards
+from chord_megatron.rewards.exact import exact_match, extract_answer
 
 
 def length_reward(prompt, response, metadata):

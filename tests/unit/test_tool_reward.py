@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from chord_megatron.rewards_tool import CallSyntaxError, parse_bracket_calls, parse_response_calls, tool_call_reward
+from chord_megatron.rewards.tool_call import CallSyntaxError, parse_bracket_calls, parse_response_calls, tool_call_reward
 
 WEATHER = [{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}]
 

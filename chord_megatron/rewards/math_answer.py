@@ -22,7 +22,7 @@ import signal
 import threading
 from typing import Any, Dict, Optional
 
-from .rollout.rewards import register_reward
+from .registry import register_reward
 
 CORRECT, WRONG_BOXED, WRONG_UNBOXED, OVERLONG = 1.0, 0.0, -0.1, -1.0
 HANDLES_FINISH_REASON = True

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-from .rollout.rewards import register_reward
+from .registry import register_reward
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 

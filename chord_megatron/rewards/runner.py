@@ -1,100 +1,26 @@
-"""Reward functions: a registry, and a runner that scores samples in worker processes.
+"""Scoring samples in worker processes, with a timeout per sample.
 
-The contract is `fn(prompt: str, response: str, metadata: dict) -> float`. Rewards run in a
-process pool because user code can hang (a regex on a pathological answer, a sandboxed tool) or
-crash; each sample gets `timeout_s`. A reward that raises, times out, or returns something that
-is not a finite number stops the step with a RewardError naming the function and the sample:
-a silently dropped or NaN reward would corrupt every advantage of its group.
-
-Functions must be importable by the worker processes (defined at a module's top level); the
-registry stores them by name, and the pool is started with "spawn" so workers never inherit the
-trainer's threads or CUDA state.
+Rewards run in a process pool because user code can hang (a regex on a pathological answer, a
+sandboxed tool) or crash; each sample gets `timeout_s`. A reward that raises, times out, or
+returns something that is not a finite number stops the step with a RewardError naming the
+function and the sample: a silently dropped or NaN reward would corrupt every advantage of its
+group. The pool is started with "spawn" so workers never inherit the trainer's threads or
+CUDA state.
 """
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
 import numbers
-import re
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-RewardFn = Callable[[str, str, Dict[str, Any]], float]
+from .registry import RewardError, RewardFn, get_reward
 
-_REGISTRY: Dict[str, RewardFn] = {}
 _GRACE_S = 2.0  # the parent's wait beyond timeout_s before it gives up on a worker
 
 
-class RewardError(RuntimeError):
-    """A reward function failed on a sample; the message names both."""
-
-    def __init__(self, name: str, index: int, problem: str):
-        self.name, self.index, self.problem = name, index, problem
-        super().__init__(f"reward '{name}' failed on sample {index}: {problem}")
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make `fn` available as `name` (names are unique)."""
-
-    def deco(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"a reward named '{name}' is already registered ({_REGISTRY[name].__module__})")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def get_reward(name: str) -> RewardFn:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown reward '{name}' (registered: {', '.join(sorted(_REGISTRY)) or 'none'})") from None
-
-
-def registered_rewards() -> List[str]:
-    return sorted(_REGISTRY)
-
-
-# ----------------------------------------------------------------------------------------------
-# An example reward
-# ----------------------------------------------------------------------------------------------
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_answer(response: str) -> Optional[str]:
-    """The last \\boxed{...} content, else the last number in the response, else None."""
-    boxed = _BOXED.findall(response)
-    if boxed:
-        return boxed[-1].strip()
-    numbers_ = _NUMBER.findall(response)
-    return numbers_[-1] if numbers_ else None
-
-
-def _normalise(answer: str) -> str:
-    text = answer.strip().replace(",", "").rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return repr(int(value)) if value.is_integer() else repr(value)
-
-
-@register_reward("exact_match")
-def exact_match(prompt: str, response: str, metadata: Dict[str, Any]) -> float:
-    """1.0 when the response's final answer equals metadata["answer"] (numbers compared by
-    value: "1,000" == "1000.0"), else 0.0."""
-    if "answer" not in metadata:
-        raise KeyError("exact_match needs metadata['answer']")
-    got = extract_answer(response)
-    return float(got is not None and _normalise(got) == _normalise(str(metadata["answer"])))
-
-
-# ----------------------------------------------------------------------------------------------
-# Running rewards
-# ----------------------------------------------------------------------------------------------
 class _Timeout(BaseException):
     """Raised in a worker by its alarm; a BaseException so `except Exception` in user code
     does not swallow it."""
@@ -193,6 +119,3 @@ class RewardRunner:
 
     def __exit__(self, *exc):
         self.close(kill=exc[0] is not None)
-
-
-from .. import rewards_math, rewards_tool  # noqa: E402,F401 (they register "math" and "tool_call")
