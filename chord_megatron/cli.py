@@ -4,7 +4,7 @@
     chord config reference                       every key, its default and meaning
     chord train CONFIG [key=value ...] [--resume] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
-    chord compare CONFIG [key=value ...] [--variants a,b] [--out DIR]
+    chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
                                                  the method and its baselines; table + curves
     chord eval CONFIG [key=value ...] [--data FILE] [--k K] [--checkpoint DIR]
                                                  avg@k on a benchmark file
@@ -77,12 +77,14 @@ def _summarise_run(cfg) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import run_compare
+    from .compare import parse_variant_overrides, run_compare, variants
 
     cfg = load_config(args.config, args.overrides)
     names = args.variants.split(",") if args.variants else None
     out = args.out or f"{cfg.train.output_dir}-compare"
-    report = run_compare(args.config, args.overrides, cfg, out, names, progress=not args.no_progress)
+    per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
+    report = run_compare(args.config, args.overrides, cfg, out, names, progress=not args.no_progress,
+                         per_variant=per_variant)  # fmt: skip
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
     return 0
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(compare)
     compare.add_argument("--variants", help="comma-separated subset (default: all)")
     compare.add_argument("--out", help="output folder (default: <train.output_dir>-compare)")
+    compare.add_argument("--set", action="append", default=[], metavar="VARIANT:key=value",
+                         help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_compare)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .report import comparison_table, load_runs, plot_curves, series
 
 
@@ -35,14 +35,33 @@ def variants(cfg: Config) -> Dict[str, List[str]]:
     }  # fmt: skip
 
 
+def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str, List[str]]:
+    """`--set VARIANT:key=value` items -> {variant: [key=value, ...]}, e.g. a learning rate per
+    method ("grpo:optim.lr=3e-4"), since the best one differs between them."""
+    out: Dict[str, List[str]] = {}
+    for item in items:
+        name, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            raise ConfigError("--set", item, "expected VARIANT:key=value, e.g. grpo:optim.lr=3e-4")
+        if name not in known:
+            raise ConfigError("--set", item, f"unknown variant '{name}'; known: {', '.join(known)}")
+        out.setdefault(name, []).append(override)
+    return out
+
+
 def run_compare(config_path: str, overrides: Sequence[str], cfg: Config, out_dir: str | Path,
-                names: Sequence[str] | None = None, progress: bool = True) -> Path:  # fmt: skip
-    """Train every variant (skipping those already finished in out_dir), then write the report."""
+                names: Sequence[str] | None = None, progress: bool = True,
+                per_variant: Optional[Mapping[str, Sequence[str]]] = None) -> Path:  # fmt: skip
+    """Train every variant (skipping those already finished in out_dir), then write the report.
+    `per_variant`: extra overrides of single variants, applied after the variant's own."""
     table = variants(cfg)
     names = list(names or table)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(table)}")
+    per_variant = {n: list(v) for n, v in (per_variant or {}).items()}
+    for name, extra in per_variant.items():  # a bad key fails now, not after the other variants ran
+        load_config(config_path, [*overrides, *table[name], *extra])
     out = Path(out_dir)
     for i, name in enumerate(names, 1):
         run_dir = out / name
@@ -51,7 +70,7 @@ def run_compare(config_path: str, overrides: Sequence[str], cfg: Config, out_dir
             continue
         print(f"[{i}/{len(names)}] {name}: training into {run_dir}", flush=True)
         cmd = [sys.executable, "-m", "chord_megatron.cli", "train", config_path, *overrides, *table[name],
-               f"train.output_dir={run_dir}"] + ([] if progress else ["--no-progress"])  # fmt: skip
+               *per_variant.get(name, []), f"train.output_dir={run_dir}"] + ([] if progress else ["--no-progress"])  # fmt: skip
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")
@@ -64,6 +83,8 @@ def run_compare(config_path: str, overrides: Sequence[str], cfg: Config, out_dir
         f"at temperature {cfg.rollout.temperature}"
         + (f"; the base model scores {base:.3f}" if base is not None else "")
         + ".\n\n"
+        + "".join(f"- {n}: also {' '.join(per_variant[n])}\n" for n in names if per_variant.get(n))
+        + ("\n" if any(per_variant.get(n) for n in names) else "")
         + comparison_table(runs, base_accuracy=base)
         + "\n![curves](curves.png)\n"
     )
