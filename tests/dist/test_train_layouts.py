@@ -7,7 +7,8 @@ Jobs, run once per module:
   layouts   (2 processes, gloo): the same weights W0 loaded into TP=2, PP=2, PP=2 x VPP=2,
                           DP=2 (with and without the distributed optimizer), CP=2 (with and
                           without), and packed rows under CP=2, TP=2, PP=2 and DP=2; the same steps;
-  layouts4  (4 processes): TP=2 x CP=2, and PP=2 x CP=2 with packed rows.
+  layouts4  (4 processes): TP=2 x CP=2, PP=2 x CP=2 with packed rows, and DP=2 x PP=2 with
+                          packed rows whose pipelines run different numbers of micro-batches.
 The TP=1 results are checked against an independent plain-torch re-computation
 (tests/dist/torch_oracle.py: model, CHORD loss and clipped Adam written out from scratch), and
 every layout against TP=1: loss, metrics, full gradients and the parameters after the update.
@@ -332,6 +333,9 @@ def test_layouts_ran_the_intended_schedules(layouts):
 LAYOUTS_4 = {
     "tp2_cp2": ["parallel.tensor=2", "parallel.context=2", "parallel.distributed_optimizer=false"],
     "pp2_cp2_packed": ["parallel.pipeline=2", "parallel.context=2", *PACK],
+    # one packed row per micro-batch: the DP ranks' rows fill 2 and 1 rows of 24 tokens, so the
+    # two pipelines run different numbers of micro-batches in the same step
+    "dp2_pp2_packed": ["parallel.pipeline=2", *PACK, "train.micro_batch_size=1"],
 }
 
 
@@ -341,10 +345,11 @@ def layouts4_job(W0):
 
     out = {}
     for layout, l_over in LAYOUTS_4.items():
-        cfg = config(*l_over, f"train.micro_batch_size={LAYOUT_MBS}")
+        cfg = config(f"train.micro_batch_size={LAYOUT_MBS}", *l_over)
         par = init_parallel(cfg.parallel, seed=7)
         res, engine = _step(cfg, par, W0, "mixed")
         out[layout] = res
+        out[layout, "micro_batches"] = len(engine.micro_batches(make_batch("mixed")))
         out[layout, "logp"] = MegatronEngine(cfg, par=par, full_state_dict=W0).compute_logprobs(make_batch("mixed"))
         out[layout, "layout"] = (engine.par.tp, engine.par.pp, engine.par.cp, engine.par.dp)
     return out
@@ -358,7 +363,7 @@ def layouts4(ref):
 @pytest.mark.parametrize("layout", list(LAYOUTS_4))
 def test_context_parallel_combined_with_tp_and_pp_matches_tp1(ref, layouts4, layout):
     want = ref["tied"]["mixed", REF_MICRO]
-    expect_layout = {"tp2_cp2": (2, 1, 2, 1), "pp2_cp2_packed": (1, 2, 2, 1)}[layout]
+    expect_layout = {"tp2_cp2": (2, 1, 2, 1), "pp2_cp2_packed": (1, 2, 2, 1), "dp2_pp2_packed": (1, 2, 1, 2)}[layout]
     for rank, got in enumerate(layouts4):
         assert got[layout, "layout"] == expect_layout
         for key, value in want["metrics"].items():
@@ -370,3 +375,5 @@ def test_context_parallel_combined_with_tp_and_pp_matches_tp1(ref, layouts4, lay
                 _close(got[layout]["grads"][name], want["grads"][name], f"{layout}: grad {name}")
     mask = make_batch("mixed").loss_mask.bool()
     _close(layouts4[0][layout, "logp"][mask], ref["tied"]["logp"][mask], f"{layout}: logp")
+    if layout == "dp2_pp2_packed":  # ranks 0 and 1 are DP ranks 0 and 1 of stage 0 (PP varies slowest)
+        assert sorted({got[layout, "micro_batches"] for got in layouts4}) == [1, 2]
