@@ -131,6 +131,7 @@ RENAME = {
     "entropy_sft": "entropy/expert", "tis_weight_mean": "tis/weight_mean",
     "logp_mismatch_mean": "mismatch/mean", "logp_mismatch_max": "mismatch/max",
     "rl_tokens": "tokens/rl", "sft_tokens": "tokens/expert", "grad_norm": "grad_norm", "lr": "lr", "mu": "mu",
+    "padding_frac": "train/padding_frac",
 }  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from .metrics import logprob_mismatch
 from .micro_batch import MicroBatch, build_micro_batches
 from .model import build_model, use_transformer_engine
 from .optim import build_optimizer, current_lr
+from .packing import trained_lengths
 from .parallel import ParallelState, init_parallel
 from .step import LossSettings, chord_forward_backward, forward_logprobs
 from .weights import iter_full_tensors, load_full_state_dict
@@ -98,8 +99,18 @@ class MegatronEngine:
             lr=lr,
             update_successful=float(bool(ok)),
             micro_batches=float(len(mbs)),
+            padding_frac=self._padding_frac(batch, mbs),
         )
         return metrics
+
+    def _padding_frac(self, batch: TrainBatch, mbs: List[MicroBatch]) -> float:
+        """The share of model positions this step computed (all ranks) that no trained token
+        needs: right-padding, packing fillers, inert rows. What packing is there to reduce."""
+        positions = torch.tensor([float(sum(mb.input_ids.numel() for mb in mbs))], dtype=torch.float64, device=self.par.device)
+        if self.par.dp * self.par.cp > 1:
+            torch.distributed.all_reduce(positions, group=self.par.dp_cp_group)
+        needed = sum(trained_lengths(batch.loss_mask))
+        return 1.0 - needed / max(float(positions), 1.0)
 
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:

@@ -225,6 +225,12 @@ def test_tp1_metrics_are_whole_batch_token_means(ref):
     assert m["entropy_sft"] == pytest.approx(float(entropy[sft].mean()), rel=1e-5)
     assert m["ratio_mean"] == pytest.approx(float(ratio[rl].mean()), rel=1e-5)
     assert m["mu"] == MU and m["micro_batches"] == REF_MICRO
+    # 57 positions are needed (each row up to its last trained token); 2 micro-batches of 4 x 12
+    # positions were computed (one inert padding row); 1 micro-batch of 7 x 12 without splitting.
+    assert m["padding_frac"] == pytest.approx(1 - 57 / 96)
+    assert ref["tied"]["mixed", 1]["metrics"]["padding_frac"] == pytest.approx(1 - 57 / 84)
+    # packed into rows of 24: 4 model rows (2 micro-batches of 2) = 96 positions
+    assert ref["tied"]["mixed", "packed", 2]["metrics"]["padding_frac"] == pytest.approx(1 - 57 / 96)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -251,7 +257,7 @@ def test_packed_rows_give_the_same_update(ref, variant, kind):
         got = ref[variant][kind, "packed", n_pack_rows]
         assert got["metrics"]["micro_batches"] < 7 / n_pack_rows, "rows should share model rows"
         for key, value in one["metrics"].items():
-            if key != "micro_batches":
+            if key not in ("micro_batches", "padding_frac"):
                 assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
         for name in one["params"]:
             _close(got["grads"][name], one["grads"][name], f"packed x{n_pack_rows}: grad {name}")
@@ -297,7 +303,7 @@ def test_layout_matches_tp1(ref, layouts, variant, layout):
         for name, w in ref[variant]["W0"].items():
             assert torch.equal(got["loaded"][name], w), f"{where}: {name} did not round-trip"
         for key, value in want["metrics"].items():
-            if key == "micro_batches":
+            if key in ("micro_batches", "padding_frac"):
                 continue
             assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), f"{where}: {key}"
         assert rank1[variant, layout, kind]["metrics"] == got["metrics"], f"{where}: ranks disagree"
@@ -367,7 +373,7 @@ def test_context_parallel_combined_with_tp_and_pp_matches_tp1(ref, layouts4, lay
     for rank, got in enumerate(layouts4):
         assert got[layout, "layout"] == expect_layout
         for key, value in want["metrics"].items():
-            if key != "micro_batches":
+            if key not in ("micro_batches", "padding_frac"):
                 assert got[layout]["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-7), f"rank {rank}: {key}"
         for name in want["params"]:
             _close(got[layout]["params"][name], want["params"][name], f"{layout} rank {rank}: param {name}")
