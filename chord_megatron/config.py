@@ -121,6 +121,7 @@ class RolloutConfig:
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
+    seeded_sampling: bool = False  # sglang: one request per sample with its own sampling_seed (reproducible rollouts; start servers with --enable-deterministic-inference)
     request_timeout_s: float = 600.0  # per request
     max_retries: int = 3  # per request, with backoff
     num_servers: int = 1  # SGLang servers to launch from the sglang: section (no urls given)

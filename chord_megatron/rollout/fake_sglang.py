@@ -13,8 +13,8 @@ that /update_weights_from_tensor and /update_weights_from_distributed require.
 When the sglang wheel is installed, /generate bodies go through SGLang's own contract gate
 (`api_types.GenerateRequest`), so a body the real server would refuse gets the same 400 here.
 
-Sampled tokens are a function of (prompt, sample index): a test can tell which prompt a response
-answers. Faults, for the fault tests: slow answers, 503 while starting, dying on the N-th
+Sampled tokens are a function of (prompt, sample index), or of (prompt, sampling_seed) for a
+seeded request: a test can tell which prompt a response answers. Faults, for the fault tests: slow answers, 503 while starting, dying on the N-th
 /generate without answering it, malformed JSON bodies. The process exits by itself after
 --max-lifetime-s so that no test can leave it behind.
 """
@@ -320,7 +320,10 @@ class Handler(BaseHTTPRequestHandler):
             p = sps[i]
             n = p.get("n", 1)
             for j in range(n):
-                toks, finish = sample_tokens(prompt, j, p.get("max_new_tokens", 128),
+                # A seeded request draws the sample its seed names (SGLang's sampling_seed
+                # with deterministic inference): the same seed, the same sample.
+                draw = j if p.get("sampling_seed") is None else p["sampling_seed"] % 1009
+                toks, finish = sample_tokens(prompt, draw, p.get("max_new_tokens", 128),
                                              p.get("stop_token_ids") or [], s.args.vocab)
                 if aborted:
                     toks = toks[: len(toks) // 2]

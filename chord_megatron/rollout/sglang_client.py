@@ -97,10 +97,12 @@ class SGLangClient:
         return base * (0.5 + random.random() / 2)  # jitter: retries of many requests spread out
 
     # -- /generate -----------------------------------------------------------------------------
-    async def generate(self, input_ids: Sequence[int], params: SamplingParams, n: int = 1) -> List[GeneratedSample]:
+    async def generate(self, input_ids: Sequence[int], params: SamplingParams, n: int = 1,
+                       sampling_seed: Optional[int] = None) -> List[GeneratedSample]:  # fmt: skip
         """`n` samples of one prompt, in the server's order; retried as a whole on failure, so a
-        prompt's samples come from one successful answer and none is lost or repeated."""
-        body = proto.generate_body(input_ids, params, n)
+        prompt's samples come from one successful answer and none is lost or repeated.
+        `sampling_seed` (n = 1 only): SGLang's per-request seed."""
+        body = proto.generate_body(input_ids, params, n, sampling_seed)
         errors: List[str] = []
         attempts = self.max_retries + 1
         first = next(self._rr)

@@ -44,10 +44,19 @@ class _LoopThread:
         self.loop.close()
 
 
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """SGLang's sampling_seed for one sample of a seeded generate call (a non-negative int64)."""
+    return (int(seed) * 1_000_003 + prompt_index * 7919 + sample_index * 104_729 + 1) % (2**62)
+
+
 class SGLangEngine(RolloutEngine):
     def __init__(self, client: SGLangClient, *, deployment=None, weight_sync: Optional[WeightSync] = None,
-                 pause_mode: str = "abort"):
+                 pause_mode: str = "abort", seeded: bool = False):
+        """`seeded`: when SamplingParams.seed is set, send each sample as its own request with
+        a sampling_seed derived from (seed, prompt, sample), so that a rollout can be repeated
+        exactly; SGLang honours it on servers started with --enable-deterministic-inference."""
         self._loop = _LoopThread()
+        self.seeded = seeded
         self.client = client
         self.deployment = deployment  # router.Deployment: stopped on close() if we started it
         self.weight_sync = weight_sync
@@ -68,7 +77,8 @@ class SGLangEngine(RolloutEngine):
         dep = deploy(r, cfg.sglang, log_dir=Path(log_dir or Path(cfg.train.output_dir) / "sglang"))
         client = SGLangClient(dep.generate_urls, dep.worker_urls, concurrency=r.concurrency,
                               timeout_s=r.request_timeout_s, max_retries=r.max_retries)
-        return cls(client, deployment=dep, weight_sync=weight_sync or transport_from_config(cfg))
+        return cls(client, deployment=dep, weight_sync=weight_sync or transport_from_config(cfg),
+                   seeded=r.seeded_sampling)
 
     def run(self, coro, timeout_s: Optional[float] = None):
         """Run a client coroutine on the engine's loop (usable from any thread)."""
@@ -87,9 +97,16 @@ class SGLangEngine(RolloutEngine):
         return rollouts
 
     async def _generate(self, prompts, k, params) -> List[Rollout]:
+        async def samples_of(p_idx, prompt):
+            if not (self.seeded and params.seed is not None):
+                return await self.client.generate(prompt, params, k)
+            seeded = [self.client.generate(prompt, params, 1, sampling_seed=sample_seed(params.seed, p_idx, j))
+                      for j in range(k)]  # fmt: skip
+            return [s for one_sample in await asyncio.gather(*seeded) for s in one_sample]
+
         async def one(p_idx, prompt):
             try:
-                samples = await self.client.generate(prompt, params, k)
+                samples = await samples_of(p_idx, prompt)
             except SGLangError as e:
                 raise RolloutError(f"prompt {p_idx}: {e}") from e
             return [

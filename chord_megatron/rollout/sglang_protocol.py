@@ -69,13 +69,16 @@ class MalformedResponse(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Request bodies
 # ----------------------------------------------------------------------------------------------
-def sampling_params_body(params: "SamplingParams", n: int = 1) -> Dict[str, Any]:
+def sampling_params_body(params: "SamplingParams", n: int = 1, sampling_seed: Optional[int] = None) -> Dict[str, Any]:
     """SGLang's `sampling_params` for `params`, `n` samples of one prompt.
 
-    The seed is not sent: SGLang's `sampling_seed` would give all `n` samples of a group the same
-    random stream, which would make a GRPO group degenerate."""
+    `params.seed` is not sent as such: SGLang's `sampling_seed` gives all `n` samples of a request
+    the same random stream, which would make a GRPO group degenerate. Seeded sampling sends one
+    request per sample, each with its own `sampling_seed` (see SGLangEngine(seeded=True))."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if sampling_seed is not None and n != 1:
+        raise ValueError("a sampling_seed applies to every sample of a request: seed requests of n=1")
     body: Dict[str, Any] = {
         "max_new_tokens": int(params.max_new_tokens),
         "temperature": float(params.temperature),
@@ -84,17 +87,20 @@ def sampling_params_body(params: "SamplingParams", n: int = 1) -> Dict[str, Any]
     }
     if params.stop_token_ids:
         body["stop_token_ids"] = [int(t) for t in params.stop_token_ids]
+    if sampling_seed is not None:
+        body["sampling_seed"] = int(sampling_seed)
     return body
 
 
-def generate_body(input_ids: Sequence[int], params: "SamplingParams", n: int = 1) -> Dict[str, Any]:
+def generate_body(input_ids: Sequence[int], params: "SamplingParams", n: int = 1,
+                  sampling_seed: Optional[int] = None) -> Dict[str, Any]:  # fmt: skip
     """A /generate body for one prompt given as token ids, asking for sampled-token log-probs."""
     ids = [int(t) for t in input_ids]
     if not ids:
         raise ValueError("generate_body: empty prompt")
     return {
         "input_ids": ids,
-        "sampling_params": sampling_params_body(params, n),
+        "sampling_params": sampling_params_body(params, n, sampling_seed),
         "return_logprob": True,
         # Token ids only: text in every log-prob entry would cost a detokenisation per token.
         "return_text_in_logprobs": False,

@@ -2,6 +2,7 @@
 coverage of every sample, retries, failover, timeouts, flush/abort/pause, weight-update sessions.
 
 Every worker is a subprocess that exits by itself (--max-lifetime-s) and is stopped by PID."""
+import dataclasses
 import json
 import threading
 import time
@@ -136,7 +137,7 @@ def test_starting_worker_503_is_retried(fakes):
 def test_rejected_request_fails_at_once_with_sglang_message(fakes, monkeypatch):
     (w,) = fakes(1)
     real = proto.sampling_params_body
-    monkeypatch.setattr(proto, "sampling_params_body", lambda p, n=1: {**real(p, n), "max_tokens": 5})
+    monkeypatch.setattr(proto, "sampling_params_body", lambda p, n=1, seed=None: {**real(p, n, seed), "max_tokens": 5})
     with engine_for([w], max_retries=3) as eng:
         with pytest.raises(RolloutError, match=r"rejected the request \(HTTP 400: unknown field `max_tokens`"):
             eng.generate(PROMPTS[:1], 1, SP)
@@ -254,3 +255,34 @@ def test_update_weights_without_transport_is_an_error(fakes):
         eng.weight_sync = lambda engine, named, version: calls.append((list(named), version))
         eng.update_weights([("a", 1)], 4)
         assert calls == [([("a", 1)], "4")] and eng.weight_version == "4"
+
+
+def test_seeded_sampling_sends_one_seeded_request_per_sample_and_repeats_exactly(fakes):
+    from chord_megatron.rollout.sglang_engine import sample_seed
+
+    (w,) = fakes(1)
+    seeded = dataclasses.replace(SP, seed=11)
+    urls = [w.url]
+    with SGLangEngine(SGLangClient(urls, urls, backoff_s=0.05), seeded=True) as eng:
+        first = eng.generate(PROMPTS[:2], 3, seeded)
+        again = eng.generate(PROMPTS[:2], 3, seeded)
+        other = eng.generate(PROMPTS[:2], 3, dataclasses.replace(SP, seed=12))
+    bodies = [b for p, b in stats(w)["requests"] if p == "/generate"]
+    assert len(bodies) == 3 * 2 * 3 and {b["sampling_params"]["n"] for b in bodies} == {1}
+    sent = [b["sampling_params"]["sampling_seed"] for b in bodies[:6]]
+    assert sorted(sent) == sorted(sample_seed(11, p, j) for p in range(2) for j in range(3))
+    assert [r.response_ids for r in first] == [r.response_ids for r in again]
+    assert [r.response_ids for r in first] != [r.response_ids for r in other]
+    for p in range(2):  # a group's samples differ from each other
+        group = [tuple(r.response_ids) for r in first if r.prompt_index == p]
+        assert len(set(group)) == 3
+    assert [(r.prompt_index, r.sample_index) for r in first] == [(p, j) for p in range(2) for j in range(3)]
+
+
+def test_unseeded_engine_keeps_one_request_per_prompt(fakes):
+    (w,) = fakes(1)
+    with engine_for([w]) as eng:
+        eng.generate(PROMPTS[:2], 3, dataclasses.replace(SP, seed=11))
+    bodies = [b for p, b in stats(w)["requests"] if p == "/generate"]
+    assert [b["sampling_params"]["n"] for b in bodies] == [3, 3]
+    assert all("sampling_seed" not in b["sampling_params"] for b in bodies)

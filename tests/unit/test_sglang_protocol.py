@@ -208,3 +208,14 @@ def test_weight_version_from_model_info_and_success_check():
     assert proto.check_success({"success": False, "message": "no"}) == (False, "no")
     with pytest.raises(MalformedResponse):
         proto.check_success({"status": "ok"})
+
+
+def test_seeded_generate_body_is_sglang_valid_and_one_sample_per_request():
+    body = proto.generate_body([1, 2, 3], SP, 1, sampling_seed=2**40 + 3)
+    assert body["sampling_params"]["sampling_seed"] == 2**40 + 3 and body["sampling_params"]["n"] == 1
+    if contract.available():
+        contract.validate_request("generate", body)
+    # one seed for n samples would give them all the same random stream
+    with pytest.raises(ValueError, match="n=1"):
+        proto.generate_body([1, 2, 3], SP, 4, sampling_seed=1)
+    assert "sampling_seed" not in proto.generate_body([1, 2, 3], SP, 4)["sampling_params"]

@@ -211,6 +211,7 @@ def test_engine_from_config_serves_and_syncs_by_disk(tmp_path):
                                  f"rollout.server_urls=[{workers[0].url}, {workers[1].url}]"])
         with SGLangEngine.from_config(cfg) as eng:
             router = eng.deployment.processes[0]
+            assert not eng.seeded  # rollout.seeded_sampling defaults to off
             assert_complete_and_correct(eng.generate(PROMPTS, 3, SP))
             eng.update_weights([("model.norm.weight", torch.ones(64))], 1)
             assert eng.served_versions() == {w.url: "1" for w in workers}
@@ -220,3 +221,21 @@ def test_engine_from_config_serves_and_syncs_by_disk(tmp_path):
     finally:
         for w in workers:
             w.stop()
+
+
+def test_engine_from_config_takes_seeded_sampling(tmp_path, monkeypatch):
+    import types
+
+    from chord_megatron.config import load_config
+    from chord_megatron.rollout import router
+
+    closed = []
+    fake = types.SimpleNamespace(generate_urls=["http://127.0.0.1:9"], worker_urls=["http://127.0.0.1:9"],
+                                 close=lambda: closed.append(True))  # fmt: skip
+    monkeypatch.setattr(router, "deploy", lambda *a, **k: fake)
+    for value in (True, False):
+        cfg = load_config(None, [f"train.output_dir={tmp_path}", "rollout.engine=sglang",
+                                 "rollout.router_url=http://127.0.0.1:9", f"rollout.seeded_sampling={str(value).lower()}"])  # fmt: skip
+        with SGLangEngine.from_config(cfg) as eng:
+            assert eng.seeded is value and eng.deployment is fake
+    assert closed == [True, True]
