@@ -74,8 +74,8 @@ def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch
     Unpacked: micro_batch_size rows per micro-batch (padded with inert rows to whole
     micro-batches, the same number on every DP rank). Packed: at most micro_batch_size model
     rows of `pack_length` tokens (0: the batch's S) per micro-batch, as few micro-batches as
-    that allows, evenly filled. Model rows are padded to a multiple
-    of `seq_multiple` (2 x CP for context parallelism)."""
+    that allows, evenly filled. Model rows are padded to a multiple of `seq_multiple` (2 x CP
+    for context parallelism)."""
     block = dp_row_range(batch.rows, dp, dp_rank)
     if pack:
         return _packed(batch, block, micro_batch_size, pack_length or batch.input_ids.shape[1], cp, cp_rank, seq_multiple)
