@@ -75,6 +75,7 @@ class State:
         self.started = time.monotonic()
         self.generate_received = 0
         self.generate_served = 0
+        self.generate_disconnected = 0  # requests abandoned by their client while being served
         self.in_flight = 0
         self.malformed_left = args.malformed
         self.flush_busy_left = args.flush_busy
@@ -117,6 +118,17 @@ class Handler(BaseHTTPRequestHandler):
             return {}
         return json.loads(raw)
 
+    def _client_gone(self) -> bool:
+        """The client closed the connection (readable, and reading would return nothing)."""
+        import select
+        import socket
+
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     # -- routes --------------------------------------------------------------------------------
     def do_GET(self):
         s = self.state
@@ -144,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
             with s.lock:
                 return self._send(200, {
                     "generate_received": s.generate_received, "generate_served": s.generate_served,
-                    "in_flight": s.in_flight, "paused": s.paused, "session_open": s.session_open,
+                    "generate_disconnected": s.generate_disconnected, "in_flight": s.in_flight, "paused": s.paused, "session_open": s.session_open,
                     "weight_version": s.weight_version, "weight_updates": s.weight_updates,
                     "requests": s.requests, "group": s.group, "received": s.received,
                 })
@@ -299,6 +311,11 @@ class Handler(BaseHTTPRequestHandler):
                 if s.abort_epoch != epoch:
                     aborted = True
                     break
+                if self._client_gone():  # as SGLang does: a request nobody waits for is aborted
+                    with s.lock:
+                        s.generate_disconnected += 1
+                    self.close_connection = True
+                    return None
                 time.sleep(0.005)
             if malformed:
                 return self._send(200, raw=b'{"text": "truncated", "meta_info": {"id": ')

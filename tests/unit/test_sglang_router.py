@@ -239,3 +239,32 @@ def test_engine_from_config_takes_seeded_sampling(tmp_path, monkeypatch):
         with SGLangEngine.from_config(cfg) as eng:
             assert eng.seeded is value and eng.deployment is fake
     assert closed == [True, True]
+
+
+@pytest.mark.parametrize("via_router", [False, True])
+def test_a_request_given_up_on_is_dropped_by_the_server(cluster, via_router):
+    """A request the client waits for is served; one it gives up on (0.3 s into a 1 s request)
+    closes its connection and the worker sees that (SGLang 0.5.23 then aborts the request):
+    directly, and through sglang-router, which must close its upstream connection too."""
+    router, (w,) = cluster(1, w0=["--delay-s", "1"])
+    urls = [router.url] if via_router else [w.url]
+
+    def client(timeout_s):
+        return SGLangEngine(SGLangClient(urls, [w.url], timeout_s=timeout_s, max_retries=0, backoff_s=0.05))
+
+    with client(10.0) as eng:
+        assert len(eng.generate(PROMPTS[:1], 1, SP)) == 1
+    assert fake_stats(w)["generate_disconnected"] == 0
+    with client(0.3) as eng:
+        with pytest.raises(RolloutError, match="no answer within 0.3s"):
+            eng.generate(PROMPTS[:1], 1, SP)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and fake_stats(w)["generate_disconnected"] < 1:
+        time.sleep(0.05)
+    s = fake_stats(w)
+    assert (s["generate_received"], s["generate_disconnected"]) == (2, 1)
+
+
+def fake_stats(worker):
+    with urllib.request.urlopen(worker.url + "/_fake/stats", timeout=5) as r:
+        return json.loads(r.read())
