@@ -197,7 +197,7 @@ class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2  # older checkpoints are deleted
-    optimizer_format: str = "dp_reshardable"  # Adam state: dp_reshardable (resumes on the same layout) | fully_reshardable (any layout; gathered per DP group while saving)
+    optimizer_format: str = "dp_reshardable"  # Adam state: dp_reshardable (resumes on the same layout) | fully_reshardable (any layout; all-gathered over DP while saving)
 
 
 @dataclass(frozen=True)

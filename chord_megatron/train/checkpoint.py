@@ -18,8 +18,9 @@ them. The distributed optimizer's state is stored in one of two formats
 * `dp_reshardable` (default): every rank writes its own shard; restored onto the same layout
   only (elsewhere Adam restarts, with a warning);
 * `fully_reshardable`: each data-parallel group gathers its state while saving and writes it in
-  global coordinates, like the weights; restored onto any layout. Saving costs a gather of the
-  optimizer state of a TP x PP shard onto one rank.
+  global coordinates, like the weights; restored onto any layout. Saving all-gathers the
+  optimizer state of a TP x PP shard onto every rank of its data-parallel group (megatron-core's
+  memory-efficient variant gathers onto one rank over gloo side groups, which we do not create).
 (megatron-core 0.16.1's `fully_sharded_model_space` relies on the removed
 `ShardedTensor.flattened_range` and cannot be used.)
 
