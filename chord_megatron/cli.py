@@ -91,7 +91,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval  # issue: real models and data
+    from .evaluate import run_eval
 
     cfg = load_config(args.config, args.overrides)
     return run_eval(cfg, data=args.data, k=args.k, checkpoint=args.checkpoint, out=args.out)
@@ -105,7 +105,7 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 
 def _launch_plan(args: argparse.Namespace) -> int:
-    from .launch_plan import run_launch_plan  # issue: slurm launch
+    from .launch_plan import run_launch_plan
 
     cfg = load_config(args.config, args.overrides)
     return run_launch_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .batch import build_train_batch
+from .weight_sync.buckets import tensor_bytes
 from .config import Config
 
 PROBE_SEED = 20_260_517
@@ -46,7 +47,7 @@ class WeightSync:
         if self.rank0:
             def counted(items: Iterable[Tuple[str, torch.Tensor]]) -> Iterator[Tuple[str, torch.Tensor]]:
                 for name, t in items:
-                    nbytes[0] += t.numel() * t.element_size()
+                    nbytes[0] += tensor_bytes(t)
                     yield name, t
 
             self.rollout.pause()

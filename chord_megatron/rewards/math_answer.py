@@ -10,7 +10,8 @@
 
 An overlong response that did box an answer is scored like any other (its answer counts).
 The reward decides the overlong case itself when the caller passes the finish reason; it says so
-with HANDLES_FINISH_REASON = True (see evaluate.py, which then does not override it).
+with the function attribute `handles_finish_reason` (read by loop.score, which then does not
+override it).
 
 math-verify bounds its own parsing with SIGALRM; inside a RewardRunner worker, whose timeout uses
 the same timer, its timeouts are switched off so that the runner's stays in charge.
@@ -25,7 +26,6 @@ from typing import Any, Dict, Optional
 from .registry import register_reward
 
 CORRECT, WRONG_BOXED, WRONG_UNBOXED, OVERLONG = 1.0, 0.0, -0.1, -1.0
-HANDLES_FINISH_REASON = True
 
 
 def last_boxed(text: str) -> Optional[str]:

@@ -18,8 +18,6 @@ import torch
 
 from ..types import Rollout
 
-FINISH_REASONS = ("stop", "length", "abort")
-
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -195,9 +195,6 @@ class InProcessEngine(RolloutEngine):
             params[name].copy_(t.to(dtype=params[name].dtype, device=params[name].device))
         self._version = str(version)
 
-    def state_dict_hf(self) -> Dict[str, torch.Tensor]:
-        """The model's tensors by HF name (lm_head left out when tied), e.g. to sync elsewhere."""
-        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
 
     # -- the rest ------------------------------------------------------------------------------
     def health(self) -> bool:

@@ -179,18 +179,6 @@ class SGLangClient:
         results = await asyncio.gather(*(one(u) for u in self.worker_urls))
         return dict(zip(self.worker_urls, results))
 
-    async def wait_healthy(self, timeout_s: float, interval_s: float = 0.5) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            state = await self.health()
-            if all(state.values()):
-                return
-            if loop.time() > deadline:
-                bad = [u for u, ok in state.items() if not ok]
-                raise SGLangError(f"workers not healthy after {timeout_s:g}s: {', '.join(bad)}")
-            await asyncio.sleep(interval_s)
-
     async def weight_versions(self) -> Dict[str, Optional[str]]:
         """{worker: weight_version from /model_info}."""
 

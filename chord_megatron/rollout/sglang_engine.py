@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
@@ -173,14 +172,3 @@ class SGLangEngine(RolloutEngine):
             self._loop.stop()
             if self.deployment is not None:
                 self.deployment.close()
-
-
-def max_abs_logprob_gap(rollouts: Sequence[Rollout], reference: Sequence[Sequence[float]]) -> float:
-    """Largest |engine - reference| log-prob over all tokens (NaN entries skipped): the check to
-    run after a weight sync, since a wrong sync still answers HTTP 200."""
-    gap = 0.0
-    for r, ref in zip(rollouts, reference):
-        for a, b in zip(r.logprobs, ref):
-            if not math.isnan(a):
-                gap = max(gap, abs(a - float(b)))
-    return gap

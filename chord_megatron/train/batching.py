@@ -28,12 +28,16 @@ class TokenCounts:
         return {"rl": float(self.rl), "sft": float(self.sft)}
 
 
+def on_policy_mask(batch: TrainBatch) -> torch.Tensor:
+    """[B, S] bool: the trained tokens of on-policy rows."""
+    return batch.loss_mask.bool() & ~batch.is_expert.bool()[:, None]
+
+
 def count_tokens(batch: TrainBatch) -> TokenCounts:
     """Response tokens of on-policy rows (rl) and of expert rows (sft) in the global `batch`
     (every rank holds all of it, so no communication is needed)."""
-    mask = batch.loss_mask.bool()
-    expert = batch.is_expert.bool()[:, None]
-    return TokenCounts(rl=int((mask & ~expert).sum()), sft=int((mask & expert).sum()))
+    rl = int(on_policy_mask(batch).sum())
+    return TokenCounts(rl=rl, sft=int(batch.loss_mask.bool().sum()) - rl)
 
 
 def dp_row_range(rows: int, dp: int, dp_rank: int) -> slice:

@@ -73,7 +73,7 @@ def bench_train_step(cfg: Config, steps: int = 3) -> Dict[str, Any]:
         raise ValueError(f"bench_train_step: steps must be >= 1, got {steps}")
     engine = MegatronEngine(cfg)
     batch = random_batch(cfg, seed=cfg.train.seed)
-    engine.train_step(batch, 0)
+    warmup = engine.train_step(batch, 0)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,7 +99,7 @@ def bench_train_step(cfg: Config, steps: int = 3) -> Dict[str, Any]:
         "tokens_per_step": tokens,
         "layout": {"world": par.world_size, "tp": par.tp, "pp": par.pp, "vpp": par.vpp, "cp": par.cp, "dp": par.dp},
         "packed": cfg.train.pack_sequences,
-        "micro_batches": len(engine.micro_batches(batch)),
+        "micro_batches": int(warmup["micro_batches"]),
         "device": str(par.device),
         "dtype": str(engine.model[0].config.params_dtype).replace("torch.", ""),
     }

@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 
 def zigzag_positions(length: int, cp: int, cp_rank: int, device=None) -> torch.Tensor:
@@ -64,13 +65,7 @@ def gather_sequence(local: torch.Tensor, group: dist.ProcessGroup) -> torch.Tens
     return _GatherSequence.apply(local, group)
 
 
-def _dot_product_attention_cls():
-    from megatron.core.transformer.dot_product_attention import DotProductAttention
-
-    return DotProductAttention
-
-
-class ContextParallelDotProductAttention(_dot_product_attention_cls()):
+class ContextParallelDotProductAttention(DotProductAttention):
     """Megatron's local DotProductAttention with context parallelism (see the module doc).
 
     `attention_mask` is None (causal) or the boolean mask of the *whole* sequence

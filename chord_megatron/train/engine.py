@@ -21,7 +21,7 @@ from ..algo import mu_schedule
 from ..config import Config
 from ..types import TrainBatch
 from . import checkpoint as ckpt
-from .batching import check_batch, count_tokens
+from .batching import check_batch, count_tokens, on_policy_mask
 from .metrics import logprob_mismatch
 from .micro_batch import MicroBatch, build_micro_batches
 from .model import build_model, use_transformer_engine
@@ -191,11 +191,6 @@ def _check_layout(cfg: Config) -> bool:
             "(all-gather context parallelism, slower) or train.pack_sequences=false"
         )
     return packed and te
-
-
-def on_policy_mask(batch: TrainBatch) -> torch.Tensor:
-    """[B, S] bool: the trained tokens of on-policy rows."""
-    return batch.loss_mask.bool() & ~batch.is_expert.bool()[:, None]
 
 
 def _with_old_logp(batch: TrainBatch, old: torch.Tensor) -> TrainBatch:

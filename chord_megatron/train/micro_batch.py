@@ -73,8 +73,8 @@ def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch
 
     Unpacked: micro_batch_size rows per micro-batch (padded with inert rows to whole
     micro-batches, the same number on every DP rank). Packed: at most micro_batch_size model
-    rows of `pack_length` tokens (0: the batch's S) per micro-batch, as few micro-batches as
-    that allows, evenly filled. Model rows are padded to a multiple of `seq_multiple` (2 x CP
+    rows of `pack_length` tokens (0: the batch's S; widened to the longest row when that is
+    longer) per micro-batch, as few micro-batches as that allows, evenly filled. Model rows are padded to a multiple of `seq_multiple` (2 x CP
     for context parallelism)."""
     block = dp_row_range(batch.rows, dp, dp_rank)
     if pack:

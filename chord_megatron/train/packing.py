@@ -22,13 +22,13 @@ def trained_lengths(loss_mask: torch.Tensor) -> List[int]:
     return [int(v) + 1 for v in last.max(dim=1).values] if S else [0] * mask.shape[0]
 
 
-def plan_packs(lengths: Sequence[int], capacity: int, *, what: str = "train.pack_length") -> List[List[int]]:
+def plan_packs(lengths: Sequence[int], capacity: int) -> List[List[int]]:
     """Group row indices into packs of at most `capacity` tokens: first fit, longest row first
     (ties by row index, so the plan is deterministic). Rows of length 0 are left out; the rows
     of a pack keep ascending index order. Raises ValueError naming the row that does not fit."""
     for i, n in enumerate(lengths):
         if n > capacity:
-            raise ValueError(f"{what}={capacity} is shorter than row {i}, which needs {n} tokens up to its last trained token")
+            raise ValueError(f"train.pack_length={capacity} is shorter than row {i}, which needs {n} tokens up to its last trained token")
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (-lengths[i], i))
     packs: List[List[int]] = []
     free: List[int] = []

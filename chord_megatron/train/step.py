@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -44,24 +44,25 @@ class LossSettings:
     chord_kwargs: Mapping[str, Any] = field(default_factory=dict)
     temperature: float = 1.0
     impl: str = "auto"
+    metric_keys: Tuple[str, ...] = ()  # what chord_loss reports with chord_kwargs (train/metrics.py)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "LossSettings":
         a = cfg.algorithm
+        chord_kwargs = dict(
+            clip_low=a.clip_low,
+            clip_high=a.clip_high,
+            dual_clip=a.dual_clip,
+            token_weight=a.token_weight,
+            tis_cap=a.tis_cap,
+            logratio_clamp=a.logratio_clamp,
+            weight_options=dict(gamma=a.gamma, is_cap=a.is_cap, cutoff_prob=a.cutoff_prob, vocab_size=cfg.model.vocab_size),
+        )
         return cls(
-            chord_kwargs=dict(
-                clip_low=a.clip_low,
-                clip_high=a.clip_high,
-                dual_clip=a.dual_clip,
-                token_weight=a.token_weight,
-                tis_cap=a.tis_cap,
-                logratio_clamp=a.logratio_clamp,
-                weight_options=dict(
-                    gamma=a.gamma, is_cap=a.is_cap, cutoff_prob=a.cutoff_prob, vocab_size=cfg.model.vocab_size
-                ),
-            ),
+            chord_kwargs=chord_kwargs,
             temperature=cfg.rollout.temperature,
             impl=cfg.train.log_prob_impl,
+            metric_keys=tuple(metric_keys(chord_kwargs)),
         )
 
 
@@ -197,7 +198,7 @@ def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs
     )
     metrics = reduce_step_metrics(
         store,
-        metric_keys(settings.chord_kwargs),
+        settings.metric_keys,
         dp_cp_group=par.dp_cp_group,
         pp_group=par.pp_group,
         is_last_stage=par.is_last_stage,

@@ -27,7 +27,6 @@ import torch.distributed as dist
 
 from .buckets import SyncStats, bucketize, update_session, with_last
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def join_group(master_address: str, master_port: int, world_size: int, rank: int, *, group_name: str,
@@ -94,7 +93,7 @@ class NcclSync:
             for bucket, last in with_last(bucketize(named, self.max_bytes)):
                 tensors = [t.to(self.device).contiguous() for _, t in bucket]
                 announced = engine.submit(client.update_weights_from_distributed(
-                    [n for n, _ in bucket], [DTYPE_NAMES.get(t.dtype, str(t.dtype).replace("torch.", "")) for t in tensors],
+                    [n for n, _ in bucket], [str(t.dtype).replace("torch.", "") for t in tensors],
                     [list(t.shape) for t in tensors], group_name=self.group_name,
                     weight_version=version if last else None, flush_cache=last))
                 works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
