@@ -3,7 +3,7 @@
 The default install is what a CPU-only machine needs to run the demo and the tests:
 torch is pinned to the CPU build that installs from a local wheel on our machines, and
 megatron-core to the version the CPU patches were tested against (see
-chord_megatron/train/cpu_patches.py). GPU users add the `gpu` extra; NVIDIA's apex is not on
+chord_megatron/train/compat/cpu_patches.py). GPU users add the `gpu` extra; NVIDIA's apex is not on
 PyPI (the PyPI package called `apex` is an unrelated project) -- see the README.
 """
 from setuptools import find_packages, setup

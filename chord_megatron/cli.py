@@ -1,7 +1,8 @@
-"""The `chord` command.
+"""The `chord` command: its arguments, and the one place errors become a line and an exit code.
 
     chord config show CONFIG [key=value ...]     print the resolved config as YAML
     chord config reference                       every key, its default and meaning
+    chord config from-hf FOLDER                  the `model:` section of a Hugging Face checkpoint
     chord train CONFIG [key=value ...] [--resume] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
@@ -11,134 +12,48 @@
     chord export-hf CONFIG CHECKPOINT OUT         a training checkpoint as a Hugging Face folder
     chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
                                                  node roles, ranks, layout and exact commands
+    chord launch script-env CONFIG ...           the same check, as shell assignments (launch/*.sbatch)
     chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
                                                  tokens/s and peak memory of a training step
                                                  (--vs: against a variant, as ratios)
+    chord data prep-openr1 | prep-toolace IN... OUT
+                                                 the paper's datasets as JSONL files
 
-Every subcommand takes a YAML config and dotted overrides; config problems end the command
-with one line naming the key and where it came from, and exit status 2.
+Each subcommand is one module of chord_megatron/commands, imported only when it runs (so that
+`chord config show` does not pay for torch). Every subcommand takes a YAML config and dotted
+overrides. A ChordError (errors.py) ends the command with one line, `chord: <kind>: <message>`,
+and its exit code (2: fix the input; 1: the run stopped); anything else is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import List, Optional
 
-from .config import ConfigError, dump_config, load_config
+from .errors import ChordError
 
 
-def _config_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    sys.stdout.write(dump_config(cfg))
-    return 0
+def _command(module: str, function: str = "run"):
+    """A handler that imports commands/<module> when called."""
 
+    def handler(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"{__package__}.commands.{module}"), function)(args)
 
-def _config_reference(args: argparse.Namespace) -> int:
-    from .config_doc import reference
-
-    sys.stdout.write(reference())
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if args.nproc > 1:
-        from .launcher import relaunch
-
-        flags = (["--resume"] if args.resume else []) + (["--no-progress"] if args.no_progress else [])
-        return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
-    from .loop import train
-
-    result = train(cfg, resume=args.resume, progress=not args.no_progress and cfg.logging.progress)
-    if result:
-        print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        _summarise_run(cfg)
-    return 0
-
-
-def _summarise_run(cfg) -> None:
-    """Held-out accuracy before and after, and a PNG of the run's curves (rank 0 only)."""
-    import os
-    from pathlib import Path
-
-    from .metrics import read_metrics
-    from .report import plot_curves, series
-
-    out = Path(cfg.train.output_dir)
-    if int(os.environ.get("RANK", "0")) != 0 or not (out / "metrics.jsonl").exists():
-        return
-    records = read_metrics(out / "metrics.jsonl")
-    steps, acc = series(records, "eval/accuracy")
-    if len(acc) >= 2 and steps[0] == 0:
-        print(f"held-out accuracy (avg@{cfg.train.eval_samples}): base model {acc[0]:.3f} -> "
-              f"{acc[-1]:.3f} after {steps[-1]} steps")  # fmt: skip
-    png = plot_curves({cfg.model.name: records}, out / "curves.png")
-    print(f"metrics: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'}), curves: {png}")
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from .compare import parse_variant_overrides, run_compare, variants
-
-    cfg = load_config(args.config, args.overrides)
-    names = args.variants.split(",") if args.variants else None
-    out = args.out or f"{cfg.train.output_dir}-compare"
-    per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
-    report = run_compare(args.config, args.overrides, cfg, out, names, progress=not args.no_progress,
-                         per_variant=per_variant)  # fmt: skip
-    print(report.read_text())
-    print(f"report: {report}  curves: {report.parent / 'curves.png'}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
-
-    cfg = load_config(args.config, args.overrides)
-    return run_eval(cfg, data=args.data, k=args.k, checkpoint=args.checkpoint, out=args.out)
-
-
-def _export_hf(args: argparse.Namespace) -> int:
-    from .hf_io import run_export_hf
-
-    cfg = load_config(args.config, args.overrides)
-    return run_export_hf(cfg, args.checkpoint, args.out)
-
-
-def _launch_plan(args: argparse.Namespace) -> int:
-    from .launch_plan import run_launch_plan
-
-    cfg = load_config(args.config, args.overrides)
-    return run_launch_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,
-                           rollout_nodes=args.rollout_nodes, config_path=args.config,
-                           overrides=args.overrides)  # fmt: skip
-
-
-def _bench_train_step(args: argparse.Namespace) -> int:
-    from .train.bench import bench_train_step, compare_train_step  # imports Megatron: only when asked for
-
-    cfg = load_config(args.config, args.overrides)
-    if not args.vs:
-        _print_table(bench_train_step(cfg, steps=args.steps))
-        return 0
-    variant = load_config(args.config, list(args.overrides) + list(args.vs))
-    result = compare_train_step(cfg, variant, steps=args.steps)
-    for part in ("baseline", "variant"):
-        print(f"--- {part}{'' if part == 'baseline' else ': ' + ' '.join(args.vs)}")
-        _print_table(result[part])
-    print("--- variant / baseline")
-    _print_table(result["ratios"])
-    return 0
-
-
-def _print_table(result) -> None:
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
+    return handler
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="a YAML config file, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=5")
+
+
+def _add_pass_through(sub, name: str, help: str, handler) -> None:
+    """A subcommand whose arguments its own parser reads (`chord <group> <name> --help`)."""
+    p = sub.add_parser(name, help=help, add_help=False)
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,16 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved config")
     _add_config_args(show)
-    show.set_defaults(func=_config_show)
+    show.set_defaults(func=_command("config", "show"))
     ref = config.add_parser("reference", help="every key with its default and meaning (markdown)")
-    ref.set_defaults(func=_config_reference)
+    ref.set_defaults(func=_command("config", "print_reference"))
+    from_hf = config.add_parser("from-hf", help="the model: section of a Hugging Face checkpoint folder")
+    from_hf.add_argument("folder")
+    from_hf.set_defaults(func=_command("config", "from_hf"))
 
     train = sub.add_parser("train", help="run (or resume) CHORD training")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     train.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun-style)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_command("train"))
 
     compare = sub.add_parser("compare", help="GRPO, SFT, SFT-then-RL, CHORD-mu, CHORD-phi on one budget")
     _add_config_args(compare)
@@ -166,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", action="append", default=[], metavar="VARIANT:key=value",
                          help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
-    compare.set_defaults(func=_compare)
+    compare.set_defaults(func=_command("compare"))
 
     ev = sub.add_parser("eval", help="avg@k of a model on a benchmark file with the task's reward")
     _add_config_args(ev)
@@ -174,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, help="samples per prompt (default: train.eval_samples)")
     ev.add_argument("--checkpoint", help="a training checkpoint folder to evaluate (default: the config's model)")
     ev.add_argument("--out", help="write per-prompt results as JSONL here")
-    ev.set_defaults(func=_eval)
+    ev.set_defaults(func=_command("eval"))
 
     export = sub.add_parser("export-hf", help="a training checkpoint as a Hugging Face folder")
     export.add_argument("config")
     export.add_argument("checkpoint", help="a checkpoint folder (or a root with a `latest` pointer)")
     export.add_argument("out", help="the Hugging Face folder to write")
     export.add_argument("overrides", nargs="*", metavar="key=value")
-    export.set_defaults(func=_export_hf)
+    export.set_defaults(func=_command("export_hf"))
 
     launch = sub.add_parser("launch", help="multi-node launch helpers").add_subparsers(dest="action", required=True)
     plan = launch.add_parser("plan", help="print which node runs what, with the exact commands")
@@ -191,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--mode", choices=("colocated", "disaggregated"), default="disaggregated",
                       help="disaggregated: SGLang on some nodes, training on the others")
     plan.add_argument("--rollout-nodes", type=int, help="nodes for SGLang in disaggregated mode")
-    plan.set_defaults(func=_launch_plan)
+    plan.set_defaults(func=_command("launch.plan"))
+    _add_pass_through(launch, "script-env", "the plan's check and shell assignments, for launch/*.sbatch",
+                      _command("launch.plan", "script_env"))
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")
@@ -199,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     step.add_argument("--vs", nargs="+", metavar="key=value", default=[],
                       help="also run the config with these overrides, in the same run, and print the ratios")
-    step.set_defaults(func=_bench_train_step)
+    step.set_defaults(func=_command("bench"))
+
+    data = sub.add_parser("data", help="dataset preparation").add_subparsers(dest="action", required=True)
+    _add_pass_through(data, "prep-openr1", "OpenR1-Math-220k -> SFT / RL / eval JSONL", _command("data", "prep"))
+    _add_pass_through(data, "prep-toolace", "ToolACE -> SFT / RL / eval JSONL", _command("data", "prep"))
     return parser
 
 
@@ -225,29 +149,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from .data.jsonl import DataError
-
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"chord: config error: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"chord: data error: {e}", file=sys.stderr)
-        return 2
-    except _run_errors() as e:
-        # Stops the run, with one line naming the culprit; metrics and checkpoints written so
-        # far stay where they are, and `--resume` continues from the last checkpoint.
-        print(f"chord: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-
-
-def _run_errors() -> tuple:
-    from .rollout.engine import RolloutError
-    from .rewards import RewardError
-    from .sync import SyncVerificationError
-
-    return (RolloutError, RewardError, SyncVerificationError)
+    except ChordError as e:
+        # One line naming the culprit; metrics and checkpoints written so far stay where they
+        # are, and `--resume` continues from the last checkpoint.
+        print(f"chord: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

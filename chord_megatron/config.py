@@ -21,13 +21,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from .algo.schedules import staged_mu
 from .algo.weights import TOKEN_WEIGHT_KINDS
+from .errors import ChordError
 
 COMMAND_LINE = "command line"
 
 
-class ConfigError(ValueError):
+class ConfigError(ChordError, ValueError):
     """A config problem; str(error) is one line naming the source and the key."""
+
+    exit_code, kind = 2, "config error"
 
     def __init__(self, source: str, key: str, message: str):
         self.source, self.key = source, key
@@ -60,6 +64,11 @@ class ModelConfig:
     rope_scaling_factor: float = 8.0  # the checkpoint's rope factor when rope_scaling is not none
     dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     transformer_impl: str = "auto"  # auto = transformer_engine when present with CUDA, else local
+
+    @property
+    def kv_channels(self) -> int:
+        """The attention head size: head_dim, or hidden_size / num_attention_heads."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,14 @@ class MuConfig:
     sft_steps: int = 0  # mu = 1 for this many steps first, then the schedule (SFT-then-RL)
     adaptive: bool = False  # appendix variant: mu = max(0, tau - mean reward)
     tau: float = 0.5  # adaptive mu's target reward
+
+    def at(self, step: int) -> Optional[float]:
+        """mu of `step` (the SFT stage, then the schedule); None when adaptive: it then needs
+        the step's rewards (algo.adaptive_mu). The loop and the engine both ask here."""
+        if self.adaptive:
+            return None
+        return staged_mu(step, sft_steps=self.sft_steps, warmup=self.warmup, decay=self.decay, peak=self.peak,
+                         valley=self.valley)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,14 @@ class Config:
 
 
 PASS_THROUGH = ("megatron", "sglang")
+
+
+def sglang_gpus_per_server(options: Mapping[str, Any]) -> int:
+    """GPUs one SGLang server takes, from its options -- the sglang: section, or a running
+    server's /server_info, which reports the same keys: (tp_size, or tp; default 1) x dp_size x
+    pp_size. The launch plan, the server launcher and the NCCL weight sync all count with it."""
+    tp = options.get("tp_size", options.get("tp", 1))
+    return int(tp or 1) * int(options.get("dp_size", 1) or 1) * int(options.get("pp_size", 1) or 1)
 
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.dtype": ("auto", "fp32", "bf16"),
@@ -449,7 +474,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
              f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}")
     if m.head_dim is not None and m.head_dim < 1:
         fail("model.head_dim", f"must be >= 1, got {m.head_dim}")
-    if (m.head_dim or m.hidden_size // m.num_attention_heads) % 2:
+    if m.kv_channels % 2:
         fail("model.head_dim" if m.head_dim else "model.hidden_size", "the head dimension must be even for rotary embeddings")
     if not m.rope_scaling_factor > 0:
         fail("model.rope_scaling_factor", f"must be > 0, got {m.rope_scaling_factor}")

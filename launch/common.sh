@@ -2,9 +2,9 @@
 #
 # chord_run_job does, in order:
 #   1. hosts: `scontrol show hostnames "$SLURM_JOB_NODELIST"`, in allocation order;
-#   2. ports: PORT_BASE from SLURM_JOB_ID unless set (offsets below; chord_megatron/launch_plan.py
+#   2. ports: PORT_BASE from SLURM_JOB_ID unless set (offsets below; chord_megatron/commands/launch/plan.py
 #      uses the same numbers);
-#   3. the plan: `python -m chord_megatron.launch_plan script-env` checks the layout (exit 2 with the
+#   3. the plan: `chord launch script-env` checks the layout (exit 2 with the
 #      reason if impossible), writes $LOG_DIR/plan.txt and says how many servers go where;
 #   4. SGLang servers (launch/sglang_node.sh, one srun task per server node), waits for /health;
 #   5. sglang-router on the first node, waits until it sees every server healthy;
@@ -148,7 +148,7 @@ chord_run_job() {
         --plan-file "$LOG_DIR/plan.txt")
     [[ -n ${ROLLOUT_NODES:-} ]] && plan_args+=(--rollout-nodes "$ROLLOUT_NODES")
     [[ $CHORD_CPU == 1 ]] && plan_args+=(--cpu)
-    if ! "$PYTHON" -m chord_megatron.launch_plan "${plan_args[@]}" >"$LOG_DIR/plan.env"; then
+    if ! "$PYTHON" -m chord_megatron.cli launch "${plan_args[@]}" >"$LOG_DIR/plan.env"; then
         chord_log "ERROR: the launch plan refused this job (reason above); nothing was started"
         return 2
     fi

@@ -19,17 +19,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from ..errors import ChordError
 
 
-class DataError(ValueError):
+class DataError(ChordError, ValueError):
     """A data problem; str(error) is 'file:line: what is wrong'."""
 
-
-class Tokenizer(Protocol):
-    eos_id: int
-
-    def encode(self, text: str) -> List[int]: ...
+    exit_code, kind = 2, "data error"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Prepare the paper's math data from local OpenR1-Math-220k files.
 
-    python -m chord_megatron.data.prep_openr1 IN [IN ...] OUT [--sft 5000] [--rl 20000]
+    chord data prep-openr1 IN [IN ...] OUT [--sft 5000] [--rl 20000]
         [--seed 0] [--tokenizer DIR --max-response-tokens 16384] [--max-response-chars N]
 
 IN: the dataset's files (Parquet as published, or JSONL / JSON), or folders of them. Columns
@@ -198,7 +198,7 @@ def prepare(paths: Sequence[str | Path], out: str | Path, *, n_sft: int = 5000, 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chord_megatron.data.prep_openr1", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="chord data prep-openr1", description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="+", metavar="IN ... OUT", help="input files or folders, then the output folder")
     ap.add_argument("--sft", type=int, default=5000, help="expert (SFT) problems (default 5000)")
     ap.add_argument("--rl", type=int, default=20000, help="RL problems (default 20000)")
@@ -217,6 +217,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_response_chars=args.max_response_chars)  # fmt: skip
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

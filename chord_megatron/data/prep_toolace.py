@@ -1,6 +1,6 @@
 """Prepare the paper's tool-use data from a local copy of ToolACE.
 
-    python -m chord_megatron.data.prep_toolace IN [IN ...] OUT [--rl 5000] [--sft 500] [--eval 0]
+    chord data prep-toolace IN [IN ...] OUT [--rl 5000] [--sft 500] [--eval 0]
         [--seed 0] [--include-no-call]
 
 IN: ToolACE's data.json (a JSON array) or JSONL / Parquet copies, or folders of them. Columns
@@ -155,7 +155,7 @@ def prepare(paths: Sequence[str | Path], out: str | Path, *, n_rl: int = 5000, n
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chord_megatron.data.prep_toolace", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="chord data prep-toolace", description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="+", metavar="IN ... OUT", help="input files or folders, then the output folder")
     ap.add_argument("--rl", type=int, default=5000, help="RL samples (default 5000)")
     ap.add_argument("--sft", type=int, default=500, help="expert (SFT) samples (default 500)")
@@ -169,6 +169,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             include_no_call=args.include_no_call)  # fmt: skip
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ and the built-in rewards.
     math_answer.py  "math": the paper's math reward (math-verify) with its format penalties
     tool_call.py    "tool_call": tool calls by exact match (ToolACE / Hermes / Llama 3 formats)
 
-The task's own reward ("arith") registers in chord_megatron/task.py.
+The demo task's reward ("arith") registers from chord_megatron/demo/arith.py.
 """
 from .registry import RewardError, RewardFn, get_reward, register_reward, registered_rewards
 from .runner import RewardRunner, check_reward_value

@@ -10,7 +10,7 @@
 
 An overlong response that did box an answer is scored like any other (its answer counts).
 The reward decides the overlong case itself when the caller passes the finish reason; it says so
-with the function attribute `handles_finish_reason` (read by loop.score, which then does not
+with the function attribute `handles_finish_reason` (read by rewards/scoring.score, which then does not
 override it).
 
 math-verify bounds its own parsing with SIGALRM; inside a RewardRunner worker, whose timeout uses

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
+from ..errors import ChordError
+
 RewardFn = Callable[[str, str, Dict[str, Any]], float]
 
 _REGISTRY: Dict[str, RewardFn] = {}
 
 
-class RewardError(RuntimeError):
+class RewardError(ChordError, RuntimeError):
     """A reward function failed on a sample; the message names both."""
 
     def __init__(self, name: str, index: int, problem: str):

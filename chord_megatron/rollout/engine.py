@@ -16,6 +16,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import ChordError
 from ..types import Rollout
 
 
@@ -51,7 +52,7 @@ class SamplingParams:
         )
 
 
-class RolloutError(RuntimeError):
+class RolloutError(ChordError, RuntimeError):
     """A rollout could not be completed; the message names the server or sample at fault."""
 
 

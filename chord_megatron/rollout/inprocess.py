@@ -16,43 +16,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from ..types import Rollout
+from ..hf.config import hf_config
 from .engine import RolloutEngine, RolloutError, SamplingParams, check_complete
-
-
-def hf_config(model_cfg, eos_token_id: Optional[int] = None):
-    """A transformers config for chord_megatron.config.ModelConfig (fp32)."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-
-
-    rope = {"rope_type": "default", "rope_theta": float(model_cfg.rotary_base)}
-    scaling = getattr(model_cfg, "rope_scaling", "none")
-    if scaling == "llama3":  # megatron-core's fixed llama3 parameters (train/model.py)
-        rope.update(rope_type="llama3", factor=float(model_cfg.rope_scaling_factor), low_freq_factor=1.0,
-                    high_freq_factor=4.0, original_max_position_embeddings=8192)
-    elif scaling == "linear":
-        rope.update(rope_type="linear", factor=float(model_cfg.rope_scaling_factor))
-    common = dict(
-        vocab_size=model_cfg.vocab_size,
-        hidden_size=model_cfg.hidden_size,
-        intermediate_size=model_cfg.ffn_hidden_size,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_attention_heads,
-        num_key_value_heads=model_cfg.num_query_groups,
-        max_position_embeddings=model_cfg.max_seq_length,
-        rms_norm_eps=model_cfg.norm_eps,
-        tie_word_embeddings=model_cfg.tie_embeddings,
-        # Without an explicit theta a loader may assume another default (a known 7e-3 logit gap).
-        rope_parameters=rope,
-        head_dim=getattr(model_cfg, "head_dim", None) or model_cfg.hidden_size // model_cfg.num_attention_heads,
-        eos_token_id=eos_token_id,
-    )
-    if getattr(model_cfg, "qk_layernorm", False):
-        if model_cfg.qkv_bias:
-            raise ValueError("model.qk_layernorm with model.qkv_bias: no Hugging Face architecture has both")
-        return Qwen3Config(attention_bias=False, **common)
-    if model_cfg.qkv_bias:
-        return Qwen2Config(**common)
-    return LlamaConfig(attention_bias=False, mlp_bias=False, **common)
 
 
 def build_hf_model(model_cfg, seed: int = 0, eos_token_id: Optional[int] = None) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """The Megatron seam: parallel init, model, CHORD training step, log-probs, checkpoints.
 
   parallel.py     process groups (TP / PP / CP / DP) in one ParallelState
-  cpu_patches.py  what megatron-core needs to run without CUDA (applied only then)
+  compat/         what depends on megatron-core / torch internals (CPU patches, workarounds)
   model.py        Llama/Qwen2-style GPTModel from the config, DDP-wrapped
   weights.py      full (unsharded) parameters <-> TP/PP shards; export for weight sync
   batching.py     global batch -> this DP rank's rows; global token counts
@@ -10,12 +10,10 @@
   cp_attention.py context parallelism for the local layer spec (all-gather K/V attention)
   log_probs.py    vocab-parallel log-probs / entropies via chord_kernels
   step.py         forward_step / loss_func adaptor: chord_loss under Megatron's schedules
-  metrics.py      count-weighted metric reduction over micro-batches and ranks
+  metrics.py      count-weighted metric reduction over micro-batches and ranks (metrics/table.py)
   optim.py        Megatron distributed Adam + LR schedule
   checkpoint.py   dist-checkpointing save / load (atomic, keep_last, resharding)
-  ckpt_writer.py  in-process writer for dist-checkpointing (no subprocesses)
   engine.py       MegatronEngine: train_step / compute_logprobs / save / load / export_weights
-  bench.py        one-step throughput and peak memory for `chord bench train-step`
 
 Nothing here is imported by `import chord_megatron`; megatron-core loads on first use.
 """

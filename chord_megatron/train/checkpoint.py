@@ -33,9 +33,9 @@ Workarounds for megatron-core 0.16.1 (see the platform notes):
 * loading runs under torch.no_grad (it copies into leaf parameters);
 * `fully_reshardable` loading hands DistributedOptimizer._set_main_param_and_optimizer_states
   every state but torch Adam's per-parameter `step`, which that method then looks up
-  (KeyError 'step'): `_step_passed_through` hands it the destination's own step for the load,
-  and the saved count is written afterwards (tests/unit/test_train_checkpoint_files.py pins
-  the Megatron code this relies on).
+  (KeyError 'step'): compat/optimizer_load.py hands it the destination's own step for the load,
+  and the saved count is written afterwards (tests/unit/test_compat_pins.py pins the Megatron
+  code this relies on).
 """
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .compat import optimizer_load
 from .parallel import ParallelState
 
 LATEST = "latest"
@@ -65,83 +66,6 @@ def step_dirname(step: int) -> str:
 
 def _layout(par: ParallelState) -> Dict[str, Optional[int]]:
     return {"tp": par.tp, "pp": par.pp, "vpp": par.vpp, "dp": par.dp, "cp": par.cp}
-
-
-def _inner_optimizers(optimizer) -> List[Any]:
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
-def _adam_steps(optimizer) -> List[Optional[float]]:
-    """The Adam step count of each inner optimizer (None where no state exists yet)."""
-    out = []
-    for opt in _inner_optimizers(optimizer):
-        steps = {float(s["step"]) for s in opt.optimizer.state.values() if "step" in s}
-        out.append(max(steps) if steps else None)
-    return out
-
-
-def _set_adam_steps(optimizer, steps: List[Optional[float]]) -> None:
-    for opt, step in zip(_inner_optimizers(optimizer), steps):
-        if step is None:
-            continue
-        for state in opt.optimizer.state.values():
-            if "step" in state:
-                state["step"] = torch.tensor(step, dtype=torch.float32)
-        for group in opt.optimizer.param_groups:
-            if "step" in group:
-                group["step"] = step
-
-
-def _is_distributed(optimizer) -> bool:
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    return any(isinstance(opt, DistributedOptimizer) for opt in _inner_optimizers(optimizer))
-
-
-def _load_optimizer(optimizer, state: Mapping[str, Any], optimizer_format: str, adam_steps) -> None:
-    """optimizer.load_state_dict, then the saved Adam step counts (see the module doc)."""
-    with _step_passed_through(optimizer) if optimizer_format == "fully_reshardable" else contextlib.nullcontext():
-        optimizer.load_state_dict(state)
-    _set_adam_steps(optimizer, adam_steps)
-
-
-@contextlib.contextmanager
-def _step_passed_through(optimizer):
-    """While loading a `fully_reshardable` state: megatron-core 0.16.1's
-    load_parameter_state_from_fully_reshardable hands _set_main_param_and_optimizer_states
-    every saved state except "step", which that method then copies for every key of the
-    destination (KeyError 'step' with torch Adam, whose per-parameter state holds a step).
-    Hand it the destination's own step (copied onto itself); the caller then writes the
-    saved count. Instance attributes only, removed on exit."""
-    patched = []
-    for opt in _inner_optimizers(optimizer):
-        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
-        if original is None:
-            continue
-
-        def set_states(model_param, tensors, _original=original, _opt=opt):
-            if "step" not in tensors:
-                group_index, group_order = _opt.model_param_group_index_map[model_param]
-                main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
-                step = _opt.optimizer.state.get(main_param, {}).get("step")
-                if step is not None:
-                    tensors = {**tensors, "step": step}
-            _original(model_param, tensors)
-
-        opt._set_main_param_and_optimizer_states = set_states
-        patched.append(opt)
-    try:
-        yield
-    finally:
-        for opt in patched:
-            del opt._set_main_param_and_optimizer_states
-
-
-def _init_optimizer_states(optimizer) -> None:
-    """Create Adam states where none exist yet, so that loading has tensors to fill."""
-    for opt in _inner_optimizers(optimizer):
-        if len(opt.optimizer.state) == 0 and hasattr(opt, "_init_optimizer_states_with_dummy_values"):
-            opt._init_optimizer_states_with_dummy_values()
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -181,7 +105,7 @@ def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool,
     model_sd = dict(sd)
     if optimizer is not None:
         if is_loading:
-            _init_optimizer_states(optimizer)
+            optimizer_load.init_optimizer_states(optimizer)
         metadata = {"distrib_optim_sharding_type": optimizer_format}
         sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
     if with_rng:
@@ -203,7 +127,7 @@ def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: Para
         raise ValueError(f"optimizer_format must be one of {OPTIMIZER_FORMATS}, got {optimizer_format!r}")
     from megatron.core import dist_checkpointing
 
-    from .ckpt_writer import InProcessTorchDistSaveStrategy
+    from .compat.ckpt_writer import InProcessTorchDistSaveStrategy
 
     final = os.path.join(root, step_dirname(step))
     tmp = os.path.join(root, ".tmp." + step_dirname(step))
@@ -219,9 +143,9 @@ def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: Para
         step=int(step),
         layout=_layout(par),
         optimizer_format=optimizer_format,
-        distributed_optimizer=_is_distributed(optimizer),
+        distributed_optimizer=optimizer_load.is_distributed(optimizer),
         scheduler=scheduler.state_dict(),
-        adam_steps=_adam_steps(optimizer),
+        adam_steps=optimizer_load.adam_steps(optimizer),
         data_state=dict(data_state or {}),
     )
     dist_checkpointing.save(sd, tmp, sharded_strategy=InProcessTorchDistSaveStrategy())
@@ -290,7 +214,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
         raise ValueError(f"{directory}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
     same_layout = common["layout"] == _layout(par)
     optimizer_format = common.get("optimizer_format", "dp_reshardable")
-    same_optimizer = common.get("distributed_optimizer", _is_distributed(optimizer)) == _is_distributed(optimizer)
+    same_optimizer = common.get("distributed_optimizer", optimizer_load.is_distributed(optimizer)) == optimizer_load.is_distributed(optimizer)
     optimizer_fits = same_optimizer and (same_layout or optimizer_format == "fully_reshardable")
     if load_optimizer is None:
         load_optimizer = optimizer_fits
@@ -311,7 +235,7 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
         for i, chunk in enumerate(model):
             chunk.module.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
         if load_optimizer:
-            _load_optimizer(optimizer, loaded["optimizer"], optimizer_format, common["adam_steps"])
+            optimizer_load.load_optimizer(optimizer, loaded["optimizer"], optimizer_format, common["adam_steps"])
         else:
             optimizer.reload_model_params()
         scheduler.load_state_dict(common["scheduler"])

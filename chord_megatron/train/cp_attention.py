@@ -19,12 +19,13 @@ path it exists for; GPU runs use transformer-engine.
 """
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+from .compat.cp_config import without_context_parallelism
 
 
 def zigzag_positions(length: int, cp: int, cp_rank: int, device=None) -> torch.Tensor:
@@ -78,11 +79,8 @@ class ContextParallelDotProductAttention(DotProductAttention):
             from megatron.core import parallel_state
 
             self.cp_group = parallel_state.get_context_parallel_group()
-        # The parent refuses CP > 1 and otherwise reads only sizes from the config: give it a
-        # copy that says 1 (the copy skips TransformerConfig's validation, which already ran).
-        local = copy.copy(config)
-        local.context_parallel_size = 1
-        super().__init__(local, *args, pg_collection=pg_collection, **kwargs)
+        # The parent refuses CP > 1 and otherwise reads only sizes from the config.
+        super().__init__(without_context_parallelism(config), *args, pg_collection=pg_collection, **kwargs)
         if self.config.window_size is not None:
             raise ValueError("context parallelism on the local spec does not support sliding-window attention")
 

@@ -17,7 +17,6 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..algo import mu_schedule
 from ..config import Config
 from ..types import TrainBatch
 from . import checkpoint as ckpt
@@ -55,17 +54,17 @@ class MegatronEngine:
     # Training
     # ------------------------------------------------------------------------------------------
     def mu_at(self, step: int) -> float:
-        m = self.cfg.algorithm.mu
-        if m.adaptive:
+        mu = self.cfg.algorithm.mu.at(step)
+        if mu is None:
             raise ValueError("algorithm.mu.adaptive: the caller computes mu from rewards and passes mu=")
-        return mu_schedule(step, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley)
+        return mu
 
     def train_step(self, batch: TrainBatch, step: int, *, mu: Optional[float] = None) -> Dict[str, float]:
         """One optimizer update on the global `batch` (the same on every rank).
 
         old_logp missing -> computed first with a forward-only pass (then the ratio is 1 and
         the step is strictly on-policy); rollout_logp present -> the rollout/trainer mismatch
-        is reported. mu defaults to algo.mu_schedule(step) of algorithm.mu.
+        is reported. mu defaults to algorithm.mu's schedule at `step` (MuConfig.at).
         Returns metrics, identical on every rank: the chord_loss metrics (count-weighted over
         the whole batch), grad_norm, lr (the rate this update used), update_successful, and
         logp_mismatch_* when measurable.
@@ -145,11 +144,6 @@ class MegatronEngine:
         walked, in canonical order, on every rank (collective: iterate to the end on all
         ranks). Names and layouts: see train/weights.py."""
         return iter_full_tensors(self.model, self.par, what="param")
-
-    def load_full_state_dict(self, full: Mapping[str, torch.Tensor]) -> None:
-        """Overwrite the weights with a full state dict (and the optimizer's fp32 copies)."""
-        load_full_state_dict(self.model, full, self.par)
-        self.optimizer.reload_model_params()
 
     def save(self, directory: str, data_state: Optional[Mapping[str, Any]] = None, *, step: Optional[int] = None) -> str:
         """Write a checkpoint under the root `directory` (see train/checkpoint.py), named by

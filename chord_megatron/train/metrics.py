@@ -13,10 +13,13 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-SUMMED = ("loss", "grpo_loss", "sft_loss", "rl_tokens", "sft_tokens")
-RL_MEANS = ("clip_frac", "dual_clip_frac", "approx_kl", "ratio_mean", "entropy_rl", "tis_weight_mean")
-SFT_MEANS = ("sft_nll", "phi_mean", "entropy_sft")
-CONSTANT = ("mu",)  # the same in every call; reported as given
+from ..metrics import table
+
+# How each chord_loss metric combines (the metric table, metrics/table.py).
+SUMMED = table.keys_reduced_by(table.SUM)
+RL_MEANS = table.keys_reduced_by(table.RL_MEAN)
+SFT_MEANS = table.keys_reduced_by(table.EXPERT_MEAN)
+CONSTANT = table.keys_reduced_by(table.CONSTANT)  # the same in every call; reported as given
 
 
 def metric_keys(chord_kwargs: Mapping) -> List[str]:
@@ -33,7 +36,7 @@ def metric_keys(chord_kwargs: Mapping) -> List[str]:
     keys = [k for k in metrics if k not in CONSTANT]
     unknown = [k for k in keys if k not in SUMMED + RL_MEANS + SFT_MEANS]
     if unknown:
-        raise ValueError(f"train/metrics.py does not know how to combine chord_loss metric(s) {unknown}")
+        raise ValueError(f"metrics/table.py does not say how to combine chord_loss metric(s) {unknown}")
     return keys
 
 

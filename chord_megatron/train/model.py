@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
+from .compat.finalize_grads import finalize_grads_without_token_division
 from .parallel import ParallelState
 
 
@@ -72,7 +73,7 @@ def transformer_config(cfg: Config, par: ParallelState):
         ffn_hidden_size=m.ffn_hidden_size,
         num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups,
-        kv_channels=m.head_dim or m.hidden_size // m.num_attention_heads,
+        kv_channels=m.kv_channels,
         qk_layernorm=m.qk_layernorm,
         normalization="RMSNorm",
         layernorm_epsilon=m.norm_eps,
@@ -160,7 +161,7 @@ def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.n
             position_embedding_type="rope",
             rotary_base=m.rotary_base,
             # llama3: megatron-core scales with low/high frequency factors 1/4 and an original
-            # context of 8192 (hf_io refuses checkpoints with others); linear: positions / factor.
+            # context of 8192 (hf/config.py refuses checkpoints with others); linear: positions / factor.
             rope_scaling=m.rope_scaling == "llama3",
             rope_scaling_factor=m.rope_scaling_factor,
             seq_len_interpolation_factor=m.rope_scaling_factor if m.rope_scaling == "linear" else None,
@@ -178,7 +179,6 @@ def build_model(cfg: Config, par: ParallelState) -> List[torch.nn.Module]:
     buffers in fp32, the distributed optimizer's layout when parallel.distributed_optimizer).
     Data-parallel replicas start from rank 0 of each DP group's weights."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
     from megatron.core.transformer.module import Float16Module
 
     tcfg = transformer_config(cfg, par)
@@ -204,12 +204,7 @@ def build_model(cfg: Config, par: ParallelState) -> List[torch.nn.Module]:
     for w in wrapped:
         w.broadcast_params()
 
-    def finalize_grads(model, num_tokens, pg_collection=None, force_all_reduce=False):
-        # Megatron would divide the grads by the global token count here when
-        # calculate_per_token_loss is set; our loss already is a global token mean.
-        finalize_model_grads(model, None, pg_collection=pg_collection, force_all_reduce=force_all_reduce)
-
-    tcfg.finalize_model_grads_func = finalize_grads
+    tcfg.finalize_model_grads_func = finalize_grads_without_token_division
     if len(wrapped) > 1:
         tcfg.no_sync_func = [w.no_sync for w in wrapped]
     else:

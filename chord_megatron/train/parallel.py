@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import ParallelConfig
-from .cpu_patches import apply_cpu_patches
+from ..net import free_port
+from .compat.cpu_patches import apply_cpu_patches
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,15 @@ class ParallelState:
         return self.vpp or 1
 
 
+def is_rank0() -> bool:
+    """Whether this process is the job's rank 0: the one that owns the rollout engine, the
+    rewards, the logs and the files every rank would otherwise write. Asked of the default
+    process group once it exists, and of torchrun's RANK before (a lone process is rank 0)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
@@ -94,9 +103,7 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> None:
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend=backend, timeout=timeout)
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         dist.init_process_group(
             backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, timeout=timeout
         )

@@ -6,6 +6,7 @@
   nccl.py      separate nodes: a broadcast group via /update_weights_from_distributed
   disk.py      a shared file system: an HF checkpoint folder via /update_weights_from_disk
   factory.py   the transport rollout.weight_sync names
+  verified.py  the loop's sync: every rank walks the weights, rank 0 pushes, then probes
 
 Every transport is a callable (engine, named_hf_tensors, version) -> SyncStats that plugs into
 SGLangEngine(weight_sync=...). After a sync, check served log-probs against the trainer: an

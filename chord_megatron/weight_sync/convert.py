@@ -70,8 +70,7 @@ class Layout:
     @classmethod
     def from_model_config(cls, model_cfg, megatron: Dict = None) -> "Layout":
         """From chord_megatron.config.ModelConfig (and a `megatron:` kv_channels override)."""
-        head_dim = ((megatron or {}).get("kv_channels") or getattr(model_cfg, "head_dim", None)
-                    or model_cfg.hidden_size // model_cfg.num_attention_heads)
+        head_dim = (megatron or {}).get("kv_channels") or model_cfg.kv_channels
         return cls(model_cfg.num_attention_heads, model_cfg.num_query_groups, int(head_dim), model_cfg.tie_embeddings)
 
     @property

@@ -16,7 +16,7 @@ def transport_from_config(cfg):
 
         return TensorSync(bucket_mb=r.sync_bucket_mb)
     if r.weight_sync == "nccl":
-        from ..rollout.router import free_port
+        from ..net import free_port
         from .nccl import NcclSync
 
         # The servers connect to the trainer's rank 0: torchrun's MASTER_ADDR is that host.
@@ -24,7 +24,7 @@ def transport_from_config(cfg):
         return NcclSync(address, free_port(""), bucket_mb=r.sync_bucket_mb,
                         backend="nccl" if torch.cuda.is_available() else "gloo")
     if r.weight_sync == "disk":
-        from ..rollout.inprocess import hf_config
+        from ..hf.config import hf_config
         from .disk import DiskSync
 
         return DiskSync(Path(cfg.train.output_dir) / "hf_weights", bucket_mb=r.sync_bucket_mb,

@@ -18,13 +18,14 @@ the group, now out of step, is aborted and dropped (the next sync sets up a new 
 """
 from __future__ import annotations
 
-import datetime
 import time
 from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
+from ..config import sglang_gpus_per_server
+from ..train.compat.process_group import new_process_group
 from .buckets import SyncStats, bucketize, update_session, with_last
 
 
@@ -33,22 +34,8 @@ def join_group(master_address: str, master_port: int, world_size: int, rank: int
                backend: str = "nccl", timeout_s: float = 600.0):
     """A process group outside the default world, rendezvousing at tcp://address:port with the
     store keys prefixed by `group_name` (SGLang's convention). Blocks until all ranks joined."""
-    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
-
-    timeout = datetime.timedelta(seconds=timeout_s)
-    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
-    store = PrefixStore(group_name, store)
-    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
-                                      backend_options=None, timeout=timeout)
-    # Registering the ranks lets torch.distributed's functions (broadcast, ...) take this group.
-    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
-    return pg
-
-
-def server_gpus(info: dict) -> int:
-    """GPUs (= ranks in the update group) of one server, from its /server_info."""
-    return int(info.get("tp_size", 1) or 1) * int(info.get("dp_size", 1) or 1) * int(info.get("pp_size", 1) or 1)
+    return new_process_group(master_address, master_port, world_size, rank, group_name=group_name, backend=backend,
+                             timeout_s=timeout_s)  # fmt: skip
 
 
 class NcclSync:
@@ -72,7 +59,7 @@ class NcclSync:
         offsets, next_rank = {}, 1
         for url in client.worker_urls:
             offsets[url] = next_rank
-            next_rank += server_gpus(infos[url])
+            next_rank += sglang_gpus_per_server(infos[url])  # its ranks in the update group
         joined = engine.submit(client.init_weights_update_group(
             self.master_address, self.master_port, next_rank, offsets, group_name=self.group_name,
             backend=self.backend, timeout_s=self.init_timeout_s))

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_harness import run_job
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from tests.support.dist_harness import run_job
+from tests.support.hf_models import FAMILIES, config_for, make_checkpoint
 
 pytestmark = pytest.mark.dist
 
@@ -53,10 +52,11 @@ def _full_logits(engine, ids):
 def _job(folders, ids, out_root):
     import torch.distributed as dist
 
-    from chord_megatron.hf_io import export_hf, hf_state_dict
+    from chord_megatron.hf.export import export_hf
+
+    from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
-    from test_hf_io import config_for
 
     results = {}
     for family, folder in folders.items():
@@ -76,8 +76,6 @@ def _job(folders, ids, out_root):
 
 def test_hf_checkpoints_at_tp2_and_pp2(tmp_path):
     from safetensors.torch import load_file
-
-    from test_hf_models import FAMILIES, make_checkpoint
 
     folders, refs, sources = {}, {}, {}
     ids = torch.randint(3, 60, (2, 24), generator=torch.Generator().manual_seed(3))

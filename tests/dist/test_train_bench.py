@@ -3,7 +3,7 @@ import ast
 
 import pytest
 
-from dist_harness import run_job
+from tests.support.dist_harness import run_job
 
 pytestmark = pytest.mark.dist
 
@@ -16,7 +16,7 @@ OVERRIDES = [
 
 def bench_job(*extra):
     from chord_megatron.config import load_config
-    from chord_megatron.train.bench import bench_train_step
+    from chord_megatron.commands.bench import bench_train_step
 
     return bench_train_step(load_config(None, OVERRIDES + list(extra)), steps=2)
 
@@ -36,7 +36,7 @@ def test_bench_train_step_reports_throughput_and_memory():
 
 def test_bench_batch_has_ragged_responses_that_packing_fits_into_fewer_rows():
     from chord_megatron.config import load_config
-    from chord_megatron.train.bench import random_batch
+    from chord_megatron.commands.bench import random_batch
 
     lengths = random_batch(load_config(None, OVERRIDES)).loss_mask.sum(1)
     assert lengths.min() >= 4 and lengths.max() <= 16 and len(set(lengths.tolist())) > 3

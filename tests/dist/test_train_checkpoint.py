@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 
-from dist_harness import run_job
+from tests.support.dist_harness import run_job
 
 pytestmark = pytest.mark.dist
 

@@ -10,7 +10,7 @@ Jobs, run once per module:
   layouts4  (4 processes): TP=2 x CP=2, PP=2 x CP=2 with packed rows, and DP=2 x PP=2 with
                           packed rows whose pipelines run different numbers of micro-batches.
 The TP=1 results are checked against an independent plain-torch re-computation
-(tests/dist/torch_oracle.py: model, CHORD loss and clipped Adam written out from scratch), and
+(tests/support/torch_oracle.py: model, CHORD loss and clipped Adam written out from scratch), and
 every layout against TP=1: loss, metrics, full gradients and the parameters after the update.
 Batch kinds: mixed rows (7 rows, so DP shards and micro-batches need padding rows), on-policy
 rows only, expert rows only.
@@ -20,18 +20,12 @@ import math
 import pytest
 import torch
 
-import torch_oracle as oracle
-from dist_harness import run_job
+from tests.support import torch_oracle as oracle
+from tests.support.chord_step import KINDS, config, make_batch, one_step
+from tests.support.dist_harness import run_job
 
 pytestmark = pytest.mark.dist
 
-BASE = [
-    "model.num_layers=4", "model.hidden_size=32", "model.ffn_hidden_size=48", "model.num_attention_heads=4",
-    "model.num_query_groups=2", "model.vocab_size=64", "model.max_seq_length=32", "model.rotary_base=500.0",
-    "rollout.temperature=0.7", "algorithm.mu.peak=0.3", "algorithm.mu.valley=0.3", "algorithm.clip_high=0.28",
-    "algorithm.dual_clip=3.0", "optim.lr=0.05", "optim.adam_eps=0.1", "optim.grad_clip=0.5", "train.seed=7",
-    "data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8",
-]  # fmt: skip
 # A large Adam eps makes the update proportional to the (clipped) gradient, so comparing
 # parameters after a step also compares gradient magnitudes and the clipping factor.
 PACK = ["train.pack_sequences=true", "train.pack_length=24"]
@@ -54,56 +48,11 @@ LAYOUTS = {
     "dp2_packed": ["parallel.distributed_optimizer=false", *PACK],
 }
 SHARDED_GRADS = ("dp2_distopt", "cp2_distopt")  # the distributed optimizer reduces only this rank's slice
-KINDS = ("mixed", "rl_only", "sft_only")
 MICRO = {1: 7, 2: 4, 4: 2}  # number of micro-batches -> micro_batch_size for the 7-row batch
 REF_MICRO = 2  # the reference run compared with the layouts: 2 micro-batches of 4 rows
 LAYOUT_MBS = 2  # rows per micro-batch in the layout runs (more micro-batches than the pipeline has stages)
 TOL = dict(rtol=2e-5, atol=2e-6)
 MU, TEMPERATURE = 0.3, 0.7
-
-
-def config(*overrides):
-    from chord_megatron.config import load_config
-
-    return load_config(None, BASE + list(overrides))
-
-
-def make_batch(kind: str, *, with_rollout_logp: bool = False):
-    """7 right-padded rows of length 12; prompts of 3-5 tokens, responses of 4-7 tokens."""
-    from chord_megatron.types import TrainBatch
-
-    g = torch.Generator().manual_seed(11)
-    B, S = 7, 12
-    expert = {"mixed": [0, 1, 0, 0, 1, 0, 1], "rl_only": [0] * 7, "sft_only": [1] * 7}[kind]
-    ids = torch.randint(1, 64, (B, S), generator=g)
-    loss_mask = torch.zeros(B, S)
-    for r in range(B):
-        prompt, resp = 3 + r % 3, 4 + r % 4
-        ids[r, prompt + resp :] = 0  # padding
-        loss_mask[r, prompt - 1 : prompt + resp - 1] = 1
-    labels = torch.roll(ids, -1, 1)
-    labels[:, -1] = 0
-    is_expert = torch.tensor(expert, dtype=torch.bool)
-    old = -4.1 + 0.4 * torch.randn(B, S, generator=g)
-    old[is_expert] = float("nan")  # expert rows have no behaviour policy
-    return TrainBatch(
-        input_ids=ids, labels=labels, loss_mask=loss_mask, is_expert=is_expert,
-        advantages=torch.randn(B, generator=g) * (~is_expert),
-        old_logp=old,
-        rollout_logp=(-4.0 + 0.1 * torch.randn(B, S, generator=g)) if with_rollout_logp else None,
-    )  # fmt: skip
-
-
-def _step(cfg, par, W0, kind):
-    from chord_megatron.train.engine import MegatronEngine
-    from chord_megatron.train.weights import iter_full_tensors
-
-    engine = MegatronEngine(cfg, par=par, full_state_dict=W0)
-    loaded = {n: t.clone() for n, t in engine.export_weights()}
-    metrics = engine.train_step(make_batch(kind), step=0)
-    grads = dict(iter_full_tensors(engine.model, engine.par, what="grad"))
-    params = {n: t.clone() for n, t in engine.export_weights()}
-    return {"metrics": metrics, "grads": grads, "params": params, "loaded": loaded}, engine
 
 
 def _model_shapes(engine, batch):
@@ -128,11 +77,11 @@ def reference_job():
         out[variant] = {"W0": W0}
         for kind in KINDS:
             for n_micro, mbs in MICRO.items():
-                res, engine = _step(config(*v_over, f"train.micro_batch_size={mbs}"), par, W0, kind)
+                res, engine = one_step(config(*v_over, f"train.micro_batch_size={mbs}"), par, W0, kind)
                 out[variant][kind, n_micro] = res
             for n_pack_rows in (1, 2):  # packed rows per micro-batch
                 cfg = config(*v_over, *PACK, f"train.micro_batch_size={n_pack_rows}")
-                out[variant][kind, "packed", n_pack_rows] = _step(cfg, par, W0, kind)[0]
+                out[variant][kind, "packed", n_pack_rows] = one_step(cfg, par, W0, kind)[0]
         batch = make_batch("mixed", with_rollout_logp=True)
         engine = MegatronEngine(config(*v_over), par=par, full_state_dict=W0)
         out[variant]["logp"] = engine.compute_logprobs(batch)
@@ -152,7 +101,7 @@ def layouts_job(W0s):
             cfg = config(*v_over, *l_over, f"train.micro_batch_size={LAYOUT_MBS}")
             par = init_parallel(cfg.parallel, seed=7)
             for kind in KINDS:
-                res, engine = _step(cfg, par, W0s[variant], kind)
+                res, engine = one_step(cfg, par, W0s[variant], kind)
                 if layout in SHARDED_GRADS:
                     del res["grads"]
                 out[variant, layout, kind] = res
@@ -353,7 +302,7 @@ def layouts4_job(W0):
     for layout, l_over in LAYOUTS_4.items():
         cfg = config(f"train.micro_batch_size={LAYOUT_MBS}", *l_over)
         par = init_parallel(cfg.parallel, seed=7)
-        res, engine = _step(cfg, par, W0, "mixed")
+        res, engine = one_step(cfg, par, W0, "mixed")
         out[layout] = res
         out[layout, "micro_batches"] = len(engine.micro_batches(make_batch("mixed")))
         out[layout, "logp"] = MegatronEngine(cfg, par=par, full_state_dict=W0).compute_logprobs(make_batch("mixed"))

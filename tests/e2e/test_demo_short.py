@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from chord_megatron.metrics import read_metrics
+from chord_megatron.metrics.logger import read_metrics
 
-from conftest import DEMO, SHORT, chord
+from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = pytest.mark.slow
 

@@ -2,9 +2,9 @@
 and with context parallelism (CP=2) on packed rows."""
 import pytest
 
-from chord_megatron.metrics import read_metrics
+from chord_megatron.metrics.logger import read_metrics
 
-from conftest import DEMO, SHORT, chord
+from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from chord_megatron.metrics import read_metrics
+from chord_megatron.metrics.logger import read_metrics
 
-from conftest import DEMO, SHORT, chord
+from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = pytest.mark.slow
 

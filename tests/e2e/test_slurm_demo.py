@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +28,10 @@ from pathlib import Path
 import pytest
 
 from chord_megatron.config import load_config
-from chord_megatron.metrics import read_metrics
+from chord_megatron.net import free_port
+from chord_megatron.metrics.logger import read_metrics
 
-from conftest import DEMO, ROOT, SHORT
+from tests.support.chord_cli import DEMO, ROOT, SHORT
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +54,6 @@ def _why_not() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _exe(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
@@ -80,8 +74,8 @@ SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -233,7 +227,7 @@ def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
     workers in place of `sglang.launch_server`, the real sglang-router goes in front of them,
     training talks to the router, and at the end the job stops both steps gracefully."""
     run = submit_dir / "run"
-    fake = f"{sys.executable} {ROOT / 'tests/e2e/slurm/fake_sglang_server.py'}"
+    fake = f"env PYTHONPATH={ROOT} {sys.executable} -m tests.e2e.slurm.fake_sglang_server"
     vocab = load_config(DEMO).model.vocab_size  # the fake samples token ids below --vocab
     job = slurm.sbatch("launch/colocated.sbatch", DEMO, *SHORT, "base.steps=0", "train.steps=2",
                        "train.eval_every=2", f"train.output_dir={run}", "rollout.engine=sglang",

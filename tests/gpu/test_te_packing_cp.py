@@ -6,13 +6,8 @@ with transformer-engine, packed rows travel in the THD format and context parall
 own; these tests hold them to the same standard: the same update as plain rows on one rank.
 Skipped, and reported as skipped, without CUDA and transformer-engine (CP: without 2 GPUs).
 """
-import pathlib
-import sys
-
 import pytest
 import torch
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "dist"))
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dist]
 
@@ -21,7 +16,7 @@ TOL = dict(rtol=1e-4, atol=1e-5)  # fused attention kernels reorder fp32 sums
 
 
 def _job(overrides, W0):
-    import test_train_layouts as T
+    from tests.support import chord_step as T
 
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.train.parallel import init_parallel
@@ -32,14 +27,14 @@ def _job(overrides, W0):
         W0 = {n: t.clone().cpu() for n, t in MegatronEngine(cfg, par=par).export_weights()}
     out = {"W0": W0}
     for kind in T.KINDS:
-        res, _ = T._step(cfg, par, W0, kind)
+        res, _ = T.one_step(cfg, par, W0, kind)
         out[kind] = {"metrics": res["metrics"], "params": {n: t.cpu() for n, t in res["params"].items()}}
     out["logp"] = MegatronEngine(cfg, par=par, full_state_dict=W0).compute_logprobs(T.make_batch("mixed"))
     return out
 
 
 def _compare(got, want):
-    import test_train_layouts as T
+    from tests.support import chord_step as T
 
     for kind in T.KINDS:
         for key in ("loss", "grpo_loss", "sft_loss", "grad_norm"):
@@ -53,13 +48,13 @@ def _compare(got, want):
 @pytest.fixture(scope="module")
 def plain():
     pytest.importorskip("transformer_engine")
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     return run_job(_job, world=1, args=([], None))[0]
 
 
 def test_te_packed_rows_thd_match_plain_rows(plain):
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     got = run_job(_job, world=1, args=(["train.pack_sequences=true", "train.pack_length=24"], plain["W0"]))[0]
     _compare(got, plain)
@@ -68,7 +63,7 @@ def test_te_packed_rows_thd_match_plain_rows(plain):
 def test_te_context_parallel_matches_one_rank(plain):
     if torch.cuda.device_count() < 2:
         pytest.skip("context parallelism needs 2 GPUs")
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     got = run_job(_job, world=2, args=(["parallel.context=2"], plain["W0"]))[0]
     _compare(got, plain)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _child() -> dict:
     import torch
 
-    from chord_megatron.batch import build_train_batch
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.config import load_config
     from chord_megatron.data import ExpertRow
     from chord_megatron.rollout.engine import SamplingParams

@@ -1,14 +1,14 @@
 """The NCCL transport end to end, from a TP=2 Megatron trainer to a receiver that serves an HF model.
 
-Trainer: a 2-process gloo job (tests/dist/dist_harness.py), MegatronEngine with parallel.tensor=2
-(tiny, fp32, CPU). The sync is the training loop's own, chord_megatron.sync.WeightSync.push:
+Trainer: a 2-process gloo job (tests/support/dist_harness.py), MegatronEngine with parallel.tensor=2
+(tiny, fp32, CPU). The sync is the training loop's own, chord_megatron.weight_sync.verified.WeightSync.push:
 every rank walks export_weights() (collective: TP shards gathered), rank 0 alone converts the
 stream (weight_sync.convert.megatron_to_hf) and hands it to its SGLangEngine, whose transport is
 the project's NcclSync over a gloo group -- the path rollout.weight_sync=nccl takes -- with a small
 bucket, so a sync is several /update_weights_from_distributed calls inside one
 begin/end_weight_update session (and /pause_generation .. /continue_generation around it).
 
-Receiver (tests/integration/hf_weight_receiver.py): a separate process playing the SGLang
+Receiver (tests/support/hf_weight_receiver.py): a separate process playing the SGLang
 server: it joins the weights-update group at rank_offset 1 (world size 2) when the trainer's
 rank 0 calls /init_weights_update_group, receives the broadcasts in the order of `names` and
 loads each bucket into a transformers model (rollout.inprocess.build_hf_model) that started from
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE.parent / "dist") not in sys.path:
-    sys.path.insert(0, str(HERE.parent / "dist"))  # dist_harness; spawned ranks inherit sys.path
+from chord_megatron.net import free_port
+from tests.support.fake_sglang import child_env
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
@@ -78,7 +78,7 @@ def _token_batch():
     """6 expert rows of random tokens (prompts 3-6, responses 5-9 tokens), right-padded."""
     import torch
 
-    from chord_megatron.batch import build_train_batch
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.data import ExpertRow
 
     g = torch.Generator().manual_seed(5)
@@ -96,9 +96,9 @@ def _trainer_job(url: str, ports: dict) -> dict:
     import torch
 
     from chord_megatron.config import load_config
-    from chord_megatron.rollout.sglang_client import SGLangClient
-    from chord_megatron.rollout.sglang_engine import SGLangEngine
-    from chord_megatron.sync import WeightSync
+    from chord_megatron.rollout.sglang.client import SGLangClient
+    from chord_megatron.rollout.sglang.engine import SGLangEngine
+    from chord_megatron.weight_sync.verified import WeightSync
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.nccl import NcclSync
 
@@ -180,18 +180,12 @@ def _trainer_job(url: str, ports: dict) -> dict:
     return results if rank == 0 else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_receiver(log_dir: Path):
-    from chord_megatron.rollout.router import ManagedProcess
+    from chord_megatron.rollout.sglang.router import ManagedProcess
 
-    port = _free_port()
-    argv = [sys.executable, str(HERE / "hf_weight_receiver.py"), "--port", str(port), "--max-lifetime-s", "150"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.hf_weight_receiver", "--port", str(port), "--max-lifetime-s", "150"]
+    env = dict(child_env(), OMP_NUM_THREADS="1")
     proc = ManagedProcess("hf-weight-receiver", argv, log_dir / "hf-weight-receiver.log", env=env).start()
     proc.url = f"http://127.0.0.1:{port}"
     return proc
@@ -215,14 +209,14 @@ def _wait_listening(url: str, timeout_s: float) -> None:
 def test_nccl_sync_from_tp2_megatron_serves_the_trainers_logprobs(tmp_path):
     pytest.importorskip("megatron.core")
     pytest.importorskip("transformers")
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     t0 = time.monotonic()
     receiver = _start_receiver(tmp_path)
     try:
         # The trainer starts at once (importing megatron takes a while); its rank 0 waits for
         # the receiver before talking to it.
-        ports = {v: _free_port() for v in VARIANTS}
+        ports = {v: free_port() for v in VARIANTS}
         try:
             (results, _) = run_job(_trainer_job, world=2, args=(receiver.url, ports), timeout=150)
         except BaseException as e:

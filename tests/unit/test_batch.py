@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from chord_megatron.batch import build_train_batch, expert_rows_per_step
+from chord_megatron.data.batch import build_train_batch, expert_rows_per_step
 from chord_megatron.data.jsonl import ExpertRow
 from chord_megatron.types import Rollout
 

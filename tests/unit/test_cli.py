@@ -33,7 +33,7 @@ def test_console_script_is_installed():
 
 
 def test_readme_embeds_the_generated_config_reference():
-    from chord_megatron.config_doc import BEGIN, END, reference
+    from chord_megatron.commands.config import BEGIN, END, reference
 
     readme = (ROOT / "README.md").read_text()
     assert BEGIN in readme and END in readme, "README.md lacks the config reference markers"

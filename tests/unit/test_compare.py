@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from chord_megatron.compare import parse_variant_overrides, run_compare, variants
+from chord_megatron.commands.compare import parse_variant_overrides, run_compare, variants
 from chord_megatron.config import ConfigError, load_config
 
 OVERRIDES = ["train.steps=6", "train.eval_every=3"]
@@ -37,7 +37,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
 
     monkeypatch.setattr(subprocess, "call", fake_train)
     # run_compare validates the per-variant keys by loading the config: there is no file here.
-    monkeypatch.setattr("chord_megatron.compare.load_config", lambda path, over: load_config(None, over))
+    monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
     report = run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "cmp", ["grpo", "sft"], progress=False,
                          per_variant={"grpo": ["optim.lr=0.125"]})
     grpo, sft = calls
@@ -52,7 +52,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
 
 def test_run_compare_refuses_a_bad_per_variant_key_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail("nothing may train"))
-    monkeypatch.setattr("chord_megatron.compare.load_config", lambda path, over: load_config(None, over))
+    monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
     with pytest.raises(ConfigError, match="optim.nope"):
         run_compare("none.yaml", OVERRIDES, load_config(None, OVERRIDES), tmp_path, ["grpo", "sft"],
                     per_variant={"sft": ["optim.nope=1"]})

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from chord_megatron.data.arith import Problem, arith_reward, make_splits, parse_answer, pretrain_problems
+from chord_megatron.demo.arith import Problem, arith_reward, make_splits, parse_answer, pretrain_problems
 from chord_megatron.data.tokenizer import CharTokenizer
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 GOOD = "<think>\nLet me add: 2 + 3 = {a}.\nSo the answer is {a}.\n</think>\n\nThe sum is {a}, so the answer is $\\boxed{{{a}}}$."
 
 
@@ -163,7 +161,7 @@ def test_prep_toolace_recipe(tmp_path):
     src = tmp_path / "data.json"
     src.write_text(json.dumps(toolace_rows()))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "chord_megatron.data.prep_toolace", str(src), str(out),
+    proc = subprocess.run([sys.executable, "-m", "chord_megatron.cli", "data", "prep-toolace", str(src), str(out),
                            "--rl", "14", "--sft", "6", "--eval", "20", "--seed", "3"], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -1,14 +1,11 @@
 """Loading prepared data: Parquet files, a Hugging Face tokenizer with its chat template, and the
 removal of RL prompts that are also expert problems."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_hf_models import make_tokenizer  # noqa: E402
+from tests.support.hf_models import make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def test_parquet_prompts_and_expert_rows(tmp_path, tok_dir):
 def test_load_task_uses_the_hf_tokenizer_and_drops_rl_prompts_in_the_expert_set(tmp_path, tok_dir):
     from chord_megatron.config import load_config
     from chord_megatron.data.hf_tokenizer import HFTokenizer
-    from chord_megatron.task import load_task
+    from chord_megatron.data.task import load_task
 
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     write_jsonl(tmp_path / "rl.jsonl", [{"messages": user("what is 3"), "answer": "3"},

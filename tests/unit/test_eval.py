@@ -1,4 +1,4 @@
-"""`chord eval` (evaluate.run_eval) and `chord export-hf` (hf_io.run_export_hf) on a tiny model.
+"""`chord eval` (commands/eval.py) and `chord export-hf` (commands/export_hf.py) on a tiny model.
 
 * avg@k of an HF checkpoint with the in-process engine: the summary line, the per-prompt file,
   and accuracy = the fraction of samples whose reward is 1 (recomputed from the responses);
@@ -7,16 +7,12 @@
   --checkpoint serves them (its samples equal those of the exported folder, not the base's).
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
-
-from chord_megatron.rewards import register_reward, registered_rewards  # noqa: E402
-from test_hf_models import make_checkpoint  # noqa: E402
+from chord_megatron.rewards import register_reward, registered_rewards
+from tests.support.hf_models import config_for, make_checkpoint
 
 
 def probe_reward(prompt, response, metadata):
@@ -36,8 +32,6 @@ def bench(tmp_path, n=4):
 
 
 def eval_config(folder, *extra):
-    from test_hf_io import config_for
-
     return config_for(folder, "data.reward=eval_probe", "rollout.max_new_tokens=6", "rollout.temperature=1.0",
                       "train.eval_samples=3", *extra)  # fmt: skip
 
@@ -48,7 +42,7 @@ def read_out(path):
 
 
 def test_avg_at_k_of_an_hf_checkpoint(tmp_path, capsys):
-    from chord_megatron.evaluate import run_eval
+    from chord_megatron.commands.eval import run_eval
 
     folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
     cfg = eval_config(folder)
@@ -68,7 +62,7 @@ def test_avg_at_k_of_an_hf_checkpoint(tmp_path, capsys):
 
 def test_overlong_scoring():
     from chord_megatron.data.jsonl import PromptRow
-    from chord_megatron.evaluate import score_samples
+    from chord_megatron.commands.eval import score_samples
     from chord_megatron.types import Rollout
 
     class Tok:
@@ -86,10 +80,11 @@ def test_overlong_scoring():
 def _checkpoint_job(folder, root, bench_path):
     import torch
 
-    from chord_megatron.batch import build_train_batch
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.data import ExpertRow
-    from chord_megatron.evaluate import run_eval
-    from chord_megatron.hf_io import hf_state_dict, run_export_hf
+    from chord_megatron.commands.eval import run_eval
+    from chord_megatron.commands.export_hf import run_export_hf
+    from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
 
@@ -103,7 +98,7 @@ def _checkpoint_job(folder, root, bench_path):
     del engine
 
     assert run_export_hf(cfg, str(root / "ckpt"), str(root / "exported")) == 0
-    from chord_megatron.hf_io import HFWeights
+    from chord_megatron.hf.weights import HFWeights
     from chord_megatron.weight_sync.convert import Layout
 
     back = HFWeights(root / "exported", Layout.from_model_config(cfg.model))
@@ -118,7 +113,7 @@ def _checkpoint_job(folder, root, bench_path):
 
 
 def test_checkpoint_export_and_eval(tmp_path):
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
     r = run_job(_checkpoint_job, world=1, args=(str(folder), str(tmp_path), str(bench(tmp_path))), timeout=300)[0]
@@ -136,8 +131,8 @@ def test_checkpoint_export_and_eval(tmp_path):
 def test_avg_at_k_through_sglang(tmp_path, capsys):
     """rollout.engine=sglang: the same evaluation through the SGLang client and router, against
     fake 0.5.23 workers (no GPU); the fake samples tokens as a function of prompt and sample."""
-    from chord_megatron.evaluate import run_eval
-    from chord_megatron.rollout import fake_sglang
+    from chord_megatron.commands.eval import run_eval
+    from tests.support import fake_sglang
 
     folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
     workers = fake_sglang.launch_fake_workers(

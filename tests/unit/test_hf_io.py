@@ -12,35 +12,17 @@ sharded safetensors) and Llama-3 (llama3 rope scaling, untied) checkpoint:
 TP=2 and PP=2 are tests/dist/test_hf_parallel.py.
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dist"))
-
-from test_hf_models import FAMILIES, make_checkpoint  # noqa: E402
+from tests.support.hf_models import FAMILIES, config_for, make_checkpoint
 
 TP1_FAMILIES = FAMILIES + ("llama_linear",)
 
 SEQ = 40
 TOL = 1e-5
-
-
-def config_for(folder, *extra):
-    """A config whose model section is the checkpoint's (as a user's YAML would spell it)."""
-    import dataclasses
-
-    from chord_megatron.config import load_config
-    from chord_megatron.hf_io import model_config_from_hf
-
-    m = model_config_from_hf(folder, max_seq_length=64)
-    model = [f"model.{k}={v}" for k, v in dataclasses.asdict(m).items() if v is not None]
-    return load_config(None, model + ["model.dtype=fp32", "data.max_prompt_tokens=16", "data.max_response_tokens=16",
-                                      "rollout.max_new_tokens=16", "train.micro_batch_size=4", "optim.lr=0.01",
-                                      *extra])  # fmt: skip
 
 
 def megatron_logits(engine, ids):
@@ -54,9 +36,10 @@ def megatron_logits(engine, ids):
 def _tp1_job(folders, ids, out_root):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chord_megatron.batch import build_train_batch
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.data import ExpertRow
-    from chord_megatron.hf_io import HFWeights, export_hf, hf_state_dict
+    from chord_megatron.hf.export import export_hf
+    from chord_megatron.hf.weights import HFWeights, hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.convert import Layout
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
@@ -108,7 +91,7 @@ def _tp1_job(folders, ids, out_root):
 
 @pytest.fixture(scope="module")
 def tp1_results(tmp_path_factory):
-    from dist_harness import run_job
+    from tests.support.dist_harness import run_job
 
     root = tmp_path_factory.mktemp("hf")
     folders = {f: str(make_checkpoint(root / f, f, shards=(f == "qwen3"))[0]) for f in TP1_FAMILIES}
@@ -146,7 +129,7 @@ def test_megatron_hf_megatron_round_trip_is_exact(tp1_results, family):
 # ----------------------------------------------------------------------------------------------
 def test_model_section_mismatch_names_the_key(tmp_path):
     from chord_megatron.config import ConfigError
-    from chord_megatron.hf_io import check_model_config
+    from chord_megatron.hf.config import check_model_config
 
     folder, _ = make_checkpoint(tmp_path / "q", "qwen2", tokenizer=False)
     cfg = config_for(folder)
@@ -162,9 +145,9 @@ def test_model_section_mismatch_names_the_key(tmp_path):
 
 
 def test_base_weights_loads_hf_path_and_checks_the_section(tmp_path):
-    from chord_megatron.base_model import base_weights
+    from chord_megatron.demo.base_model import base_weights
     from chord_megatron.config import ConfigError
-    from chord_megatron.hf_io import HFWeights
+    from chord_megatron.hf.weights import HFWeights
 
     folder, model = make_checkpoint(tmp_path / "l", "llama", tokenizer=False)
     cfg = config_for(folder)
@@ -186,7 +169,8 @@ def test_config_json_without_source_loads_in_transformers(tmp_path):
     from transformers import AutoConfig
 
     from chord_megatron.config import load_config
-    from chord_megatron.hf_io import check_model_config, hf_config_dict
+    from chord_megatron.hf.config import check_model_config
+    from chord_megatron.hf.export import hf_config_dict
 
     cases = {"llama": [], "qwen2": ["model.qkv_bias=true"], "qwen3": ["model.qk_layernorm=true", "model.head_dim=32"],
              "llama-rope3": ["model.rope_scaling=llama3", "model.rope_scaling_factor=32"]}

@@ -1,101 +1,16 @@
-"""Tiny random Hugging Face checkpoints of each supported family, made on the spot (no hub), and
-checks that chord_megatron.hf_io reads their config.json the way transformers does.
-
-The builders here are shared with tests/unit/test_hf_io.py and tests/dist/test_hf_parallel.py:
-
-    make_checkpoint(folder, "qwen2" | "qwen3" | "llama", shards=False) -> (folder, hf_config)
-
-qwen2: GQA, QKV bias, tied embeddings, a rope theta no default has;
-qwen3: q/k RMSNorm, head_dim != hidden / heads, untied;
-llama: Llama-3.2-style llama3 rope scaling (factor 8, low/high 1/4, original context 8192), untied.
-Every parameter is drawn at random (biases and norm gains too, which transformers initialises
-to 0 and 1), so a tensor in the wrong place changes the logits.
-"""
+"""chord_megatron.hf reads the config.json of each supported family the way transformers does
+(the tiny random checkpoints are tests/support/hf_models.py)."""
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
-VOCAB = 96
-FAMILIES = ("qwen2", "qwen3", "llama")
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def hf_config(family: str):
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-
-    common = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
-    if family == "qwen2":
-        return Qwen2Config(hidden_size=32, intermediate_size=48, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                           rope_parameters={"rope_type": "default", "rope_theta": 12345.0}, **common)  # fmt: skip
-    if family == "qwen3":
-        return Qwen3Config(hidden_size=32, intermediate_size=40, head_dim=16, rms_norm_eps=1e-5,
-                           tie_word_embeddings=False, attention_bias=False,
-                           rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, **common)  # fmt: skip
-    if family == "llama_linear":  # linear position interpolation (megatron's seq_len_interpolation_factor)
-        return LlamaConfig(hidden_size=64, intermediate_size=80, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                           rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}, **common)
-    if family == "llama":
-        rope = {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
-        return LlamaConfig(hidden_size=64, intermediate_size=80, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                           attention_bias=False, mlp_bias=False, rope_parameters=rope, **common)  # fmt: skip
-    raise ValueError(family)
-
-
-def random_model(family: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    cfg = hf_config(family)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.15 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def make_tokenizer(folder: Path):
-    """A word-level tokenizer with a chat template, saved in HF format (offline)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    words = [str(i) for i in range(20)] + list("abcdefghijklmnopqrstuvwxyz") + [
-        "what", "is", "the", "answer", "boxed", "+", "=", "?", ".", "{", "}", "\\", "think", "<", ">", "/"]
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    assert len(vocab) <= VOCAB
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="?", additional_special_tokens=specials[3:])  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(folder))
-    return fast
-
-
-def make_checkpoint(folder, family: str, *, shards: bool = False, seed: int = 0, tokenizer: bool = True):
-    """Save a random tiny `family` model (safetensors; sharded with an index when `shards`)."""
-    folder = Path(folder)
-    model = random_model(family, seed)
-    model.save_pretrained(str(folder), max_shard_size="40KB" if shards else "100MB")
-    if tokenizer:
-        make_tokenizer(folder)
-    return folder, model
+from tests.support.hf_models import FAMILIES, VOCAB, make_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
 def test_model_config_from_hf_reads_config_json(tmp_path, family):
-    from chord_megatron.hf_io import model_config_from_hf
+    from chord_megatron.hf.config import model_config_from_hf
 
     folder, model = make_checkpoint(tmp_path / family, family, tokenizer=False)
     m = model_config_from_hf(folder)
@@ -111,7 +26,7 @@ def test_model_config_from_hf_reads_config_json(tmp_path, family):
 
 def test_legacy_config_json_keys_are_read(tmp_path):
     """Checkpoints saved by transformers 4 carry rope_theta / rope_scaling at the top level."""
-    from chord_megatron.hf_io import model_config_from_hf
+    from chord_megatron.hf.config import model_config_from_hf
 
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 3072, "intermediate_size": 8192,
            "num_attention_heads": 24, "num_hidden_layers": 28, "num_key_value_heads": 8, "head_dim": 128,
@@ -137,7 +52,7 @@ def test_legacy_config_json_keys_are_read(tmp_path):
                        "original_max_position_embeddings": 8192}}, "low_freq_factor=2.0"),
 ])  # fmt: skip
 def test_unsupported_checkpoints_are_refused_naming_the_key(tmp_path, change, match):
-    from chord_megatron.hf_io import HFCheckpointError, model_config_from_hf
+    from chord_megatron.hf.config import HFCheckpointError, model_config_from_hf
 
     cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 80, "num_attention_heads": 4,
            "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from chord_megatron import launch_plan as lp
+from chord_megatron.commands.launch import memory
+from chord_megatron.commands.launch import plan as lp
 from chord_megatron.cli import main
 from chord_megatron.config import load_config
 
@@ -53,7 +54,7 @@ def cli(capsys, path, *args):
 # Parameter count and memory estimate
 # ----------------------------------------------------------------------------------------------
 def test_parameter_count_matches_the_published_qwen7b_number(qwen):
-    assert lp.count_params(load_config(qwen).model)["total"] == QWEN7B_PARAMS
+    assert memory.count_params(load_config(qwen).model)["total"] == QWEN7B_PARAMS
 
 
 def test_parameter_count_with_head_dim_and_qk_norm_matches_qwen3_8b():
@@ -67,7 +68,7 @@ def test_parameter_count_with_head_dim_and_qk_norm_matches_qwen3_8b():
                              "model.num_attention_heads=32", "model.num_query_groups=8", "model.head_dim=128",
                              "model.qk_layernorm=true", "model.vocab_size=151936", "model.tie_embeddings=false",
                              "model.max_seq_length=4096"])  # fmt: skip
-    assert lp.count_params(cfg.model)["total"] == 8_190_735_360  # Qwen3-8B on Hugging Face
+    assert memory.count_params(cfg.model)["total"] == 8_190_735_360  # Qwen3-8B on Hugging Face
 
 
 def test_memory_estimate_by_hand(qwen):
@@ -97,7 +98,7 @@ def test_memory_colocated_budget_leaves_sglang_its_fraction_and_dp_shards_the_op
     assert p.memory.optimizer == pytest.approx(QWEN7B_PARAMS / 2 * 12 / 8)
     # without the distributed optimizer every rank keeps all of it -- and the layout no longer fits
     no_dist = load_config(qwen, ["parallel.distributed_optimizer=false"])
-    assert lp.estimate_memory(no_dist, p.layout).optimizer == pytest.approx(QWEN7B_PARAMS / 2 * 12)
+    assert memory.estimate_memory(no_dist, p.layout).optimizer == pytest.approx(QWEN7B_PARAMS / 2 * 12)
     with pytest.raises(lp.LayoutError, match="estimated training memory"):
         lp.plan_launch(no_dist, nodes=2, gpus_per_node=8, mode="colocated")
 
@@ -255,7 +256,7 @@ sglang: {model_path: /models/qwen2.5-72b, tp_size: 1}
 def test_memory_refusals_for_a_72b_model(tmp_path, capsys):
     cfg = tmp_path / "72b.yaml"
     cfg.write_text(SEVENTY_B)
-    params = lp.count_params(load_config(cfg).model)["total"]
+    params = memory.count_params(load_config(cfg).model)["total"]
     assert 72.0e9 < params < 73.0e9  # Qwen2.5-72B: 72.7B
     # TP=8 PP=4 on 4 training nodes fits; an SGLang server on one GPU needs 2 x 72.7B bytes = 135 GiB.
     rc, _, err = cli(capsys, cfg, "--nodes", 8, "--rollout-nodes", 4)

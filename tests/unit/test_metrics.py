@@ -1,7 +1,7 @@
 """Metrics: JSONL records, TensorBoard scalars, and truncation on resume."""
 import torch
 
-from chord_megatron.metrics import MetricsLogger, read_metrics
+from chord_megatron.metrics.logger import MetricsLogger, read_metrics
 
 
 def test_jsonl_and_tensorboard(tmp_path):

@@ -1,7 +1,7 @@
 """configs/paper/*.yaml carry the paper's published settings (shared/chord-spec.md) and the real
 architectures of Qwen2.5-7B-Instruct and Llama-3.2-3B-Instruct.
 
-The architecture check runs the same code a run does (hf_io.check_model_config) against the
+The architecture check runs the same code a run does (hf.config.check_model_config) against the
 models' actual config.json contents, reproduced below from the Hugging Face model repositories
 (Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-3B-Instruct)."""
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chord_megatron.algo import mu_schedule
-from chord_megatron.batch import expert_rows_per_step
+from chord_megatron.data.batch import expert_rows_per_step
 from chord_megatron.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_the_paper_configs_are_all_there():
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_model_section_is_the_real_architecture(path, tmp_path):
-    from chord_megatron.hf_io import check_model_config
+    from chord_megatron.hf.config import check_model_config
 
     cfg = load_config(path)
     (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B_INSTRUCT if kind_of(path) == "math" else LLAMA32_3B_INSTRUCT))

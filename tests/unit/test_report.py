@@ -1,7 +1,7 @@
 """Comparison table and curves from metrics records."""
 import math
 
-from chord_megatron.report import comparison_table, last, plot_curves
+from chord_megatron.metrics.report import comparison_table, last, plot_curves
 
 
 def runs():

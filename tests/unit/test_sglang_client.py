@@ -10,12 +10,12 @@ import urllib.request
 
 import pytest
 
-from chord_megatron.rollout import fake_sglang
-from chord_megatron.rollout import sglang_contract
-from chord_megatron.rollout import sglang_protocol as proto
+from tests.support import fake_sglang
+from tests.support import sglang_contract
+from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.engine import RolloutError, SamplingParams
-from chord_megatron.rollout.sglang_client import SGLangClient, SGLangError
-from chord_megatron.rollout.sglang_engine import SGLangEngine
+from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
+from chord_megatron.rollout.sglang.engine import SGLangEngine
 
 needs_wheel = pytest.mark.skipif(not sglang_contract.available(),
                                  reason="needs `pip install --no-deps sglang==0.5.23` and msgspec")
@@ -258,7 +258,7 @@ def test_update_weights_without_transport_is_an_error(fakes):
 
 
 def test_seeded_sampling_sends_one_seeded_request_per_sample_and_repeats_exactly(fakes):
-    from chord_megatron.rollout.sglang_engine import sample_seed
+    from chord_megatron.data.seeding import sample_seed
 
     (w,) = fakes(1)
     seeded = dataclasses.replace(SP, seed=11)

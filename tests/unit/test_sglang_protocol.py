@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from chord_megatron.rollout import sglang_protocol as proto
+from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.engine import SamplingParams
-from chord_megatron.rollout.sglang_protocol import MalformedResponse
+from chord_megatron.rollout.sglang.protocol import MalformedResponse
 
-from chord_megatron.rollout import sglang_contract as contract
+from tests.support import sglang_contract as contract
 
 if not contract.available():  # pragma: no cover - the install step was left out
     pytest.skip("needs `pip install --no-deps sglang==0.5.23` and msgspec", allow_module_level=True)

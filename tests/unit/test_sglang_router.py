@@ -13,11 +13,11 @@ import urllib.request
 
 import pytest
 
-from chord_megatron.rollout import fake_sglang
+from tests.support import fake_sglang
 from chord_megatron.rollout.engine import RolloutError, SamplingParams
-from chord_megatron.rollout.router import router_workers, start_router, wait_router_ready
-from chord_megatron.rollout.sglang_client import SGLangClient
-from chord_megatron.rollout.sglang_engine import SGLangEngine
+from chord_megatron.rollout.sglang.router import router_workers, start_router, wait_router_ready
+from chord_megatron.rollout.sglang.client import SGLangClient
+from chord_megatron.rollout.sglang.engine import SGLangEngine
 
 pytest.importorskip("sglang_router", reason="needs the sglang-router wheel (the Rust gateway)")
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_all_workers_dead_fails_naming_the_router(cluster):
 def test_router_binary_is_the_rust_gateway():
     import sglang_router
 
-    from chord_megatron.rollout.router import router_command
+    from chord_megatron.rollout.sglang.router import router_command
 
     cmd = router_command(["http://127.0.0.1:1"], host="127.0.0.1", port=2)
     assert cmd[1:3] == ["-m", "sglang_router.launch_router"]
@@ -164,7 +164,7 @@ def test_router_binary_is_the_rust_gateway():
 
 def test_deploy_over_running_servers_then_attach(tmp_path):
     from chord_megatron.config import RolloutConfig
-    from chord_megatron.rollout.router import deploy
+    from chord_megatron.rollout.sglang.router import deploy
 
     workers = fake_sglang.launch_fake_workers(
         2, tmp_path, {i: ["--max-lifetime-s", "60", "--model-path", str(tmp_path)] for i in range(2)})
@@ -189,7 +189,7 @@ def test_deploy_over_running_servers_then_attach(tmp_path):
 
 
 def test_command_lines():
-    from chord_megatron.rollout.router import cli_flags, server_command
+    from chord_megatron.rollout.sglang.router import cli_flags, server_command
 
     assert cli_flags({"tp_size": 2, "enable_metrics": True, "disable_x": False, "y": None, "urls": ["a", "b"]}) == [
         "--tp-size", "2", "--enable-metrics", "--urls", "a", "b"]
@@ -227,7 +227,7 @@ def test_engine_from_config_takes_seeded_sampling(tmp_path, monkeypatch):
     import types
 
     from chord_megatron.config import load_config
-    from chord_megatron.rollout import router
+    from chord_megatron.rollout.sglang import router
 
     closed = []
     fake = types.SimpleNamespace(generate_urls=["http://127.0.0.1:9"], worker_urls=["http://127.0.0.1:9"],

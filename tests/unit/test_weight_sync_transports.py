@@ -13,10 +13,10 @@ import urllib.request
 import pytest
 import torch
 
-from chord_megatron.rollout import fake_sglang, sglang_contract
-from chord_megatron.rollout.router import free_port
-from chord_megatron.rollout.sglang_client import SGLangClient, SGLangError
-from chord_megatron.rollout.sglang_engine import SGLangEngine
+from tests.support import fake_sglang, sglang_contract
+from chord_megatron.net import free_port
+from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
+from chord_megatron.rollout.sglang.engine import SGLangEngine
 from chord_megatron.weight_sync.buckets import SyncStats, bucketize, tensor_bytes, with_last
 from chord_megatron.weight_sync.disk import DiskSync, read_hf_checkpoint
 from chord_megatron.weight_sync.nccl import NcclSync

@@ -1,18 +1,13 @@
 """Stand-in for `python -m sglang.launch_server` in the slurm tests (no GPU, no SGLang build here).
 
 launch/sglang_node.sh starts servers as `$SGLANG_SERVER_CMD --host H --port P --base-gpu-id G
-<the sglang: section as flags>`; with SGLANG_SERVER_CMD pointing here, each server is the
-project's fake worker (chord_megatron/rollout/fake_sglang.py). The fake serves on loopback only,
+<the sglang: section as flags>`; with SGLANG_SERVER_CMD = `python -m tests.e2e.slurm.fake_sglang_server` (the repository on PYTHONPATH), each server is the
+project's fake worker (tests/support/fake_sglang.py). The fake serves on loopback only,
 and has no GPUs, so --host becomes 127.0.0.1 and --base-gpu-id is recorded in the log and dropped.
 """
 import argparse
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, ROOT)
-
-from chord_megatron.rollout import fake_sglang  # noqa: E402
+from tests.support import fake_sglang
 
 
 def main() -> None:
@@ -21,7 +16,7 @@ def main() -> None:
     p.add_argument("--base-gpu-id", type=int)
     args, rest = p.parse_known_args()
     print(f"fake server: asked for host {args.host}, base GPU {args.base_gpu_id}", flush=True)
-    fake_sglang.main(["--host", "127.0.0.1", *rest])
+    fake_sglang.serve(["--host", "127.0.0.1", *rest])
 
 
 if __name__ == "__main__":

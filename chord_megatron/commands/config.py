@@ -1,0 +1,76 @@
+"""`chord config show | reference | from-hf`: a resolved config, every key, a model section.
+
+The reference is generated from config.py's dataclasses and their comments; the README embeds
+it between markers and a test keeps the two identical, so the documented keys, defaults and
+meanings cannot drift from the code. `from-hf DIR` prints the `model:` section of a Hugging
+Face checkpoint folder, for a config file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import inspect
+import re
+import typing
+from typing import Iterator, List, Tuple
+
+from .. import config as C
+
+BEGIN, END = "<!-- config-reference -->", "<!-- /config-reference -->"
+
+
+def show(args: argparse.Namespace) -> int:
+    sys.stdout.write(C.dump_config(C.load_config(args.config, args.overrides)))
+    return 0
+
+
+def print_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(reference())
+    return 0
+
+
+def from_hf(args: argparse.Namespace) -> int:
+    from ..hf.config import model_section_yaml
+
+    sys.stdout.write(model_section_yaml(args.folder))
+    return 0
+
+
+def _comment(cls, name: str) -> str:
+    for line in inspect.getsourcelines(cls)[0]:
+        m = re.match(rf"\s+{name}:.*?#\s*(.*)$", line)
+        if m:
+            return m.group(1).replace("|", "\\|")
+    return ""
+
+
+def _walk(cls, prefix: str) -> Iterator[Tuple[str, object, str]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name], prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        yield prefix + f.name, default, _comment(cls, f.name)
+
+
+def reference() -> str:
+    """Markdown: one table per section."""
+    out: List[str] = []
+    hints = typing.get_type_hints(C.Config)
+    for section in dataclasses.fields(C.Config):
+        tp = hints[section.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        doc = (inspect.getdoc(tp) or "").split("\n\n")[0].replace("\n", " ")
+        out.append(f"**`{section.name}`**" + (f" — {doc}" if doc and not doc.startswith(tp.__name__) else ""))
+        out.append("")
+        out.append("| key | default | meaning |")
+        out.append("|---|---|---|")
+        for key, default, meaning in _walk(tp, ""):
+            out.append(f"| `{key}` | `{default}` | {meaning} |")
+        out.append("")
+    out.append("**`megatron`**, **`sglang`** — free-form: passed verbatim to Megatron's `TransformerConfig` "
+               "and to SGLang's server arguments (and `sglang.router` to sglang-router).")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,112 @@
+"""The generated toy task of the CPU demo: multi-digit addition.
+
+Why this task shows CHORD's point at laptop scale: the base model is pre-trained to answer
+directly ("37+48=85"), which a tiny model gets wrong whenever carries pile up. The expert data
+writes the carrying out, digit by digit from the right, before the answer:
+
+    prompt  "37+48="
+    direct  "85"                      (what the base model was taught)
+    expert  "7+8+0=15,3+4+1=08|85"    (a pattern the base model has never seen)
+
+Rewards are checkable (the number after the last "|", or the whole response), so RL works
+on any format; SFT on expert rows brings in the scratchpad, which the model can then exploit.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+ANSWER = re.compile(r"^\s*(-?\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.a}+{self.b}="
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b
+
+    def direct(self) -> str:
+        return str(self.answer)
+
+    def expert(self) -> str:
+        """The written-out carrying: one "x+y+c=ss" step per digit, right to left, then |answer."""
+        xs, ys = str(self.a)[::-1], str(self.b)[::-1]
+        steps, carry = [], 0
+        for i in range(max(len(xs), len(ys))):
+            x = int(xs[i]) if i < len(xs) else 0
+            y = int(ys[i]) if i < len(ys) else 0
+            s = x + y + carry
+            steps.append(f"{x}+{y}+{carry}={s:02d}")
+            carry = s // 10
+        return ",".join(steps) + f"|{self.answer}"
+
+
+def make_splits(digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int) -> Dict[str, List[Problem]]:
+    """Disjoint problem sets: RL prompts, expert (SFT) problems, held-out evaluation, and the
+    base model's pre-training problems (disjoint from evaluation)."""
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    space = (hi - lo + 1) ** 2
+    if n_rl + n_expert + n_eval > space // 2:
+        raise ValueError(f"arith: {n_rl + n_expert + n_eval} problems asked of a space of {space}")
+    rng = random.Random(seed)
+    seen: set = set()
+
+    def draw(n: int) -> List[Problem]:
+        out = []
+        while len(out) < n:
+            p = Problem(rng.randint(lo, hi), rng.randint(lo, hi))
+            if (p.a, p.b) not in seen:
+                seen.add((p.a, p.b))
+                out.append(p)
+        return out
+
+    evaluation = draw(n_eval)
+    rl = draw(n_rl)
+    expert = draw(n_expert)
+    return {"eval": evaluation, "rl": rl, "expert": expert}
+
+
+def pretrain_problems(digits: int, n: int, seed: int, exclude: Sequence[Problem]) -> List[Problem]:
+    """Problems for the base model's direct-answer pre-training, never from `exclude` (eval)."""
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
+    banned = {(p.a, p.b) for p in exclude}
+    rng = random.Random(seed + 7919)
+    out: List[Problem] = []
+    while len(out) < n:
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        if (a, b) not in banned:
+            out.append(Problem(a, b))
+    return out
+
+
+def parse_answer(response: str) -> Tuple[bool, int | None]:
+    """(well_formed, value): the number after the last "|", or the whole response."""
+    tail = response.rsplit("|", 1)[-1]
+    m = ANSWER.match(tail)
+    return (True, int(m.group(1))) if m else (False, None)
+
+
+def arith_reward(prompt: str, response: str, metadata: dict) -> float:
+    """+1 correct, 0 a wrong but well-formed number, -0.1 no parsable answer (the paper's
+    math scheme, less the overlong case, which the trainer scores from the finish reason)."""
+    ok, value = parse_answer(response)
+    if not ok:
+        return -0.1
+    return 1.0 if value == int(metadata["answer"]) else 0.0
+
+
+def register_arith_reward() -> None:
+    """The generated task's reward joins the registry under the name configs use ("arith")."""
+    from ..rewards import register_reward, registered_rewards
+
+    if "arith" not in registered_rewards():
+        register_reward("arith")(arith_reward)

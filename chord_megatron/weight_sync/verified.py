@@ -1,0 +1,93 @@
+"""Trainer -> rollout engine weight sync, timed and verified.
+
+push(): every rank walks the engine's full tensors (a collective: TP shards are gathered and PP
+stages walked); rank 0 converts them to Hugging Face names and hands them to the rollout engine.
+verify(): a sync that "succeeded" can still serve wrong weights (tied embeddings, a missed
+layer), so after every N pushes the engine samples a fixed probe batch and the trainer scores
+the same tokens; a gap above rollout.verify_tolerance stops the run.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterable, Iterator, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ..data import seeding
+from ..data.batch import build_train_batch
+from .buckets import tensor_bytes
+from ..config import Config
+from ..errors import ChordError
+from ..train.parallel import is_rank0
+
+class SyncVerificationError(ChordError, RuntimeError):
+    """The rollout engine serves log-probs that do not match the trainer's weights."""
+
+
+class WeightSync:
+    def __init__(self, engine, rollout, cfg: Config, *, probe_prompts: Sequence[Sequence[int]] = (),
+                 stop_token_ids: Sequence[int] = (), pad_id: int = 0):  # fmt: skip
+        self.engine, self.rollout, self.cfg = engine, rollout, cfg
+        self.probe_prompts = [list(p) for p in probe_prompts]
+        self.stop_token_ids = tuple(stop_token_ids)
+        self.pad_id = pad_id
+        self.pushes = 0
+
+    @property
+    def rank0(self) -> bool:
+        return is_rank0()
+
+    def push(self, version: int) -> Dict[str, float]:
+        from .convert import Layout, megatron_to_hf
+
+        t0 = time.perf_counter()
+        nbytes = [0]
+        named = self.engine.export_weights()
+        if self.rank0:
+            def counted(items: Iterable[Tuple[str, torch.Tensor]]) -> Iterator[Tuple[str, torch.Tensor]]:
+                for name, t in items:
+                    nbytes[0] += tensor_bytes(t)
+                    yield name, t
+
+            self.rollout.pause()
+            try:
+                self.rollout.update_weights(counted(megatron_to_hf(named, Layout.from_model_config(self.cfg.model, self.cfg.megatron))), str(version))
+            finally:
+                self.rollout.resume()
+        else:
+            for _ in named:  # take part in the gathers
+                pass
+        seconds = time.perf_counter() - t0
+        self.pushes += 1
+        metrics = {"sync/seconds": seconds, "sync/bytes_per_s": nbytes[0] / max(seconds, 1e-9)}
+        every = self.cfg.rollout.verify_every
+        if every and self.pushes % every == 0:
+            metrics.update(self.verify(version))
+        return metrics
+
+    def verify(self, version: int) -> Dict[str, float]:
+        """Max |engine - trainer| log-prob over a probe batch sampled by the engine."""
+        from ..rollout.engine import SamplingParams
+
+        batch = None
+        if self.rank0:
+            if not self.probe_prompts:
+                raise ValueError("WeightSync.verify needs probe prompts")
+            params = SamplingParams.from_config(self.cfg.rollout, stop_token_ids=self.stop_token_ids, seed=seeding.PROBE)
+            rollouts = self.rollout.generate(self.probe_prompts, 2, params)
+            batch = build_train_batch(rollouts, torch.zeros(len(rollouts)), [], pad_id=self.pad_id)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            box = [batch]
+            dist.broadcast_object_list(box, src=0)
+            batch = box[0]
+        trainer = self.engine.compute_logprobs(batch)
+        mask = batch.loss_mask.bool()
+        gap = float((trainer - batch.rollout_logp).abs()[mask].max())
+        if gap > self.cfg.rollout.verify_tolerance:
+            raise SyncVerificationError(
+                f"after weight sync {version}: the rollout engine's log-probs differ from the trainer's by up to "
+                f"{gap:.3g} (rollout.verify_tolerance={self.cfg.rollout.verify_tolerance}); the engine is not "
+                f"serving the trained weights"
+            )
+        return {"sync/verify_max_gap": gap}
