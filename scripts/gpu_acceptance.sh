@@ -16,4 +16,4 @@ if [ -n "${WHEELS:-}" ]; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" scripts/gpu_acceptance/run.py "$@"
+exec "$py" -m scripts.gpu_acceptance.run "$@"

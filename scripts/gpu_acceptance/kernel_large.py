@@ -9,11 +9,8 @@ logits (row sums in the hundreds), and nothing may be NaN or inf.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import StepReport  # noqa: E402
+from scripts.gpu_acceptance.report import StepReport
 
 TEMPERATURE = 0.9
 

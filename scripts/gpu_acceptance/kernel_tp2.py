@@ -8,12 +8,9 @@ must reproduce the one-process (TP=1) log-probs, entropies and gradient shard.
 from __future__ import annotations
 
 import socket
-import sys
 from datetime import timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import StepReport  # noqa: E402
+from scripts.gpu_acceptance.report import StepReport
 
 TEMPERATURE = 0.8
 

@@ -13,10 +13,8 @@ import platform
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py beside this file (run as a script)
-from report import StepReport  # noqa: E402
+from scripts.gpu_acceptance.report import StepReport
 
 PACKAGES = ("torch", "triton", "transformers", "megatron-core", "transformer-engine", "apex", "sglang",
             "sglang-router", "nvidia-nccl-cu13", "nvidia-nccl-cu12", "flash-attn", "numpy")  # fmt: skip

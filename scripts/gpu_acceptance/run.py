@@ -43,7 +43,8 @@ class Step:
 
 
 def _script(name: str):
-    return lambda out, work, dry: [PY, str(HERE / f"{name}.py"), "--out", str(work)] + (["--dry-run"] if dry else [])
+    module = f"scripts.gpu_acceptance.{name}"
+    return lambda out, work, dry: [PY, "-m", module, "--out", str(work)] + (["--dry-run"] if dry else [])
 
 
 def _pytest(paths: List[str], name: str):
