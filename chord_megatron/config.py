@@ -115,7 +115,7 @@ class RolloutConfig:
     max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
     verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
-    verify_tolerance: float = 1e-3  # largest allowed max abs log-prob gap
+    verify_tolerance: Optional[float] = None  # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision (1e-2 when bf16 is involved, 1e-4 in fp32)
     weight_sync: str = "tensor"  # tensor (colocated), nccl (separate nodes), disk
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
     router_url: Optional[str] = None  # attach to a running sglang-router

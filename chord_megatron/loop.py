@@ -129,7 +129,8 @@ RENAME = {
     "phi_mean": "phi/mean", "clip_frac": "clip/frac", "dual_clip_frac": "clip/dual_frac",
     "approx_kl": "kl/approx", "ratio_mean": "ratio/mean", "entropy_rl": "entropy/rl",
     "entropy_sft": "entropy/expert", "tis_weight_mean": "tis/weight_mean",
-    "logp_mismatch_mean": "mismatch/mean", "logp_mismatch_max": "mismatch/max",
+    "logp_mismatch_mean": "mismatch/mean", "logp_mismatch_max": "mismatch/max", "logp_mismatch_kl": "mismatch/kl",
+    "logp_mismatch_nonfinite": "mismatch/nonfinite",
     "rl_tokens": "tokens/rl", "sft_tokens": "tokens/expert", "grad_norm": "grad_norm", "lr": "lr", "mu": "mu",
     "padding_frac": "train/padding_frac",
 }  # fmt: skip
