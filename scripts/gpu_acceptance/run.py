@@ -73,6 +73,7 @@ STEPS = [
     Step("engine_smoke", 90, "bf16 engine, world size 1 on NCCL", _script("engine_smoke")),
     Step("hf_parity", 45, "random tiny Qwen2 vs transformers", _script("hf_parity")),
     Step("te_sglang", 15, "pytest -m gpu tests/gpu (TE THD packing, SGLang)", _pytest(["tests/gpu"], "te_sglang"), pytest=True),
+    Step("loop_smoke", 60, "chord train, the demo shortened, on the GPU", _script("loop_smoke")),
 ]
 
 
