@@ -58,6 +58,8 @@ METRICS: Tuple[Metric, ...] = (
     Metric("padding_frac", "train/padding_frac", WHOLE_BATCH),
     Metric("logp_mismatch_mean", "mismatch/mean", WHOLE_BATCH),
     Metric("logp_mismatch_max", "mismatch/max", WHOLE_BATCH),
+    Metric("logp_mismatch_kl", "mismatch/kl", WHOLE_BATCH),
+    Metric("logp_mismatch_nonfinite", "mismatch/nonfinite", WHOLE_BATCH),
     Metric("logp_mismatch_tokens", "mismatch/tokens", WHOLE_BATCH),
     # the driver's (loop.py, weight_sync/verified.py)
     Metric("rollout/seconds", "rollout/seconds", LOOP),
@@ -68,6 +70,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("response/truncated", "response/truncated", LOOP),
     Metric("sync/seconds", "sync/seconds", LOOP),
     Metric("sync/bytes_per_s", "sync/bytes_per_s", LOOP),
+    Metric("sync/verify_kl", "sync/verify_kl", LOOP),
     Metric("sync/verify_max_gap", "sync/verify_max_gap", LOOP),
     Metric("step/seconds", "step/seconds", LOOP),
     Metric("train/tokens_per_s", "train/tokens_per_s", LOOP),

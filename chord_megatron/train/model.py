@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Mapping
+import os
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,20 +31,48 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
+def transformer_engine_error() -> Optional[str]:
+    """None when transformer-engine's torch part imports, else why not (one line).
+
+    `import transformer_engine` alone proves nothing: its top-level __init__ swallows the
+    ImportError of a broken torch extension, and Megatron then fails deep inside layer building.
+    """
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any failure means the TE layers cannot be built
+        return f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    return None
+
+
 def use_transformer_engine(impl: str) -> bool:
+    """model.transformer_impl: local | transformer_engine (an error without it) | auto."""
     if impl == "local":
         return False
-    try:
-        import transformer_engine  # noqa: F401
+    why = transformer_engine_error() or (None if torch.cuda.is_available() else "no CUDA")
+    if impl == "transformer_engine" and why:
+        raise ValueError(f"model.transformer_impl=transformer_engine: transformer-engine cannot be used here ({why})")
+    return why is None
 
-        have_te = True
-    except ImportError:
-        have_te = False
-    if impl == "transformer_engine":
-        if not (have_te and torch.cuda.is_available()):
-            raise ValueError("model.transformer_impl=transformer_engine needs transformer-engine and CUDA")
-        return True
-    return have_te and torch.cuda.is_available()
+
+def fusion_settings(on_gpu: bool, te: bool) -> Dict[str, bool]:
+    """Megatron's fused paths: on wherever their kernels exist, off on CPU (they are CUDA kernels).
+
+    - bias-activation and bias-dropout-add fusions are torch-scripted CUDA code: GPU only;
+    - RoPE fusion and gradient-accumulation fusion come with transformer-engine's layers (TE's
+      fused RoPE also handles packed THD rows, where unfused RoPE calls .tolist() on the
+      sequence lengths in every layer, a host sync; TE's linear layers accumulate weight
+      gradients straight into Megatron's fp32 main_grad buffers);
+    - the masked-softmax fusion is apex's kernel for the local spec's attention, which TE's
+      attention does not use: off.
+    """
+    return dict(
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        apply_rope_fusion=on_gpu and te,
+        gradient_accumulation_fusion=on_gpu and te,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+    )
 
 
 def megatron_overrides(raw: Mapping[str, Any]) -> Dict[str, Any]:
@@ -95,13 +124,7 @@ def transformer_config(cfg: Config, par: ParallelState):
         # Our loss is already normalised by global token counts (train/step.py): Megatron
         # must neither divide by the number of micro-batches nor average over DP ranks.
         calculate_per_token_loss=True,
-        # Fused kernels exist only on CUDA (and some only with apex / transformer-engine).
-        bias_activation_fusion=on_gpu,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        **fusion_settings(on_gpu, use_transformer_engine(m.transformer_impl)),
         # Over gloo, batched isend/irecv mismatches messages when a stage's previous and next
         # stage are the same rank (PP=2 with virtual stages): the activations of interleaved
         # micro-batches came out slightly wrong (tests/dist/test_train_layouts.py, pp2_vpp2).
@@ -123,7 +146,10 @@ def layer_spec(cfg: Config):
     )
 
     if use_transformer_engine(cfg.model.transformer_impl):
+        _log_spec_once("transformer-engine layer spec")
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.model.qk_layernorm)
+    if torch.cuda.is_available():  # a GPU run on the slower local layers deserves a word
+        _log_spec_once(f"local layer spec (transformer-engine: {transformer_engine_error() or 'not asked for'})")
     spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=cfg.model.qk_layernorm)
     if cfg.parallel.context > 1:
         from .cp_attention import ContextParallelDotProductAttention
@@ -131,6 +157,15 @@ def layer_spec(cfg: Config):
         spec = copy.deepcopy(spec)
         spec.submodules.self_attention.submodules.core_attention = ContextParallelDotProductAttention
     return spec
+
+
+_LOGGED: set = set()
+
+
+def _log_spec_once(what: str) -> None:
+    if what not in _LOGGED and int(os.environ.get("RANK", "0")) == 0:
+        _LOGGED.add(what)
+        print(f"model: {what}", flush=True)
 
 
 def build_gpt_chunks(cfg: Config, par: ParallelState, tcfg=None) -> List[torch.nn.Module]:

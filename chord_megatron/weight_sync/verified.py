@@ -4,7 +4,8 @@ push(): every rank walks the engine's full tensors (a collective: TP shards are 
 stages walked); rank 0 converts them to Hugging Face names and hands them to the rollout engine.
 verify(): a sync that "succeeded" can still serve wrong weights (tied embeddings, a missed
 layer), so after every N pushes the engine samples a fixed probe batch and the trainer scores
-the same tokens; a gap above rollout.verify_tolerance stops the run.
+the same tokens; a non-finite log-prob, or a token-mean KL above rollout.verify_tolerance
+(precision-aware by default), stops the run.
 """
 from __future__ import annotations
 
@@ -67,8 +68,10 @@ class WeightSync:
         return metrics
 
     def verify(self, version: int) -> Dict[str, float]:
-        """Max |engine - trainer| log-prob over a probe batch sampled by the engine."""
+        """Served vs trainer log-probs over a probe batch sampled by the engine; see check_served."""
         from ..rollout.engine import SamplingParams
+        from ..train.batching import on_policy_mask
+        from ..train.metrics import logprob_mismatch
 
         batch = None
         if self.rank0:
@@ -82,12 +85,33 @@ class WeightSync:
             dist.broadcast_object_list(box, src=0)
             batch = box[0]
         trainer = self.engine.compute_logprobs(batch)
-        mask = batch.loss_mask.bool()
-        gap = float((trainer - batch.rollout_logp).abs()[mask].max())
-        if gap > self.cfg.rollout.verify_tolerance:
-            raise SyncVerificationError(
-                f"after weight sync {version}: the rollout engine's log-probs differ from the trainer's by up to "
-                f"{gap:.3g} (rollout.verify_tolerance={self.cfg.rollout.verify_tolerance}); the engine is not "
-                f"serving the trained weights"
-            )
-        return {"sync/verify_max_gap": gap}
+        stats = logprob_mismatch(trainer, batch.rollout_logp, on_policy_mask(batch))
+        check_served(stats, verify_tolerance(self.cfg), f"after weight sync {version}")
+        return {"sync/verify_kl": stats["logp_mismatch_kl"], "sync/verify_max_gap": stats["logp_mismatch_max"]}
+
+
+def verify_tolerance(cfg: Config) -> float:
+    """rollout.verify_tolerance, or by precision: bf16 on either side (the trainer on GPU, any
+    SGLang server) disagrees with itself at the 1e-4..1e-3 level in KL; fp32 against fp32 far less."""
+    if cfg.rollout.verify_tolerance is not None:
+        return cfg.rollout.verify_tolerance
+    from ..train.model import resolve_dtype
+
+    bf16 = resolve_dtype(cfg.model.dtype) != torch.float32 or cfg.rollout.engine == "sglang"
+    return 1e-2 if bf16 else 1e-4
+
+
+def check_served(stats: Dict[str, float], tolerance: float, when: str) -> None:
+    """Raise SyncVerificationError unless the served log-probs match the trainer's: every token
+    finite, and the token-mean KL (k3) within `tolerance` (see train.metrics.logprob_mismatch)."""
+    if stats["logp_mismatch_nonfinite"]:
+        raise SyncVerificationError(
+            f"{when}: {stats['logp_mismatch_nonfinite']:.0f} of {stats['logp_mismatch_tokens']:.0f} probe tokens have "
+            "a NaN or infinite log-prob on the rollout engine or the trainer"
+        )
+    if not stats["logp_mismatch_kl"] <= tolerance:
+        raise SyncVerificationError(
+            f"{when}: the rollout engine's log-probs differ from the trainer's by KL {stats['logp_mismatch_kl']:.3g} per "
+            f"token (max gap {stats['logp_mismatch_max']:.3g}; rollout.verify_tolerance={tolerance:g}); the engine is "
+            "not serving the trained weights"
+        )

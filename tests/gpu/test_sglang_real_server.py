@@ -30,7 +30,7 @@ def test_chord_train_with_a_real_sglang_server(tmp_path):
         sys.executable, "-m", "chord_megatron.cli", "train", str(ROOT / "configs/demo.yaml"),
         "rollout.engine=sglang", f"sglang.model_path={model_dir}", "sglang.skip_tokenizer_init=true",
         "sglang.mem_fraction_static=0.3", "rollout.weight_sync=tensor", "rollout.verify_every=1",
-        "rollout.verify_tolerance=2e-2",  # bf16 serving vs the fp32 trainer
+        "rollout.verify_tolerance=1e-2",  # token-mean KL, bf16 serving vs the fp32 trainer
         "base.steps=20", "train.steps=3", "train.eval_every=3", "data.arith_eval_prompts=16",
         f"train.output_dir={run}", "--no-progress",
     ]  # fmt: skip
@@ -39,5 +39,5 @@ def test_chord_train_with_a_real_sglang_server(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss/total" in r]
     assert len(steps) == 3
-    assert all(r["sync/verify_max_gap"] <= 2e-2 for r in steps if "sync/verify_max_gap" in r)
+    assert all(r["sync/verify_kl"] <= 1e-2 for r in steps if "sync/verify_kl" in r)
     assert all(r["mismatch/max"] < 0.1 for r in steps if "mismatch/max" in r)

@@ -142,3 +142,14 @@ def test_every_shipped_config_loads():
     assert configs, "the repo ships configs"
     for path in configs:
         load_config(path)
+
+
+def test_own_data_with_the_demo_config_names_base_steps():
+    """The demo config trains a toy arithmetic base model first; with your own JSONL data that
+    stage has nothing to train on, which is a config error naming the key (not a traceback)."""
+    demo = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    own = ["data.task=jsonl", "data.prompt_path=rl.jsonl", "data.expert_path=sft.jsonl"]
+    msg = error_of(demo, own)
+    assert "base.steps: trains the demo's toy base model" in msg, msg
+    assert "data.task=arith" in msg and "model.hf_path" in msg
+    assert load_config(demo, own + ["base.steps=0"]).base.steps == 0

@@ -110,3 +110,14 @@ def test_parallel_layout_fits_h100_nodes(path):
     assert cfg.rollout.weight_sync == ("tensor" if path.stem.endswith("1x8") else "nccl")
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     assert set(cfg.megatron) <= fields
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_gpu_speed_settings(path):
+    """What a paper run needs to use its GPUs well: transformer-engine required (no silent fallback
+    to the local layers), packed rows (otherwise every row pads to the step's longest, ~17k tokens),
+    sequence parallelism whenever the model is split over tensor-parallel ranks."""
+    cfg = load_config(path)
+    assert cfg.model.transformer_impl == "transformer_engine"
+    assert cfg.train.pack_sequences
+    assert cfg.parallel.sequence_parallel == (cfg.parallel.tensor > 1)

@@ -1,5 +1,7 @@
 """Config -> Megatron TransformerConfig, tensor-parallel weight layouts, and the engine's guards
 (no process group needed for any of these)."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,8 +53,45 @@ def test_dtype_and_layer_spec_choice():
     assert use_transformer_engine("local") is False
     if not torch.cuda.is_available():
         assert use_transformer_engine("auto") is False
-        with pytest.raises(ValueError, match="needs transformer-engine and CUDA"):
+        with pytest.raises(ValueError, match="transformer-engine cannot be used here"):
             use_transformer_engine("transformer_engine")
+
+
+def test_a_transformer_engine_whose_torch_part_is_broken_is_not_used(tmp_path, monkeypatch):
+    """transformer_engine's top-level import swallows its torch extension's ImportError; the
+    detection imports the torch part, so a broken install is named instead of failing deep in
+    Megatron's layer building."""
+    from chord_megatron.train import model
+
+    pkg = tmp_path / "transformer_engine"
+    (pkg / "pytorch").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("try:\n    from . import pytorch\nexcept ImportError:\n    pass\n")
+    (pkg / "pytorch" / "__init__.py").write_text("raise ImportError('libtransformer_engine.so: undefined symbol')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("transformer_engine")]:
+        monkeypatch.delitem(sys.modules, name)
+    import transformer_engine  # noqa: F401 - the top level imports fine, as in the wild
+
+    assert "undefined symbol" in model.transformer_engine_error()
+    monkeypatch.setattr(model.torch.cuda, "is_available", lambda: True)  # even with CUDA
+    assert model.use_transformer_engine("auto") is False
+    with pytest.raises(ValueError, match="model.transformer_impl=transformer_engine: .*undefined symbol"):
+        model.use_transformer_engine("transformer_engine")
+
+
+def test_fused_paths_are_on_where_their_kernels_exist():
+    from chord_megatron.train.model import fusion_settings, transformer_config
+
+    cpu = fusion_settings(on_gpu=False, te=False)
+    assert not any(cpu.values()), cpu
+    gpu_te = fusion_settings(on_gpu=True, te=True)
+    for key in ("bias_activation_fusion", "bias_dropout_fusion", "apply_rope_fusion", "gradient_accumulation_fusion"):
+        assert gpu_te[key], key
+    gpu_local = fusion_settings(on_gpu=True, te=False)
+    assert gpu_local["bias_dropout_fusion"] and not gpu_local["apply_rope_fusion"]
+    assert not gpu_local["gradient_accumulation_fusion"]  # the local linear layers would need apex
+    t = transformer_config(cfg(), fake_par())  # this machine: CPU
+    assert not (t.apply_rope_fusion or t.gradient_accumulation_fusion or t.bias_dropout_fusion)
 
 
 def _param(shape, dim):

@@ -1,0 +1,195 @@
+"""The GPU acceptance run: every GPU question this project has, answered in one time-boxed call.
+
+    scripts/gpu_acceptance.sh [--out DIR] [--only a,b] [--skip a,b] [--dry-run]
+
+Steps run in priority order, each in its own process group with its own time budget (killed at
+the budget, recorded as failed), each skipped with a reason when what it needs is missing. All
+results land in one folder: summary.json (every step's checks and numbers), log.txt (every
+step's output) and kernel_bench.csv (rows in the format of kernels/bench/results.csv). The last
+thing printed is a one-screen table of pass / fail / skip with timings.
+
+Without a GPU it exits 2 with one line, never a pass. --dry-run walks every step's setup on CPU
+at toy sizes (Triton interpreted, the GPU hidden even where one exists), so that CI keeps this
+script from rotting between the rare GPU runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    budget_s: int
+    what: str
+    command: Callable[[Path, Path, bool], List[str]]  # (out, work, dry_run) -> argv
+    pytest: bool = False  # results come from a JUnit XML file instead of <name>.json
+
+
+def _script(name: str):
+    module = f"scripts.gpu_acceptance.{name}"
+    return lambda out, work, dry: [PY, "-m", module, "--out", str(work)] + (["--dry-run"] if dry else [])
+
+
+def _pytest(paths: List[str], name: str):
+    def command(out, work, dry):
+        base = [PY, "-m", "pytest", "-m", "gpu", *paths, "-q", "-rs", "-p", "no:cacheprovider"]
+        return base + (["--collect-only"] if dry else [f"--junitxml={work / (name + '.xml')}"])
+
+    return command
+
+
+def _bench(out, work, dry):
+    argv = [PY, str(ROOT / "kernels/bench/bench_logprobs.py"), "--csv", str(out / "kernel_bench.csv")]
+    if dry:
+        return argv + ["--quick", "--cpu", "--variants", "naive,chunked_inplace,triton_inplace"]
+    return argv + ["--n", "16384", "--v", "152064", "--dtype", "bfloat16", "--reps", "20",
+                   "--variants", "megatron_ce+entropy,naive,triton,triton_inplace"]  # fmt: skip
+
+
+# Priority order; budgets add up to 8 minutes on one GPU (the README lists them).
+STEPS = [
+    Step("probe", 25, "versions, GPU, copy bandwidth", _script("probe")),
+    Step("kernel_tests", 60, "pytest -m gpu kernels/tests", _pytest(["kernels/tests"], "kernel_tests"), pytest=True),
+    Step("kernel_large", 50, "N=16384 V=152064 bf16+fp32 vs chunked / float64", _script("kernel_large")),
+    Step("kernel_tp2", 45, "TP=2: two processes on the GPU, gloo", _script("kernel_tp2")),
+    Step("kernel_bench", 150, "fwd/bwd vs Megatron CE + entropy, bandwidth", _bench),
+    Step("engine_smoke", 90, "bf16 engine, world size 1 on NCCL", _script("engine_smoke")),
+    Step("hf_parity", 45, "random tiny Qwen2 vs transformers", _script("hf_parity")),
+    Step("te_sglang", 15, "pytest -m gpu tests/gpu (TE THD packing, SGLang)", _pytest(["tests/gpu"], "te_sglang"), pytest=True),
+    Step("loop_smoke", 60, "chord train, the demo shortened, on the GPU", _script("loop_smoke")),
+]
+
+
+def _junit(path: Path) -> dict:
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    reasons = sorted({s.get("message", "") for s in root.iter("skipped")})
+    failed = [f"{c.get('classname')}.{c.get('name')}" for c in root.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]  # fmt: skip
+    return {"counts": counts, "skip_reasons": reasons, "failed": failed}
+
+
+def _outcome(step: Step, rc, work: Path, dry: bool) -> dict:
+    """status/reason/result of a finished (or killed: rc None) step."""
+    if rc is None:
+        return {"status": "fail", "reason": f"killed at its {step.budget_s} s budget"}
+    if step.pytest and not dry:
+        xml = work / f"{step.name}.xml"
+        if not xml.exists():
+            return {"status": "fail", "reason": f"pytest exit {rc}, no report"}
+        r = _junit(xml)
+        c = r["counts"]
+        ran = c["tests"] - c["skipped"]
+        if c["failures"] or c["errors"] or rc not in (0, 5):
+            return {"status": "fail", "reason": f"{len(r['failed'])} failed: {', '.join(r['failed'])[:300]}", "result": r}
+        if ran == 0:
+            return {"status": "skip", "reason": "; ".join(r["skip_reasons"])[:300] or "no test selected", "result": r}
+        return {"status": "pass", "reason": f"{ran} passed, {c['skipped']} skipped", "result": r}
+    result_file = work / f"{step.name}.json"
+    if result_file.exists():
+        res = json.loads(result_file.read_text())
+        return {"status": res["status"], "reason": res.get("reason", ""), "result": res}
+    # Script steps always write their result file, skips included: without one, it crashed.
+    if rc == 0 and (step.pytest or step.command is _bench):
+        return {"status": "pass", "reason": ""}
+    return {"status": "fail", "reason": f"exit code {rc}, no result file (see log.txt)"}
+
+
+def run_step(step: Step, out: Path, work: Path, dry: bool, env: dict, log) -> dict:
+    argv = step.command(out, work, dry)
+    log.write(f"\n===== {step.name} ({step.what}); budget {step.budget_s} s\n$ {' '.join(argv)}\n")
+    log.flush()
+    t0 = time.monotonic()
+    # A process group of its own, so that a step killed at its budget takes its children along.
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=step.budget_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = None
+    seconds = round(time.monotonic() - t0, 1)
+    res = {"name": step.name, "what": step.what, "budget_s": step.budget_s, "seconds": seconds, **_outcome(step, rc, work, dry)}
+    log.write(f"===== {step.name}: {res['status']} in {seconds} s {res['reason']}\n")
+    log.flush()
+    return res
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "unknown (no git)"
+
+
+def table(results: List[dict]) -> str:
+    lines = [f"{'step':14} {'status':6} {'s':>6} {'budget':>6}  note", "-" * 78]
+    for r in results:
+        lines.append(f"{r['name']:14} {r['status']:6} {r['seconds']:6.1f} {r['budget_s']:6d}  {r['reason'][:44]}")
+    total = sum(r["seconds"] for r in results)
+    counts = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "skip")}
+    lines.append(f"{'total':14} {'':6} {total:6.1f} {sum(r['budget_s'] for r in results):6d}  "
+                 f"{counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="", help="results folder (default: gpu-acceptance-<UTC time>)")
+    p.add_argument("--only", default="", help="comma list of steps")
+    p.add_argument("--skip", default="", help="comma list of steps")
+    p.add_argument("--dry-run", action="store_true", help="walk every step on CPU at toy sizes")
+    args = p.parse_args(argv)
+    names = [s.name for s in STEPS]
+    for flag in (args.only, args.skip):
+        unknown = set(filter(None, flag.split(","))) - set(names)
+        if unknown:
+            p.error(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(names)}")
+    steps = [s for s in STEPS if (not args.only or s.name in args.only.split(",")) and s.name not in args.skip.split(",")]
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.dry_run:
+        env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("gpu_acceptance: no CUDA GPU visible to torch (nothing was run; --dry-run walks the steps on CPU)")
+            return 2
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out or f"gpu-acceptance-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "summary.json").exists():
+        print(f"gpu_acceptance: {out} already holds a summary.json; choose another --out")
+        return 2
+    summary = {"started": stamp, "commit": _git_commit(), "dry_run": args.dry_run, "steps": []}
+    with tempfile.TemporaryDirectory(prefix="gpu-acceptance-") as work, open(out / "log.txt", "a") as log:
+        for step in steps:
+            res = run_step(step, out, Path(work), args.dry_run, env, log)
+            summary["steps"].append(res)
+            print(f"{step.name}: {res['status']} in {res['seconds']} s {res['reason'][:100]}", flush=True)
+            (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))  # kept current if killed
+    print()
+    print(table(summary["steps"]))
+    print(f"results: {out}")
+    return 1 if any(r["status"] == "fail" for r in summary["steps"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
