@@ -144,6 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Overrides may come after options too (`chord train C --resume train.steps=5`): argparse
     # stops its positional list at the first option, so gather the leftovers here.
     args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "argv"):  # a pass-through subcommand: its own parser reads everything
+        args.argv, extra = [*extra, *args.argv], []
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")

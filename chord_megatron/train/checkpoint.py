@@ -51,13 +51,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..config import CHOICES
 from .compat import optimizer_load
 from .parallel import ParallelState
 
 LATEST = "latest"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
+OPTIMIZER_FORMATS = CHOICES["checkpoint.optimizer_format"]
 
 
 def step_dirname(step: int) -> str:

@@ -48,3 +48,48 @@ def test_overrides_may_follow_options(capsys):
 
     with pytest.raises(SystemExit):
         main(["config", "show", str(ROOT / "configs/demo.yaml"), "--bogus"])
+
+
+def test_every_error_chord_reports_has_the_one_root():
+    from chord_megatron.commands.launch.layout import LayoutError
+    from chord_megatron.config import ConfigError
+    from chord_megatron.data.jsonl import DataError
+    from chord_megatron.errors import ChordError
+    from chord_megatron.hf.config import HFCheckpointError
+    from chord_megatron.rewards import RewardError
+    from chord_megatron.rollout.engine import RolloutError
+    from chord_megatron.rollout.sglang.client import SGLangError
+    from chord_megatron.rollout.sglang.router import DeploymentError
+    from chord_megatron.weight_sync.verified import SyncVerificationError
+
+    errors = (ConfigError, DataError, LayoutError, HFCheckpointError, RewardError, RolloutError, SGLangError,
+              DeploymentError, SyncVerificationError)  # fmt: skip
+    assert all(issubclass(e, ChordError) for e in errors)
+    assert {e: e.exit_code for e in errors if e.exit_code == 2} == {ConfigError: 2, DataError: 2, LayoutError: 2,
+                                                                   HFCheckpointError: 2}  # fmt: skip
+
+
+def test_a_chord_error_is_one_line_with_its_exit_code(tmp_path, capsys):
+    assert main(["config", "from-hf", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"chord: HFCheckpointError: {tmp_path}: no config.json (model.hf_path must be a local Hugging Face folder)"
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    import pytest
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("chord_megatron.commands.config.show", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["config", "show", str(ROOT / "configs/demo.yaml")])
+
+
+def test_pass_through_subcommands_read_their_own_options(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prep-toolace", "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: chord data prep-toolace")
