@@ -16,6 +16,7 @@ a tensor in the wrong place shows): GQA 4 / 2 heads, QKV bias, untied embeddings
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import time
@@ -88,12 +89,10 @@ def hf_logprobs(model, batch, dtype):
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    m = model.to(device=device, dtype=dtype)
+    m = copy.deepcopy(model).to(device=device, dtype=dtype)  # a copy: the source keeps its fp32 weights
     with torch.no_grad():
         logits = m(batch.input_ids.to(device)).logits.float()
-    logp = logits.log_softmax(-1).gather(-1, batch.labels.to(device)[..., None]).squeeze(-1).cpu()
-    model.to(device="cpu", dtype=torch.float32)
-    return logp
+    return logits.log_softmax(-1).gather(-1, batch.labels.to(device)[..., None]).squeeze(-1).cpu()
 
 
 def gaps(logp, ref, mask) -> dict:
