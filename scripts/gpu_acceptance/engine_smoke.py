@@ -26,7 +26,6 @@ if not __package__:  # run as a file: make the `scripts` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from scripts.gpu_acceptance import world1  # noqa: E402
-from scripts.gpu_acceptance.report import StepReport  # noqa: E402
 
 VOCAB, ROWS, SEQ = 2048, 8, 64
 MODEL = [
@@ -141,7 +140,7 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def run(rep: StepReport) -> None:
+def run(rep) -> None:
     import torch
 
     from chord_megatron.train.engine import MegatronEngine
@@ -267,16 +266,7 @@ def run(rep: StepReport) -> None:
 
 
 def main() -> None:
-    rep = StepReport("engine_smoke", __doc__.splitlines()[0])
-    reason = world1.prepare(rep.dry_run)
-    if reason:
-        rep.skip(reason)
-    try:
-        with rep.check("script"):  # only what no check caught lands here
-            run(rep)
-    finally:
-        world1.shutdown()
-    rep.finish()
+    world1.main("engine_smoke", __doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":  # dist-checkpointing may start processes: keep the guard

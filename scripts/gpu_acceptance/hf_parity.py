@@ -26,7 +26,6 @@ if not __package__:  # run as a file: make the `scripts` package importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from scripts.gpu_acceptance import world1  # noqa: E402
-from scripts.gpu_acceptance.report import StepReport  # noqa: E402
 
 VOCAB, ROWS, SEQ = 1024, 4, 48
 FP32_TOL = 1e-4
@@ -70,6 +69,15 @@ def engine_config(rep, folder: Path, dtype: str):
     return cfg
 
 
+def hf_engine(rep, folder: Path, dtype: str):
+    """(config, MegatronEngine) with the checkpoint's weights, read through model.hf_path."""
+    from chord_megatron.hf_io import hf_state_dict
+    from chord_megatron.train.engine import MegatronEngine
+
+    cfg = engine_config(rep, folder, dtype)
+    return cfg, MegatronEngine(cfg, full_state_dict=hf_state_dict(cfg))
+
+
 def make_batch():
     import torch
 
@@ -107,11 +115,10 @@ def same_tensors(got: dict, want: dict) -> dict:
             "missing": sorted(set(want) - set(got))[:5], "extra": sorted(set(got) - set(want))[:5]}  # fmt: skip
 
 
-def run(rep: StepReport) -> None:
+def run(rep) -> None:
     import torch
 
-    from chord_megatron.hf_io import export_hf, hf_state_dict, run_export_hf
-    from chord_megatron.train.engine import MegatronEngine
+    from chord_megatron.hf_io import export_hf, run_export_hf
     from chord_megatron.weight_sync.convert import Layout, megatron_to_hf
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
 
@@ -127,8 +134,7 @@ def run(rep: StepReport) -> None:
 
     with rep.check("logprobs_fp32"):
         t0 = time.monotonic()
-        cfg = engine_config(rep, folder, "fp32")
-        engine = MegatronEngine(cfg, full_state_dict=hf_state_dict(cfg))
+        cfg, engine = hf_engine(rep, folder, "fp32")
         state.update(cfg32=cfg, engine32=engine)
         g = gaps(engine.compute_logprobs(batch), ref, mask)
         spread = float(ref[mask].std())
@@ -145,8 +151,7 @@ def run(rep: StepReport) -> None:
 
     with rep.check("logprobs_bf16"):
         t0 = time.monotonic()
-        cfg = engine_config(rep, folder, "bf16")
-        engine = MegatronEngine(cfg, full_state_dict=hf_state_dict(cfg))
+        cfg, engine = hf_engine(rep, folder, "bf16")
         state.update(cfg16=cfg, engine16=engine)
         mine = gaps(engine.compute_logprobs(batch), ref, mask)
         theirs = gaps(hf_logprobs(source, batch, torch.bfloat16), ref, mask)
@@ -181,20 +186,7 @@ def run(rep: StepReport) -> None:
 
 
 def main() -> None:
-    rep = StepReport("hf_parity", __doc__.splitlines()[0])
-    reason = world1.prepare(rep.dry_run)
-    if reason:
-        rep.skip(reason)
-    try:
-        import transformers  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        rep.skip(f"transformers is not importable: {type(e).__name__}: {e}"[:300])
-    try:
-        with rep.check("script"):  # only what no check caught lands here (e.g. building the checkpoint)
-            run(rep)
-    finally:
-        world1.shutdown()
-    rep.finish()
+    world1.main("hf_parity", __doc__.splitlines()[0], run, needs=("transformers",))
 
 
 if __name__ == "__main__":  # dist-checkpointing may start processes: keep the guard

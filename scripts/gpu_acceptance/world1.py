@@ -14,6 +14,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def main(name: str, description: str, run, *, needs=()) -> None:
+    """The life of an engine step: parse --out / --dry-run, skip with the reason when the GPU,
+    megatron-core or a module of `needs` is missing, run(report) with whatever no check caught
+    recorded as the check "script", tear the world down, write DIR/<name>.json and exit."""
+    from scripts.gpu_acceptance.report import StepReport
+
+    rep = StepReport(name, description)
+    reason = prepare(rep.dry_run)
+    for module in () if reason else needs:
+        try:
+            __import__(module)
+        except Exception as e:  # noqa: BLE001
+            reason = f"{module} is not importable: {type(e).__name__}: {e}"[:300]
+            break
+    if reason:
+        rep.skip(reason)
+    try:
+        with rep.check("script"):
+            run(rep)
+    finally:
+        shutdown()
+    rep.finish()
+
+
 def prepare(dry_run: bool):
     # The runner sets PYTHONPATH=<repo>:<repo>/kernels; a hand-started script may not have it.
     for path in (ROOT, ROOT / "kernels"):
