@@ -173,19 +173,21 @@ def run(rep) -> None:
         t0 = time.monotonic()
         engine = state["engine"]
         with KernelDtypes() as seen:
-            steps = []
+            state["kernel"] = seen.seen  # kept even if a step fails
+            steps, step_seconds = [], []
             for s in range(3):
+                t = time.monotonic()
                 steps.append(engine.train_step(make_batch(s), s))
+                step_seconds.append(round(time.monotonic() - t, 3))  # the first one compiles (GPU: fused SwiGLU, kernel)
                 if s == 0:
                     state["plain"] = {"metrics": steps[0], "grads": grads(engine)}
-        state["kernel"] = seen.seen
         state["straight"] = {"metrics": steps[2], "weights": weights(engine), "adam": adam_state(engine)}
         keys = ("loss", "grad_norm", "lr", "update_successful")
         numbers = {k: [s[k] for s in steps] for k in keys}
         ok = all(math.isfinite(s["loss"]) and math.isfinite(s["grad_norm"]) and s["grad_norm"] > 0
                  and s["update_successful"] == 1.0 for s in steps)  # fmt: skip
         rep.record("finite_steps", ok, **numbers, rl_tokens=steps[0]["rl_tokens"], sft_tokens=steps[0]["sft_tokens"],
-                   seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+                   step_seconds=step_seconds, seconds=round(time.monotonic() - t0, 2))  # fmt: skip
 
     with rep.check("logits_dtype_at_kernel"):
         seen = state["kernel"]
