@@ -65,13 +65,13 @@ def _bench(out, work, dry):
 
 # Priority order; budgets add up to 8 minutes on one GPU (the README lists them).
 STEPS = [
-    Step("probe", 25, "versions, GPU, copy bandwidth", _script("probe")),
-    Step("kernel_tests", 60, "pytest -m gpu kernels/tests", _pytest(["kernels/tests"], "kernel_tests"), pytest=True),
-    Step("kernel_large", 50, "N=16384 V=152064 bf16+fp32 vs chunked / float64", _script("kernel_large")),
-    Step("kernel_tp2", 45, "TP=2: two processes on the GPU, gloo", _script("kernel_tp2")),
+    Step("probe", 20, "versions, GPU, copy bandwidth", _script("probe")),
+    Step("kernel_tests", 45, "pytest -m gpu kernels/tests", _pytest(["kernels/tests"], "kernel_tests"), pytest=True),
+    Step("kernel_large", 45, "N=16384 V=152064 bf16+fp32 vs chunked / float64", _script("kernel_large")),
+    Step("kernel_tp2", 40, "TP=2: two processes on the GPU, gloo", _script("kernel_tp2")),
     Step("kernel_bench", 150, "fwd/bwd vs Megatron CE + entropy, bandwidth", _bench),
-    Step("engine_smoke", 90, "bf16 engine, world size 1 on NCCL", _script("engine_smoke")),
-    Step("hf_parity", 45, "random tiny Qwen2 vs transformers", _script("hf_parity")),
+    Step("engine_smoke", 75, "bf16 engine, world size 1 on NCCL", _script("engine_smoke")),
+    Step("hf_parity", 40, "random tiny Qwen2 vs transformers", _script("hf_parity")),
     Step("te_sglang", 15, "pytest -m gpu tests/gpu (TE THD packing, SGLang)", _pytest(["tests/gpu"], "te_sglang"), pytest=True),
     Step("loop_smoke", 60, "chord train, the demo shortened, on the GPU", _script("loop_smoke")),
 ]
