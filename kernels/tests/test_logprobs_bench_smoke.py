@@ -1,5 +1,6 @@
-"""Smoke test of the benchmark script: a tiny shape, a few variants, rows land in a CSV."""
+"""Smoke tests of the benchmark script: a tiny shape, a few variants or launch configs, rows land in a CSV."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,41 @@ def test_bench_quick_writes_csv(tmp_path):
     naive, chunked = rows[0], rows[1]
     assert float(naive["peak_extra_x_logits"]) > 2.0
     assert float(chunked["peak_extra_x_logits"]) < 1.0
+
+
+@pytest.mark.slow  # ~15 s: one worker per config and per baseline, kernels interpreted
+def test_sweep_quick_under_interpreter(tmp_path):
+    """--sweep --quick: 2 launch configs of the interpreted kernel, rows labelled by config,
+    a fwd+bwd-sorted table, the default's ratio to the baselines, and the best config as JSON."""
+    out = tmp_path / "sweep.csv"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--sweep", "--quick", "--threads", "1", "--reps", "2", "--budget-s", "240",
+         "--csv", str(out)], capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    sweep_rows = [r for r in rows if r["variant"] == "triton_inplace"]
+    notes = sorted({r["note"] for r in sweep_rows})
+    assert notes == ["sweep: rows=32 block_v=1024 warps=1 stages=2 lanes=on",
+                     "sweep: rows=32 block_v=2048 warps=1 stages=1 lanes=off (default)"], notes  # fmt: skip
+    assert sorted(r["pass"] for r in sweep_rows) == sorted(["fwd", "bwd", "fwd+bwd"] * 2)
+    assert {r["variant"] for r in rows} - {"triton_inplace"} >= {"naive"}
+    for r in rows:
+        assert 0 < float(r["p20_ms"]) <= float(r["p50_ms"]) <= float(r["p80_ms"])
+    assert "vs naive (p50 ratio" in proc.stdout
+    best = json.loads(proc.stdout.strip().splitlines()[-2])  # the line before "appended ..."
+    fwd_bwd = {r["note"]: float(r["p50_ms"]) for r in sweep_rows if r["pass"] == "fwd+bwd"}
+    assert best["p50_ms"]["fwd+bwd"] == min(fwd_bwd.values())
+
+
+def test_sweep_budget_spent_before_start(tmp_path):
+    """A spent --budget-s starts no worker, says so, and exits cleanly with nothing to write."""
+    out = tmp_path / "sweep.csv"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, BENCH, "--sweep", "--quick", "--budget-s", "0", "--csv", str(out)],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--budget-s of 0 s is spent" in proc.stdout
+    assert "no configuration was measured" in proc.stdout
+    assert not out.exists()
