@@ -288,6 +288,11 @@ def run(args) -> list:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     variants = args.variants.split(",") if args.variants else default_variants(device)
     baseline = args.baseline or ("megatron_ce+entropy" if device == "cuda" else "naive")
+    why = unavailable_reason(baseline, device)
+    if why and not args.baseline:  # e.g. a GPU box without megatron-core: still give ratios
+        print(f"baseline {baseline} unavailable ({why}): using naive instead")
+        baseline = "naive"
+        variants = variants if "naive" in variants else ["naive"] + variants
     if baseline in variants:  # measure the baseline first so ratios can be printed as we go
         variants = [baseline] + [v for v in variants if v != baseline]
     passes = args.passes.split(",")
@@ -391,7 +396,7 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--passes", default=",".join(PASSES))
     p.add_argument("--variants", default="", help=f"comma list; default: all for the device ({', '.join(VARIANTS)})")
-    p.add_argument("--baseline", default="", help="default: megatron_ce+entropy on CUDA, naive on CPU")
+    p.add_argument("--baseline", default="", help="default: megatron_ce+entropy on CUDA (naive if megatron-core is missing), naive on CPU")
     p.add_argument("--reps", type=int, default=None, help="timed runs per (variant, pass); default 5 CPU / 50 GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=DEFAULT_CSV, help="append rows here ('' to skip)")
