@@ -42,7 +42,9 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# This checkout's chord_kernels (kernels/) and the bench modules, also where nothing is installed
+# (the GPU machine runs a bare copy of the tree).
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from variants import VARIANTS, default_variants, unavailable_reason  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

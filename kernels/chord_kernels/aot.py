@@ -91,10 +91,12 @@ def _resource_usage(cubin) -> dict:
 
 
 def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[LaunchConfig] = None,
-                    with_entropy: bool = True) -> Iterator[dict]:
+                    with_entropy: bool = True, aligned: bool = True) -> Iterator[dict]:
     """Compile every kernel x dtype for CUDA sm_<arch>; yields a summary dict per compilation.
 
-    launch=None takes the GPU defaults the runtime uses for a large vocabulary.
+    launch=None takes the GPU defaults the runtime uses for a large vocabulary. aligned=False
+    compiles what the JIT builds for a shard whose width or row stride is not a multiple of 16
+    (e.g. V = 50257 in the GPU test): runtime strides, no divisibility hints except on pointers.
     """
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("unset TRITON_INTERPRET before importing the kernels for AOT compilation")
@@ -108,11 +110,11 @@ def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[La
     for dtype in dtypes:
         for name, sig in _signatures(dtype):
             fn = getattr(triton_logprobs, name)
-            kconsts = dict(consts, **{k: 1 for k in _UNIT_STRIDES[name]})
+            kconsts = dict(consts, **{k: 1 for k in _UNIT_STRIDES[name] if aligned})
             if name == "logprob_fwd_kernel":
                 kconsts["LANE_ACC"] = launch.lane_accumulators
             signature = dict(sig, **{k: "constexpr" for k in kconsts})
-            hinted = [k for k, ty in signature.items() if ty.startswith("*") or k in _DIVISIBLE_BY_16]
+            hinted = [k for k, ty in signature.items() if ty.startswith("*") or (aligned and k in _DIVISIBLE_BY_16)]
             attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in hinted}
             src = ASTSource(fn=fn, signature=signature, constexprs=kconsts, attrs=attrs)
             compiled = triton.compile(src, target=target, options=options)
@@ -128,6 +130,7 @@ def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[La
                 "ptx_target": next((ln.split()[1] for ln in asm.get("ptx", "").splitlines() if ln.startswith(".target")), None),
                 "shared_bytes": compiled.metadata.shared,
                 "launch": launch.as_dict(),
+                "aligned": aligned,
                 "triton": triton.__version__,
             }
 
@@ -139,11 +142,12 @@ def main(argv=None) -> int:
     parser.add_argument("--launch", default="{}",
                         help='JSON overrides of the GPU default LaunchConfig, e.g. {"block_v": 2048, "lane_accumulators": true}')
     parser.add_argument("--sweep-grid", action="store_true", help="compile every launch.SWEEP_GRID entry instead")
+    parser.add_argument("--unaligned", action="store_true", help="V_local / row stride not a multiple of 16")
     args = parser.parse_args(argv)
     launches = SWEEP_GRID if args.sweep_grid else [
         dataclasses.replace(default_launch(1 << 20, interpreted=False), **json.loads(args.launch))]
     for launch in launches:
-        for info in compile_kernels(args.arch, tuple(args.dtypes.split(",")), launch):
+        for info in compile_kernels(args.arch, tuple(args.dtypes.split(",")), launch, aligned=not args.unaligned):
             print(json.dumps(info), flush=True)
     return 0
 

@@ -85,6 +85,20 @@ def test_sm90_cubin_for_fwd_and_bwd_fp32_bf16():
         _check_sm90(r)
 
 
+def test_sm90_unaligned_shard_with_both_knobs():
+    """A shard width that is not a multiple of 16 (the GPU parity test's V = 50257) gets a more
+    general specialisation: it must lower too, pipelined and per-lane, without spills. Its loads
+    are scalar, and bf16 ones cannot use cp.async (4-byte minimum), so only fp32 is pipelined."""
+    results = _aot("--dtypes", "fp32,bf16", "--unaligned", "--launch", '{"num_stages": 3, "lane_accumulators": true}')
+    assert len(results) == 4
+    for r in results:
+        assert not r["aligned"] and r["cubin_bytes"] > 1000, r
+        assert r["local_bytes"] == 0 and r["registers"] <= 255, r
+        assert r["ld_v4"] == 0, r  # nothing to vectorise without the divisibility hints
+    # fp32: two 4096-wide fp32 tiles in flight (4-byte cp.async) for three stages.
+    assert all(r["shared_bytes"] >= 2 * 4096 * 4 for r in results if r["dtype"] == "fp32"), results
+
+
 def _check_sweep_grid(results, version):
     assert {r["triton"] for r in results} == {version}
     want = [(c.as_dict(), k) for c in SWEEP_GRID for k in ("logprob_fwd_kernel", "logprob_bwd_kernel")]
