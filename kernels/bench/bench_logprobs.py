@@ -143,8 +143,34 @@ def _run_once(fn, x, pristine, targets, g1, g2, temperature, which, timer, mem=N
     return ms, peak
 
 
+# A launch configuration that computes garbage fast must not win the sweep. Limits far above
+# honest rounding (fp32 math on bf16 inputs: ~1e-5 on logp and entropy, one bf16 ulp on the
+# gradient) and far below any real error.
+CHECK_ROWS = 64
+CHECK_LIMITS = {"logp_abs": 1e-3, "entropy_abs": 1e-3, "grad_rel": 1e-2}
+
+
+def check_vs_naive(fn, pristine, targets, g1, g2, temperature) -> dict:
+    """Largest errors of fn against the naive torch code on the first CHECK_ROWS rows (full
+    vocabulary, so every tile and the ragged last one are exercised), and whether they pass."""
+    got = []
+    for f in (fn, VARIANTS["naive"].build()):
+        x = pristine[:CHECK_ROWS].clone().requires_grad_()
+        logp, ent = f(x, targets[:CHECK_ROWS], temperature)
+        ((g1[:CHECK_ROWS] * logp).sum() + (g2[:CHECK_ROWS] * ent).sum()).backward()
+        got.append((logp.detach().float(), ent.detach().float(), x.grad.float()))
+    (lp, h, g), (lp_ref, h_ref, g_ref) = got
+    err = {
+        "logp_abs": float((lp - lp_ref).abs().max()),
+        "entropy_abs": float((h - h_ref).abs().max()),
+        "grad_rel": float((g - g_ref).abs().max() / g_ref.abs().max()),
+    }
+    return dict(err, ok=all(err[k] <= limit for k, limit in CHECK_LIMITS.items()))
+
+
 def worker(spec: dict) -> dict:
-    """Times spec["passes"] in order in this process; returns {pass: {times_ms, peak_bytes}}."""
+    """Times spec["passes"] in order in this process; returns {pass: {times_ms, peak_bytes}}
+    (plus "check": check_vs_naive's result when spec["check"])."""
     device = spec["device"]
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -158,8 +184,8 @@ def worker(spec: dict) -> dict:
     del xs, small
 
     pristine, targets, g1, g2 = _make_inputs(spec["n"], spec["v"], dtype, device)
+    out = {"check": check_vs_naive(fn, pristine, targets, g1, g2, spec["temperature"])} if spec.get("check") else {}
     x = pristine.clone().requires_grad_()
-    out = {}
     for which in spec["passes"]:
         args = (fn, x, pristine, targets, g1, g2, spec["temperature"], which, timer)
         _, peak = _run_once(*args, mem=PeakMemory(device))
@@ -244,7 +270,7 @@ def _context(args, device: str, baseline: str) -> dict:
 def _spec(args, device: str, variant: str, passes, launch=None) -> dict:
     return {"variant": variant, "passes": list(passes), "n": args.n, "v": args.v, "dtype": args.dtype,
             "temperature": args.temperature, "reps": args.reps, "device": device, "threads": args.threads,
-            "launch": launch}  # fmt: skip
+            "launch": launch, "check": launch is not None}  # fmt: skip
 
 
 def _row(ctx: dict, variant: str, which: str, res: dict, base: Optional[tuple], note: str) -> dict:
@@ -367,12 +393,16 @@ def run_sweep(args) -> list:
     for i, (cfg, res) in enumerate(measured):
         if res is None:
             continue
-        cfg_rows = {w: _row(ctx, sweep.SWEEP_VARIANT, w, r, base.get(w), "sweep: " + cfg.note() + (" (default)" if i == 0 else ""))
-                    for w, r in res.items()}  # fmt: skip
+        check = res["check"]
+        note = "sweep: " + cfg.note() + (" (default)" if i == 0 else "") + ("" if check["ok"] else " WRONG RESULTS")
+        cfg_rows = {w: _row(ctx, sweep.SWEEP_VARIANT, w, res[w], base.get(w), note) for w in passes}
         rows += cfg_rows.values()
+        if not check["ok"]:
+            print(f"{cfg.note()}: results differ from naive beyond {CHECK_LIMITS}: {check}")
         fb = cfg_rows["fwd+bwd"]
         results.append({"launch": cfg, "default": i == 0, "ms": {w: r["p50_ms"] for w, r in cfg_rows.items()},
-                        "bw": fb["bandwidth_fraction"] or None, "speedup": fb["speedup_vs_baseline"] or None})  # fmt: skip
+                        "bw": fb["bandwidth_fraction"] or None, "speedup": fb["speedup_vs_baseline"] or None,
+                        "check": check})  # fmt: skip
     print(sweep.table(results, baseline or None))
     default = results[0] if results and results[0]["default"] else None
     for name, res in baselines.items():
@@ -385,7 +415,7 @@ def run_sweep(args) -> list:
     if not baselines:
         print("no baseline was measured (see above)")
     best = sweep.best_json(results)
-    print(best if best else "no configuration was measured")
+    print(best if best else "no configuration was measured with correct results")
     _append_csv(args.csv, rows)
     return rows
 

@@ -28,9 +28,10 @@ def configs(v: int, interpreted: bool, quick: bool) -> List[LaunchConfig]:
 
 def table(results: List[dict], baseline: Optional[str]) -> str:
     """results: [{"launch": LaunchConfig, "default": bool, "ms": {pass: p50}, "bw": frac or None,
-    "speedup": fwd+bwd speed-up vs the baseline or None}], printed fastest fwd+bwd first."""
+    "speedup": fwd+bwd speed-up vs the baseline or None, "check": {..., "ok": bool}}], printed
+    fastest fwd+bwd first; a configuration whose results were wrong is marked WRONG."""
     head = (f"{'#':>2} {'launch config':60} {'fwd ms':>8} {'bwd ms':>8} {'fwd+bwd':>8} {'BW frac':>8} "
-            f"{'vs ' + (baseline or 'baseline'):>24}")  # fmt: skip
+            f"{'vs ' + (baseline or 'baseline'):>24} check")  # fmt: skip
     lines = [head]
     ranked = sorted(results, key=lambda r: r["ms"].get("fwd+bwd", float("inf")))
     for i, r in enumerate(ranked, 1):
@@ -39,13 +40,14 @@ def table(results: List[dict], baseline: Optional[str]) -> str:
         cells = [f"{x:8.3f}" if x is not None else f"{'-':>8}" for x in ms]
         bw = f"{r['bw']:8.3f}" if r["bw"] is not None else f"{'-':>8}"
         sp = f"{r['speedup']:23.2f}x" if r["speedup"] is not None else f"{'-':>24}"
-        lines.append(f"{i:2d} {label:60} {' '.join(cells)} {bw} {sp}")
+        lines.append(f"{i:2d} {label:60} {' '.join(cells)} {bw} {sp} {'ok' if r['check']['ok'] else 'WRONG'}")
     return "\n".join(lines)
 
 
 def best_json(results: List[dict]) -> Optional[str]:
-    """One JSON line for the fastest fwd+bwd configuration (None if nothing was measured)."""
-    timed = [r for r in results if "fwd+bwd" in r["ms"]]
+    """One JSON line for the fastest fwd+bwd configuration whose results were right (None if
+    there is none)."""
+    timed = [r for r in results if "fwd+bwd" in r["ms"] and r["check"]["ok"]]
     if not timed:
         return None
     best = min(timed, key=lambda r: r["ms"]["fwd+bwd"])
@@ -54,5 +56,6 @@ def best_json(results: List[dict]) -> Optional[str]:
         "best_launch": best["launch"].as_dict(),
         "p50_ms": best["ms"],
         "bandwidth_fraction_fwd+bwd": best["bw"],
+        "check_vs_naive": best["check"],
         "speedup_vs_default_fwd+bwd": round(default["ms"]["fwd+bwd"] / best["ms"]["fwd+bwd"], 3) if default else None,
     })  # fmt: skip

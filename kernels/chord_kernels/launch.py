@@ -66,7 +66,7 @@ def default_launch(v_local: int, interpreted: bool) -> LaunchConfig:
 # What `bench_logprobs.py --sweep` times on a GPU (N=16384, V=152064, bf16 is the target shape),
 # pruned from rows {1,2,4} x block_v {1024..8192} x warps {4,8,16} x stages {1,2,3} x lanes to 16:
 # the default first; per-lane accumulators and load pipelining (the two new knobs) on and off
-# around it; wider and narrower tiles with warps scaled to keep 16-32 fp32 values per thread
+# around it; wider and narrower tiles with warps scaled to keep 8-32 fp32 values per thread
 # per accumulator; a few multi-row programs. The AOT test compiles every entry for sm_90 and
 # requires no register spills, so the sweep never times a spilling configuration.
 SWEEP_GRID = (

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bench_logprobs.py")
 
@@ -55,6 +56,30 @@ def test_sweep_quick_under_interpreter(tmp_path):
     best = json.loads(proc.stdout.strip().splitlines()[-2])  # the line before "appended ..."
     fwd_bwd = {r["note"]: float(r["p50_ms"]) for r in sweep_rows if r["pass"] == "fwd+bwd"}
     assert best["p50_ms"]["fwd+bwd"] == min(fwd_bwd.values())
+    assert best["check_vs_naive"]["ok"] and best["check_vs_naive"]["logp_abs"] < 1e-4, best
+    assert "WRONG" not in proc.stdout
+
+
+def test_sweep_correctness_check_catches_wrong_results():
+    """The sweep's per-configuration check against naive passes the interpreted kernel at a
+    small launch and fails a function whose results are off by a little."""
+    sys.path.insert(0, os.path.dirname(BENCH))
+    import bench_logprobs as bench
+
+    x, t, g1, g2 = bench._make_inputs(bench.CHECK_ROWS, 1000, torch.bfloat16, "cpu")
+    kernel = bench.VARIANTS["triton_inplace"].build(launch={"rows_per_program": 32, "block_v": 256, "num_warps": 1,
+                                                             "num_stages": 2, "lane_accumulators": True})  # fmt: skip
+    good = bench.check_vs_naive(kernel, x, t, g1, g2, 1.0)
+    assert good["ok"] and good["logp_abs"] < 1e-4 and good["grad_rel"] < 2**-7, good
+
+    naive = bench.VARIANTS["naive"].build()
+
+    def off_by_a_little(x, t, temperature):
+        logp, ent = naive(x, t, temperature)
+        return logp, ent * 1.001
+
+    bad = bench.check_vs_naive(off_by_a_little, x, t, g1, g2, 1.0)
+    assert not bad["ok"] and bad["entropy_abs"] > 1e-3 and bad["logp_abs"] == 0, bad
 
 
 def test_sweep_budget_spent_before_start(tmp_path):
@@ -65,5 +90,5 @@ def test_sweep_budget_spent_before_start(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--budget-s of 0 s is spent" in proc.stdout
-    assert "no configuration was measured" in proc.stdout
+    assert "no configuration was measured with correct results" in proc.stdout
     assert not out.exists()
