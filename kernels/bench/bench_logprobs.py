@@ -347,7 +347,7 @@ def run(args) -> list:
                 base[which] = (_quantile(res["times_ms"], 0.5), res["peak_bytes"] / 2**20)
             row = _row(ctx, variant, which, res, base.get(which), VARIANTS[variant].note)
             rows.append(row)
-            print(f"{variant:22} {which:8} {row['p20_ms']:9.1f} {row['p50_ms']:9.1f} {row['p80_ms']:9.1f} "
+            print(f"{variant:22} {which:8} {row['p20_ms']:9.3f} {row['p50_ms']:9.3f} {row['p80_ms']:9.3f} "
                   f"{row['speedup_vs_baseline']!s:>8} {row['peak_extra_mb']:10.1f} {row['peak_extra_x_logits']:9.3f} "
                   f"{row['mem_ratio_vs_baseline']!s:>9} {row['bandwidth_fraction']!s:>8}", flush=True)  # fmt: skip
     _append_csv(args.csv, rows)
