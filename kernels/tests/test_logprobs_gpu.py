@@ -43,7 +43,10 @@ def test_gpu_parity(dtype, inplace, launch):
                 launch=launch, **kw)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=2e-5)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
+    # fp32: the gradient at the target, g(1 - p_t), inherits the log-prob's own rounding (held to
+    # 2e-5 above) times |g| p_t; the first H200 run saw 1.25e-6 there for one element of 50M with
+    # per-lane accumulators (their sums round in another order), so the absolute floor is 5e-6.
+    tol = dict(rtol=1e-5, atol=5e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
     torch.testing.assert_close(got[2].float(), want[2].float(), **tol)
 
 
