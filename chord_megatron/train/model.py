@@ -247,6 +247,21 @@ def build_model(cfg: Config, par: ParallelState) -> List[torch.nn.Module]:
     return wrapped
 
 
+def forward_kwargs(chunk: torch.nn.Module) -> Dict[str, Any]:
+    """Keyword arguments for calling a chunk built here. A bf16 chunk (Float16Module) returns
+    its logits in bf16: by default Float16Module casts them to fp32, an extra N x V copy (4
+    bytes per logit, kept alive through the backward, plus the cast's bf16 gradient) that the
+    log-prob kernel does not need -- it reads bf16 and computes in fp32 internally."""
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.module import Float16Module
+
+    while not isinstance(chunk, GPTModel):
+        if isinstance(chunk, Float16Module):
+            return {"fp32_output": False}
+        chunk = chunk.module
+    return {}
+
+
 def unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
     """The GPTModel inside DDP / Float16Module wrappers."""
     from megatron.core.models.gpt import GPTModel

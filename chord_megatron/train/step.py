@@ -33,6 +33,7 @@ from .batching import TokenCounts
 from .log_probs import token_logprobs
 from .metrics import metric_keys, reduce_step_metrics
 from .micro_batch import MicroBatch
+from .model import forward_kwargs
 from .packing import block_causal_mask, cu_seqlens
 from .parallel import ParallelState
 
@@ -81,14 +82,15 @@ def _model_forward(mb: MicroBatch, model: torch.nn.Module, device: torch.device,
     input_ids = mb.input_ids.to(device=device, dtype=torch.long)
     b, L_local = input_ids.shape
     position_ids = torch.arange(L_local, device=device).unsqueeze(0).expand(b, L_local)
+    kw = forward_kwargs(model)  # bf16 models hand the loss bf16 logits, not an fp32 copy
     if mb.segment_ids is None:
-        return model(input_ids, position_ids, None)
+        return model(input_ids, position_ids, None, **kw)
     if not thd:
-        return model(input_ids, position_ids, block_causal_mask(mb.segment_ids.to(device)))
+        return model(input_ids, position_ids, block_causal_mask(mb.segment_ids.to(device)), **kw)
     cu = cu_seqlens(mb.segment_ids).to(device)
     longest = int((cu[1:] - cu[:-1]).max())
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
-    return model(input_ids.reshape(1, -1), position_ids.reshape(1, -1), None, packed_seq_params=params)
+    return model(input_ids.reshape(1, -1), position_ids.reshape(1, -1), None, packed_seq_params=params, **kw)
 
 
 def _rows_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LossSettings, par: ParallelState,

@@ -7,6 +7,7 @@ every run, outside the timed region.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 @dataclass(frozen=True)
 class Variant:
     name: str
-    build: Callable[[], Callable]  # returns fn; may set up process groups etc.
+    build: Callable[..., Callable]  # returns fn; may set up process groups etc. (triton*: launch=)
     devices: tuple  # ("cpu", "cuda") where it makes sense to time it
     note: str = ""
 
@@ -39,12 +40,15 @@ def _build_naive():
 
 
 def _build_chord(impl: str, inplace: bool):
-    def build():
-        from chord_kernels import vocab_parallel_logprobs
+    def build(launch: Optional[dict] = None):
+        """`launch`: LaunchConfig fields (the sweep's); None = the library's default_launch."""
+        from chord_kernels import LaunchConfig, vocab_parallel_logprobs
+
+        cfg = LaunchConfig(**launch) if launch else None
 
         def fn(x, t, temperature):
             return vocab_parallel_logprobs(x, t, vocab_start=0, temperature=temperature, impl=impl,
-                                           inplace_backward=inplace)  # fmt: skip
+                                           inplace_backward=inplace, launch=cfg)  # fmt: skip
 
         return fn
 
@@ -126,6 +130,12 @@ def unavailable_reason(name: str, device: str) -> Optional[str]:
     """Why a variant cannot run here, or None."""
     if name.startswith("triton") and device == "cpu" and not triton_interpreted():
         return "Triton on CPU needs TRITON_INTERPRET=1 (and is then a correctness tool, not a fast path)"
+    if name.startswith("megatron"):
+        try:
+            if importlib.util.find_spec("megatron.core") is None:
+                raise ModuleNotFoundError
+        except ModuleNotFoundError:
+            return "megatron-core is not installed"
     if name.startswith("liger"):
         try:
             import liger_kernel  # noqa: F401

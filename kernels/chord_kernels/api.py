@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from .launch import LaunchConfig
+
 IMPLS = ("auto", "triton", "chunked", "reference")
 
 
@@ -19,6 +21,7 @@ def vocab_parallel_logprobs(
     with_entropy: bool = True,
     impl: str = "auto",
     inplace_backward: bool = False,
+    launch: Optional[LaunchConfig] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log p(target) and entropy of softmax(logits / temperature) over a sharded vocabulary.
 
@@ -38,6 +41,8 @@ def vocab_parallel_logprobs(
         inplace_backward: let backward write the gradient over the `logits` buffer (saves one
             [N, V_local] allocation). Only safe when nothing else needs the logits' values after
             this op's backward; ignored by the reference.
+        launch: impl="triton" only: a `LaunchConfig` (rows per program, tile width, warps,
+            pipelining stages, per-lane accumulators); None = `launch.default_launch`.
 
     Returns:
         (logp, entropy): fp32 tensors of shape [...] (entropy is None when with_entropy=False),
@@ -59,6 +64,8 @@ def vocab_parallel_logprobs(
         raise ValueError("empty vocabulary shard")
     if impl == "auto":
         impl = "triton" if logits.is_cuda else "chunked"
+    if launch is not None and impl != "triton":
+        raise ValueError(f"launch= configures the Triton kernels; impl resolved to {impl!r}")
     if impl == "reference":
         from .reference import reference_vocab_parallel_logprobs
 
@@ -80,7 +87,7 @@ def vocab_parallel_logprobs(
                 "impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before chord_kernels.triton_logprobs "
                 "is first imported; use impl='chunked' on CPU"
             )
-        logp, ent = triton_logprobs.TritonVocabParallelLogprobs.apply(*args, None)
+        logp, ent = triton_logprobs.TritonVocabParallelLogprobs.apply(*args, launch)
     else:
         from .chunked import DEFAULT_CHUNK_ROWS, ChunkedVocabParallelLogprobs
 

@@ -6,7 +6,7 @@ compiled numerics at realistic sizes, the GPU launch configuration, and the memo
 import pytest
 import torch
 
-from chord_kernels import vocab_parallel_logprobs
+from chord_kernels import LaunchConfig, vocab_parallel_logprobs
 from chord_kernels.reference import reference_vocab_parallel_logprobs
 
 pytestmark = pytest.mark.gpu
@@ -27,16 +27,26 @@ def _run(fn, logits, targets, g1, g2, **kw):
     return logp.detach(), ent.detach(), x.grad
 
 
+# The default, and the two new knobs compiled for real: a pipelined loop (cp.async through shared
+# memory) with per-lane accumulators, at the GPU's tile width.
+LAUNCHES = [None, LaunchConfig(1, 4096, 8, num_stages=3, lane_accumulators=True)]
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=lambda c: "default" if c is None else c.note())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_gpu_parity(dtype, inplace):
+def test_gpu_parity(dtype, inplace, launch):
     logits, targets, g1, g2 = _case(1000, 50257, dtype)  # V not a multiple of any tile
     kw = dict(vocab_start=0, temperature=0.7)
     want = _run(reference_vocab_parallel_logprobs, logits, targets, g1, g2, **kw)
-    got = _run(vocab_parallel_logprobs, logits, targets, g1, g2, impl="triton", inplace_backward=inplace, **kw)
+    got = _run(vocab_parallel_logprobs, logits, targets, g1, g2, impl="triton", inplace_backward=inplace,
+                launch=launch, **kw)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=2e-5)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
+    # fp32: the gradient at the target, g(1 - p_t), inherits the log-prob's own rounding (held to
+    # 2e-5 above) times |g| p_t; the first H200 run saw 1.25e-6 there for one element of 50M with
+    # per-lane accumulators (their sums round in another order), so the absolute floor is 5e-6.
+    tol = dict(rtol=1e-5, atol=5e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
     torch.testing.assert_close(got[2].float(), want[2].float(), **tol)
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import chord_kernels.chunked
-from chord_kernels import vocab_parallel_logprobs
+from chord_kernels import LaunchConfig, vocab_parallel_logprobs
 from chord_kernels.reference import reference_vocab_parallel_logprobs
 
 
@@ -199,20 +199,64 @@ def test_batch_dims_and_large_logits(impl):
         torch.testing.assert_close(a, b, **FP32_TOL)
 
 
-@pytest.mark.parametrize("launch", [(1, 256, 1), (4, 128, 1), (16, 512, 1)], ids=str)
-def test_triton_rows_per_program(launch):
-    """The GPU-style launch (1 row per program) and others give the same numbers."""
-    from chord_kernels.triton_logprobs import TritonVocabParallelLogprobs
+# Launch variants under the interpreter: tiles narrower than V (V = 700 is a multiple of none of
+# them), N = 9 not a multiple of the rows, per-row and per-lane accumulators, pipelining depths.
+# (num_stages changes nothing in the interpreter; the sm_90 AOT test compiles the pipelined loop.)
+LAUNCHES = [
+    LaunchConfig(1, 256, 1),  # GPU-style: one row per program
+    LaunchConfig(4, 128, 1, num_stages=2),
+    LaunchConfig(1, 256, 4, num_stages=3, lane_accumulators=True),
+    LaunchConfig(16, 512, 1, lane_accumulators=True),
+]
 
+
+def moving_max_case(dtype):
+    """Rows whose maximum moves the way that stresses the online merges: rising along the
+    vocabulary (every tile raises every lane's max), falling, one spike 200 above the rest (the
+    other lanes' rescale factors underflow to 0), and logits around 1e3."""
     logits, targets, g_logp, g_ent = make_case(9, 700, torch.float32, seed=7)
-    want = run_loss(reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent, vocab_start=0)
+    ramp = torch.linspace(0, 30, 700)
+    logits[0] += ramp
+    logits[1] -= ramp
+    logits[2, 350] += 200.0
+    logits[3] += 1000.0
+    targets[2] = 350
+    return logits.to(dtype), targets, g_logp, g_ent
 
-    def fn(x, t, **kw):
-        return TritonVocabParallelLogprobs.apply(x, t, 0, 1.0, None, True, False, launch)
 
-    got = run_loss(fn, logits, targets, g_logp, g_ent)
+@pytest.mark.parametrize("launch", LAUNCHES, ids=LaunchConfig.note)
+def test_triton_launch_configs(launch):
+    logits, targets, g_logp, g_ent = moving_max_case(torch.float32)
+    # T = 1: at |z| ~ 1e3 an fp32 ulp is 6e-5, so x / T (reference) and x * (1 / T) (kernel)
+    # would differ by more than the tolerance before any kernel math happens.
+    kw = dict(vocab_start=0)
+    want = run_loss(reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent, **kw)
+    got = run_loss(vocab_parallel_logprobs, logits, targets, g_logp, g_ent, impl="triton", launch=launch, **kw)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **FP32_TOL)
+
+
+@pytest.mark.parametrize("with_entropy", [True, False], ids=["entropy", "logp_only"])
+def test_triton_lane_accumulators_bf16(with_entropy):
+    logits, targets, g_logp, g_ent = moving_max_case(torch.bfloat16)
+    kw = dict(vocab_start=0, with_entropy=with_entropy)
+    want = run_loss(reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent, **kw)
+    launch = LaunchConfig(2, 256, 1, lane_accumulators=True)
+    got = run_loss(vocab_parallel_logprobs, logits, targets, g_logp, g_ent, impl="triton", launch=launch, **kw)
+    torch.testing.assert_close(got[0], want[0], **FP32_TOL)
+    if with_entropy:
+        torch.testing.assert_close(got[1], want[1], **FP32_TOL)
+    assert_grad_close(got[2], want[2], torch.bfloat16)
+
+
+def test_launch_config_is_validated():
+    with pytest.raises(ValueError, match="block_v"):
+        LaunchConfig(1, 3000, 8)
+    with pytest.raises(ValueError, match="num_stages"):
+        LaunchConfig(1, 4096, 8, num_stages=0)
+    logits, targets, _, _ = make_case(4, 50, torch.float32)
+    with pytest.raises(ValueError, match="launch"):
+        vocab_parallel_logprobs(logits, targets, vocab_start=0, impl="chunked", launch=LaunchConfig(1, 64, 1))
 
 
 def test_chunk_size_does_not_matter():

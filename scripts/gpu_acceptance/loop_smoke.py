@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from scripts.gpu_acceptance.report import StepReport
@@ -34,11 +36,22 @@ def main():
     steps = 3 if rep.dry_run else 8
     argv = [sys.executable, "-m", "chord_megatron.cli", "train", str(ROOT / "configs/demo.yaml"), *SHORT,
             f"train.steps={steps}", f"train.output_dir={run}", f"base.cache_dir={rep.out / 'base-cache'}"]  # fmt: skip
+    # The child's output streams into the step's log as it comes. Past the step's budget (less a
+    # margin) it gets SIGABRT, on which Python's faulthandler prints every thread's stack: a slow
+    # or stuck loop then says where it was.
+    limit = float(os.environ.get("CHORD_STEP_BUDGET_S", "600")) - 8
+    env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
     with rep.check("chord_train"):
-        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
-        rep.record("chord_train", proc.returncode == 0, exit_code=proc.returncode,
-                   last_line=(proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""])[-1][:300])  # fmt: skip
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sys.stdout, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            rc = None
+        rep.record("chord_train", rc == 0, exit_code=rc, seconds=round(time.monotonic() - t0, 1),
+                   note=None if rc is not None else f"still running after {limit:.0f} s: aborted (stacks in the log)")  # fmt: skip
     metrics = run / "metrics.jsonl"
     if metrics.exists():
         with rep.check("metrics"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ import traceback
 from pathlib import Path
 
 EXIT = {"pass": 0, "fail": 1, "skip": 2}
+EXIT_GRACE_S = 15
 
 
 class StepReport:
@@ -53,6 +55,9 @@ class StepReport:
         result = {"status": status, "reason": reason, "checks": self.checks, "seconds": round(time.monotonic() - self.t0, 2)}
         (self.out / f"{self.name}.json").write_text(json.dumps(result, indent=1, default=str))
         print(f"{self.name}: {status}{' - ' + reason if reason else ''}", flush=True)
+        # A process that hangs on its way out (a thread or communicator that never ends) would
+        # be killed at its budget with nothing said: dump every thread's stack, then exit.
+        faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
         sys.exit(EXIT[status])
 
     def skip(self, reason: str) -> None:

@@ -56,7 +56,7 @@ def test_a_step_over_its_budget_is_killed_with_its_children_and_failed(tmp_path)
     script = tmp_path / "sleeper.py"
     child = f"import time; time.sleep(3); open({str(marker)!r}, 'w')"
     script.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)\n")
-    step = acceptance.Step("sleeper", 1, "sleeps", lambda out, work, dry: [sys.executable, str(script)])
+    step = acceptance.Step("sleeper", 1, "sleeps", lambda out, work, dry, budget_s: [sys.executable, str(script)])
     with open(tmp_path / "log.txt", "w") as log:
         res = acceptance.run_step(step, tmp_path, tmp_path, False, dict(os.environ), log)
     assert res["status"] == "fail" and "budget" in res["reason"] and res["seconds"] < 10

@@ -92,7 +92,8 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
                   or train.pack_length when packing sets one. The first pipeline stage holds
                   min(PP, micro-batches) micro-batches of its L / PP layers (1F1B). megatron.recompute_granularity=full keeps only each
                   layer's input (t x h x 2) plus one layer's full activations.
-      logits      t x V / TP x 6 (bf16 logits and one fp32 working copy)
+      logits      t x V / TP x 2 (the bf16 logits; the model hands them to the log-prob kernel
+                  in bf16, whose backward writes the gradient into them): 4 for an fp32 model
       overhead    3 GiB (CUDA context, NCCL buffers, allocator slack)
     Budget: the GPU's memory (H100: 79.6 GiB), less sglang.mem_fraction_static of it when SGLang
     servers share the GPU (colocated). SGLang's own need is checked separately: its weights,
@@ -119,7 +120,7 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
         activations = layers_in_flight * tokens * m.hidden_size * 2 + per_layer
     else:
         activations = layers_in_flight * per_layer
-    logits = tokens * m.vocab_size / layout.tp * 6
+    logits = tokens * m.vocab_size / layout.tp * (2 if bf16 else 4)
 
     total = gpu_memory_gib * GIB
     budget = total

@@ -26,6 +26,11 @@ def _write_buckets_in_process(transform_list: list, rank: int, write_buckets: Li
     """Same contract as FileSystemWriterAsync.write_preloaded_data_multiproc, without processes:
     puts {bucket index: write results} (or the first exception) on `results_queue`."""
     del rank
+    if not filesystem_async.HAVE_PSUTIL:
+        # write_preloaded_data reads the process's memory through psutil for a debug log line
+        # only, and raises without it (megatron-core does not declare psutil; a bare GPU
+        # machine may lack it): report 0 instead of failing the save.
+        filesystem_async._process_memory = lambda: 0
     local_results: queue.Queue = queue.Queue()
     done: queue.Queue = queue.Queue()
     collected = {}
