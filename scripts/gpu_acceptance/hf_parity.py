@@ -4,7 +4,7 @@
 
 The checkpoint is made on the spot (config from code, no hub; every weight drawn at random, so
 a tensor in the wrong place shows): GQA 4 / 2 heads, QKV bias, untied embeddings, vocabulary
-1024. It is loaded with `hf_io.hf_state_dict` (model.hf_path) into MegatronEngine at world size
+1024. It is loaded with `hf.weights.hf_state_dict` (model.hf_path) into MegatronEngine at world size
 1 (NCCL on the GPU; --dry-run: gloo on the CPU). Checks (DIR/hf_parity.json, see report.py):
   logprobs_fp32          engine.compute_logprobs vs transformers' fp32 forward: max |gap| <= 1e-4
   export_round_trip      export_weights -> export_hf: the source checkpoint's very tensors
@@ -52,7 +52,7 @@ def make_checkpoint(folder: Path):
 
 def engine_config(rep, folder: Path, dtype: str):
     from chord_megatron.config import load_config, validate
-    from chord_megatron.hf_io import model_config_from_hf
+    from chord_megatron.hf.config import model_config_from_hf
 
     impl = "local" if world1.te_pytorch_error() or rep.dry_run else "transformer_engine"
     cfg = load_config(None, [f"parallel.backend={world1.backend(rep.dry_run)}", "train.micro_batch_size=4",
@@ -62,7 +62,7 @@ def engine_config(rep, folder: Path, dtype: str):
                              # the fused SwiGLU is torch.compile'd on the GPU, a compile per dtype
                              # and per pass that this step's 45 s budget need not pay.
                              "megatron.bias_activation_fusion=false"])  # fmt: skip
-    # The model section is the checkpoint's, as `python -m chord_megatron.hf_io FOLDER` prints it.
+    # The model section is the checkpoint's, as `chord config from-hf FOLDER` prints it.
     model = model_config_from_hf(folder, dtype=dtype, transformer_impl=impl)
     cfg = dataclasses.replace(cfg, model=model)
     validate(cfg)
@@ -71,7 +71,7 @@ def engine_config(rep, folder: Path, dtype: str):
 
 def hf_engine(rep, folder: Path, dtype: str):
     """(config, MegatronEngine) with the checkpoint's weights, read through model.hf_path."""
-    from chord_megatron.hf_io import hf_state_dict
+    from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
 
     cfg = engine_config(rep, folder, dtype)
@@ -118,7 +118,8 @@ def same_tensors(got: dict, want: dict) -> dict:
 def run(rep) -> None:
     import torch
 
-    from chord_megatron.hf_io import export_hf, run_export_hf
+    from chord_megatron.commands.export_hf import run_export_hf
+    from chord_megatron.hf.export import export_hf
     from chord_megatron.weight_sync.convert import Layout, megatron_to_hf
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
 

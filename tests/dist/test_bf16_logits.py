@@ -11,7 +11,7 @@ so both updates must agree within bf16 tolerance.
 import pytest
 import torch
 
-from dist_harness import run_job
+from tests.support.dist_harness import run_job
 
 pytestmark = pytest.mark.dist
 
@@ -19,7 +19,7 @@ BF16 = ["model.dtype=bf16", "model.tie_embeddings=false", "model.qkv_bias=true",
 
 
 def _run(cfg, par, W0, fp32_copy: bool):
-    import test_train_layouts as T
+    from tests.support import chord_step as T
 
     from chord_megatron.train import step as step_mod
     from chord_megatron.train.engine import MegatronEngine
@@ -45,7 +45,7 @@ def _run(cfg, par, W0, fp32_copy: bool):
 
 
 def _job():
-    import test_train_layouts as T
+    from tests.support import chord_step as T
 
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.train.parallel import init_parallel
