@@ -41,6 +41,12 @@ class ConfigError(ChordError, ValueError):
 # ----------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------
+def one_of(*choices: str, default: Optional[str] = None):
+    """A str field that takes one of `choices` (default: the first, or `default`). The choices
+    live here only: validation (CHOICES) and the reference (`chord config reference`) read them."""
+    return field(default=default or choices[0], metadata={"choices": tuple(choices)})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A Llama/Qwen2-style decoder (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
@@ -60,10 +66,10 @@ class ModelConfig:
     tie_embeddings: bool = True  # share the input embedding and the output layer
     head_dim: Optional[int] = None  # attention head size; None = hidden_size / num_attention_heads
     qk_layernorm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
-    rope_scaling: str = "none"  # none | llama3 (Llama-3.1/3.2 frequency scaling) | linear
+    rope_scaling: str = one_of("none", "llama3", "linear")  # llama3: Llama-3.1/3.2 frequency scaling
     rope_scaling_factor: float = 8.0  # the checkpoint's rope factor when rope_scaling is not none
-    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
-    transformer_impl: str = "auto"  # auto = transformer_engine when present with CUDA, else local
+    dtype: str = one_of("auto", "fp32", "bf16")  # auto = bf16 on GPU, fp32 on CPU
+    transformer_impl: str = one_of("auto", "local", "transformer_engine")  # auto = transformer_engine when present with CUDA, else local
 
     @property
     def kv_channels(self) -> int:
@@ -79,18 +85,18 @@ class ParallelConfig:
     context: int = 1  # context-parallel size: each sequence is split over this many ranks (2 x context chunks)
     sequence_parallel: bool = False  # Megatron sequence parallelism (GPU only, needs tensor > 1)
     distributed_optimizer: bool = True  # shard optimizer state over data-parallel ranks
-    backend: str = "auto"  # auto = nccl with CUDA, gloo without
+    backend: str = one_of("auto", "nccl", "gloo")  # auto = nccl with CUDA, gloo without
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = "arith"  # arith = the generated toy task; jsonl = the files below
+    task: str = one_of("arith", "jsonl")  # arith = the generated toy task; jsonl = the files below
     prompt_path: Optional[str] = None  # RL prompts JSONL ({prompt or messages, answer})
     expert_path: Optional[str] = None  # expert JSONL ({prompt, response} or messages)
     eval_path: Optional[str] = None  # held-out prompts JSONL (default: the first RL prompts)
     max_prompt_tokens: int = 64  # longer prompts are bad rows
     max_response_tokens: int = 96  # longer expert responses are bad rows
-    on_bad_row: str = "error"  # error = stop naming file and line; skip = drop it and count it
+    on_bad_row: str = one_of("error", "skip")  # error = stop naming file and line; skip = drop it and count it
     seed: int = 0  # seed of the generated task's splits
     reward: str = "arith"  # a name in the reward registry (chord_megatron/rewards)
     tokenizer: Optional[str] = None  # a local HF tokenizer folder; default: model.hf_path, else characters
@@ -116,7 +122,7 @@ class BaseModelConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = "inprocess"  # inprocess (CPU, HF transformers) or sglang
+    engine: str = one_of("inprocess", "sglang")  # inprocess: CPU, HF transformers
     prompts_per_step: int = 8  # prompts rolled out per optimiser step
     samples_per_prompt: int = 8  # K responses per prompt (the GRPO group)
     temperature: float = 1.0  # sampling temperature; the trainer scales its logits by it too
@@ -125,7 +131,7 @@ class RolloutConfig:
     sync_every: int = 1  # push weights to the engines every N optimiser steps
     verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
     verify_tolerance: Optional[float] = None  # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision (1e-2 when bf16 is involved, 1e-4 in fp32)
-    weight_sync: str = "tensor"  # tensor (colocated), nccl (separate nodes), disk
+    weight_sync: str = one_of("tensor", "nccl", "disk")  # tensor: colocated; nccl: separate nodes; disk: a shared file system
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
@@ -161,7 +167,7 @@ class MuConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     mu: MuConfig = field(default_factory=MuConfig)
-    token_weight: str = "p1mp"  # none | p | p1mp | entropy | focal | is_clip
+    token_weight: str = one_of(*TOKEN_WEIGHT_KINDS, default="p1mp")
     gamma: float = 2.0  # focal exponent
     is_cap: float = 0.4  # is_clip cap
     cutoff_prob: Optional[float] = None  # expert tokens with p above it get no SFT gradient
@@ -170,9 +176,9 @@ class AlgorithmConfig:
     dual_clip: Optional[float] = None  # the reference uses 3.0
     logratio_clamp: Optional[float] = 20.0  # clamp log(pi/pi_old) to [-c, c]
     tis_cap: Optional[float] = None  # truncated IS against rollout/trainer mismatch (off)
-    adv_scale: str = "std"  # std | none
+    adv_scale: str = one_of("std", "none")  # none: the mean-only advantage
     adv_eps: float = 1e-6  # added to the group std
-    adv_singleton: str = "zero"  # zero | raw: advantage of a group of one response
+    adv_singleton: str = one_of("zero", "raw")  # advantage of a group of one response
     expert_data_ratio: float = 0.2  # fraction of a batch's rows that are expert rows
 
 
@@ -180,7 +186,7 @@ class AlgorithmConfig:
 class OptimConfig:
     lr: float = 1e-5  # Adam learning rate
     min_lr: float = 0.0  # floor of cosine / linear decay
-    lr_schedule: str = "constant"  # constant | cosine | linear
+    lr_schedule: str = one_of("constant", "cosine", "linear")
     lr_warmup_steps: int = 0  # linear LR warmup
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -196,7 +202,7 @@ class TrainConfig:
     seed: int = 1234  # seeds weights, sampling and data order
     eval_every: int = 10  # evaluate every N steps, at step 0 and at the end (0 = never)
     eval_samples: int = 4  # k of avg@k
-    log_prob_impl: str = "auto"  # auto | triton | chunked | reference
+    log_prob_impl: str = one_of("auto", "triton", "chunked", "reference")
     pack_sequences: bool = False  # pack several rows into each model row (micro_batch_size = model rows)
     pack_length: int = 0  # tokens per packed model row (0 = the batch's padded row length; longer rows widen it)
     output_dir: str = "runs/chord"  # metrics, TensorBoard, checkpoints and generated data go here
@@ -214,7 +220,7 @@ class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2  # older checkpoints are deleted
-    optimizer_format: str = "dp_reshardable"  # Adam state: dp_reshardable (resumes on the same layout) | fully_reshardable (any layout; all-gathered over DP while saving)
+    optimizer_format: str = one_of("dp_reshardable", "fully_reshardable")  # Adam state: dp_reshardable resumes on the same layout; fully_reshardable on any (all-gathered over DP while saving)
 
 
 @dataclass(frozen=True)
@@ -251,22 +257,18 @@ def sglang_gpus_per_server(options: Mapping[str, Any]) -> int:
     tp = options.get("tp_size", options.get("tp", 1))
     return int(tp or 1) * int(options.get("dp_size", 1) or 1) * int(options.get("pp_size", 1) or 1)
 
-CHOICES: Dict[str, Tuple[str, ...]] = {
-    "model.dtype": ("auto", "fp32", "bf16"),
-    "model.transformer_impl": ("auto", "local", "transformer_engine"),
-    "model.rope_scaling": ("none", "llama3", "linear"),
-    "parallel.backend": ("auto", "nccl", "gloo"),
-    "data.task": ("arith", "jsonl"),
-    "data.on_bad_row": ("error", "skip"),
-    "rollout.engine": ("inprocess", "sglang"),
-    "rollout.weight_sync": ("tensor", "nccl", "disk"),
-    "algorithm.token_weight": TOKEN_WEIGHT_KINDS,
-    "algorithm.adv_scale": ("std", "none"),
-    "algorithm.adv_singleton": ("zero", "raw"),
-    "optim.lr_schedule": ("constant", "cosine", "linear"),
-    "train.log_prob_impl": ("auto", "triton", "chunked", "reference"),
-    "checkpoint.optimizer_format": ("dp_reshardable", "fully_reshardable"),
-}
+def _choices(cls, prefix: str = "") -> Dict[str, Tuple[str, ...]]:
+    out: Dict[str, Tuple[str, ...]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_choices(hints[f.name], f"{prefix}{f.name}."))
+        elif "choices" in f.metadata:
+            out[prefix + f.name] = f.metadata["choices"]
+    return out
+
+
+CHOICES: Dict[str, Tuple[str, ...]] = _choices(Config)  # dotted key -> its allowed values
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,7 +52,11 @@ def _walk(cls, prefix: str) -> Iterator[Tuple[str, object, str]]:
             yield from _walk(hints[f.name], prefix + f.name + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        yield prefix + f.name, default, _comment(cls, f.name)
+        meaning = _comment(cls, f.name)
+        if "choices" in f.metadata:  # config.one_of: the allowed values, from the field itself
+            allowed = " \\| ".join(f"`{c}`" for c in f.metadata["choices"])
+            meaning = allowed + (f"; {meaning}" if meaning else "")
+        yield prefix + f.name, default, meaning
 
 
 def reference() -> str:
