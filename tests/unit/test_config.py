@@ -153,3 +153,16 @@ def test_own_data_with_the_demo_config_names_base_steps():
     assert "base.steps: trains the demo's toy base model" in msg, msg
     assert "data.task=arith" in msg and "model.hf_path" in msg
     assert load_config(demo, own + ["base.steps=0"]).base.steps == 0
+
+
+def test_one_mu_schedule_for_the_loop_and_the_engine():
+    """MuConfig.at is what both the loop and MegatronEngine.mu_at ask: the SFT stage, then the
+    schedule counted from its end; None when mu is adaptive (it needs the step's rewards)."""
+    from chord_megatron.algo import staged_mu
+    from chord_megatron.config import MuConfig
+
+    m = MuConfig(sft_steps=3, warmup=2, decay=4, peak=0.8, valley=0.2)
+    assert [m.at(s) for s in range(3)] == [1.0, 1.0, 1.0]
+    assert m.at(3) == 0.0 and m.at(5) == 0.8 and m.at(20) == 0.2
+    assert all(m.at(s) == staged_mu(s, sft_steps=3, warmup=2, decay=4, peak=0.8, valley=0.2) for s in range(20))
+    assert MuConfig(adaptive=True).at(0) is None
