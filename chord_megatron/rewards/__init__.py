@@ -9,9 +9,9 @@ and the built-in rewards.
 
 The demo task's reward ("arith") registers from chord_megatron/demo/arith.py.
 """
+from . import exact, math_answer, tool_call  # noqa: F401 (the built-in rewards register on import)
 from .registry import RewardError, RewardFn, get_reward, register_reward, registered_rewards
 from .runner import RewardRunner, check_reward_value
-from . import exact, math_answer, tool_call  # noqa: E402,F401,I001 (registration by import)
 
 __all__ = [
     "RewardError", "RewardFn", "RewardRunner", "check_reward_value", "get_reward", "register_reward",

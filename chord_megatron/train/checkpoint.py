@@ -39,7 +39,6 @@ Workarounds for megatron-core 0.16.1 (see the platform notes):
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re

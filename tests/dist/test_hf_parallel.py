@@ -8,7 +8,6 @@ lazily read checkpoint through MegatronEngine(cfg, full_state_dict=...), then
   * export_weights -> export_hf writes exactly the source checkpoint's tensors.
 TP=1 and the transformers round trip are tests/unit/test_hf_io.py.
 """
-import sys
 from pathlib import Path
 
 import pytest

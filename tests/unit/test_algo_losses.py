@@ -176,8 +176,8 @@ def test_global_denominators_make_micro_batches_add_up():
     den = {"rl": rl_n, "sft": sft_n}
     total, grads = 0.0, []
     for rows in (slice(0, 3), slice(3, 5), slice(5, 8)):  # uneven split, one micro-batch has no expert row
-        l, g, _ = run(logp[rows], old[rows], adv[rows], mask[rows], is_expert[rows], 0.25, denominators=den)
-        total += l.item()
+        part, g, _ = run(logp[rows], old[rows], adv[rows], mask[rows], is_expert[rows], 0.25, denominators=den)
+        total += part.item()
         grads.append(g)
     assert total == pytest.approx(full_loss.item(), rel=1e-6)
     torch.testing.assert_close(torch.cat(grads), full_grad)

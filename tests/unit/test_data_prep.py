@@ -9,7 +9,6 @@ conversations [{"from": user|assistant|tool, "value": ...}], calls in bracket sy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

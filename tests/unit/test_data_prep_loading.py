@@ -1,7 +1,6 @@
 """Loading prepared data: Parquet files, a Hugging Face tokenizer with its chat template, and the
 removal of RL prompts that are also expert problems."""
 import json
-from pathlib import Path
 
 import pytest
 

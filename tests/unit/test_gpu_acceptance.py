@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from scripts.gpu_acceptance import run as acceptance
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_acceptance.sh"
-
-from scripts.gpu_acceptance import run as acceptance
 
 
 def _env(**extra):
