@@ -199,6 +199,8 @@ def _quantile(xs, q):
 
 
 def _git_commit() -> str:
+    if os.environ.get("CHORD_COMMIT"):  # set by scripts/gpu_acceptance (a copied tree's .git may be stale)
+        return os.environ["CHORD_COMMIT"]
     try:  # read-only
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else "no-commit"
