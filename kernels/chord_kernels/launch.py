@@ -55,7 +55,7 @@ def default_launch(v_local: int, interpreted: bool) -> LaunchConfig:
 
     GPU: one row per program, 4096-wide tiles, 8 warps (16 KiB of fp32 per program in
     registers), no pipelining, per-row accumulators: the fastest of the 16 configurations of
-    SWEEP_GRID on an H200 (docs/gpu-acceptance/2026-11-30-h200; the others 6-56% slower).
+    SWEEP_GRID on an H200 (docs/gpu-acceptance/2026-11-30-h200; the others 6-57% slower).
     Interpreter (TRITON_INTERPRET=1): every program x tile step costs milliseconds of Python, so
     many rows per program and wide tiles keep the number of steps small.
     """
