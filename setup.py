@@ -6,10 +6,18 @@ megatron-core to the version the CPU patches were tested against (see
 chord_megatron/train/compat/cpu_patches.py). GPU users add the `gpu` extra; NVIDIA's apex is not on
 PyPI (the PyPI package called `apex` is an unrelated project) -- see the README.
 """
+import os
+
 from setuptools import find_packages, setup
 
 TORCH = "torch==2.13.0"
 MEGATRON_CORE = "megatron-core==0.16.1"
+# megatron-core 0.16.1 declares transformer-engine[core_cu13,pytorch]>=2.9.0a0,<2.12.0.
+TRANSFORMER_ENGINE = "transformer-engine[pytorch]>=2.9.0a0,<2.12.0"
+# CHORD_KEEP_TORCH=1: install into an environment whose torch and triton are already there and
+# must stay (NVIDIA's NGC PyTorch containers, whose transformer-engine and apex are built against
+# their own torch): torch and triton are left out of the requirements, so pip keeps them.
+KEEP_TORCH = os.environ.get("CHORD_KEEP_TORCH", "") not in ("", "0")
 
 setup(
     name="chord-megatron",
@@ -22,15 +30,14 @@ setup(
     # is chord_kernels because a top-level `kernels` collides with Hugging Face's `kernels`.
     package_dir={"chord_kernels": "kernels/chord_kernels"},
     include_package_data=True,
-    install_requires=[
-        TORCH,
+    install_requires=([] if KEEP_TORCH else [TORCH, "triton==3.7.1"])
+    + [
         MEGATRON_CORE,
         "numpy<2.5",
         "pyyaml>=6",
         # megatron.core.dist_checkpointing needs psutil but does not declare it; without it
         # the checkpoint writer subprocess dies and save hangs.
         "psutil>=5.9",
-        "triton==3.7.1",
         "tqdm>=4.66",
         # metrics: TensorBoard event files and PNG curves
         "tensorboard==2.21.0",
@@ -52,7 +59,7 @@ setup(
         # Trainer nodes with GPUs (NGC PyTorch containers already carry transformer-engine and
         # apex). SGLang servers run in their own environment: sglang 0.5.23 pins torch 2.14.1,
         # which conflicts with the trainer's pin, and the trainer only talks HTTP/NCCL to them.
-        "gpu": ["transformer-engine[pytorch]", "sglang-router==0.3.2"],
+        "gpu": [TRANSFORMER_ENGINE, "sglang-router==0.3.2"],
     },
     entry_points={"console_scripts": ["chord=chord_megatron.cli:main"]},
 )

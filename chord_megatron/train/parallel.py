@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..config import ParallelConfig
 from ..net import free_port
-from .compat.cpu_patches import apply_cpu_patches
+from .compat.cpu_patches import apply_cpu_patches, check_megatron_version
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ def init_parallel(pcfg: ParallelConfig, *, seed: int = 1234) -> ParallelState:
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    # On GPU too: the checkpoint, gradient-finalisation and CP workarounds lean on 0.16.1's internals.
+    check_megatron_version()
     apply_cpu_patches()
     init_distributed(pcfg.backend)
     world = dist.get_world_size()

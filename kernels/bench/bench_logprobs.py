@@ -199,6 +199,8 @@ def _quantile(xs, q):
 
 
 def _git_commit() -> str:
+    if os.environ.get("CHORD_COMMIT"):  # set by scripts/gpu_acceptance (a copied tree's .git may be stale)
+        return os.environ["CHORD_COMMIT"]
     try:  # read-only
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else "no-commit"
@@ -364,7 +366,9 @@ def run_sweep(args) -> list:
         raise SystemExit(f"--sweep needs {sweep.SWEEP_VARIANT}: {reason}")
     budget = Budget(args.budget_s)
     ctx = _context(args, device, "megatron_ce+entropy (naive when megatron-core is missing)")
-    cfgs = sweep.configs(args.v, device == "cpu", args.quick)
+    start, _, stop = args.grid.partition(":")
+    grid = slice(int(start) if start else None, int(stop) if stop else None)
+    cfgs = sweep.configs(args.v, device == "cpu", args.quick, grid)
     passes = list(PASSES)
 
     def time_config(cfg):
@@ -374,7 +378,7 @@ def run_sweep(args) -> list:
     # The default first, then the baselines, so the default's ratio survives an early budget stop.
     measured = [(cfgs[0], time_config(cfgs[0]))]
     baselines = {}
-    for name in ("megatron_ce+entropy", "naive"):
+    for name in filter(None, args.baselines.split(",")):
         why = unavailable_reason(name, device)
         if why:
             print(f"{name}: not measured ({why})")
@@ -439,6 +443,8 @@ def main(argv=None):
                    help="wall-clock budget for the whole run: no worker starts after it, a running one is killed")
     p.add_argument("--sweep", action="store_true",
                    help="time triton_inplace over launch configs (one worker each, all passes) instead of variants")
+    p.add_argument("--grid", default=":", help="with --sweep: START:STOP, part of launch.SWEEP_GRID (the default is always timed)")
+    p.add_argument("--baselines", default="megatron_ce+entropy,naive", help="with --sweep: comma list ('' for none)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

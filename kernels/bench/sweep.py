@@ -14,15 +14,17 @@ from chord_kernels.launch import SWEEP_GRID, LaunchConfig, default_launch
 SWEEP_VARIANT = "triton_inplace"  # the variant training uses: gradient written over the logits
 
 
-def configs(v: int, interpreted: bool, quick: bool) -> List[LaunchConfig]:
+def configs(v: int, interpreted: bool, quick: bool, grid: slice = slice(None)) -> List[LaunchConfig]:
     """The library's default for this shape first (its ratio to the baseline is always reported,
     even when the budget runs out), then the grid entries that differ from it.
 
+    `grid` picks part of SWEEP_GRID (e.g. the entries a budget cut off last time); the default
+    is always measured too, so that ratios stay within one run.
     --quick (a CPU smoke test under the interpreter): the default and one config that turns on
     both new knobs, with tiles small enough that a 256 x 2048 shape takes seconds.
     """
     default = default_launch(v, interpreted)
-    grid = [LaunchConfig(32, 1024, 1, num_stages=2, lane_accumulators=True)] if quick else list(SWEEP_GRID)
+    grid = [LaunchConfig(32, 1024, 1, num_stages=2, lane_accumulators=True)] if quick else list(SWEEP_GRID)[grid]
     return [default] + [c for c in grid if c != default]
 
 

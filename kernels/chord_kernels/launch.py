@@ -53,8 +53,9 @@ class LaunchConfig:
 def default_launch(v_local: int, interpreted: bool) -> LaunchConfig:
     """The configuration used when a caller passes none.
 
-    GPU: NOT tuned on hardware yet (see `bench_logprobs.py --sweep`). One row per program and
-    4096-wide tiles keep 16 KiB of fp32 per program in registers at 8 warps.
+    GPU: one row per program, 4096-wide tiles, 8 warps (16 KiB of fp32 per program in
+    registers), no pipelining, per-row accumulators: the fastest of the 16 configurations of
+    SWEEP_GRID on an H200 (docs/gpu-acceptance/2026-11-30-h200; the others 6-57% slower).
     Interpreter (TRITON_INTERPRET=1): every program x tile step costs milliseconds of Python, so
     many rows per program and wide tiles keep the number of steps small.
     """

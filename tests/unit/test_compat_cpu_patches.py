@@ -155,3 +155,17 @@ def test_tensor_methods_are_scoped_to_the_listed_modules():
     assert _call_as(lm, "t.cuda()", t=t) is t
     with pytest.raises((AssertionError, RuntimeError)):
         t.cuda()
+
+
+def test_the_version_is_checked_on_gpu_hosts_too(monkeypatch):
+    """The GPU path leans on 0.16.1's internals as much as the CPU path: init_parallel refuses
+    another version before it touches CUDA or a process group."""
+    from chord_megatron.config import load_config
+    from chord_megatron.train import parallel
+
+    monkeypatch.setattr(cp, "installed_megatron_version", lambda: "0.19.2")
+    monkeypatch.delenv(cp.ALLOW_UNPINNED_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU node
+    monkeypatch.setattr(parallel, "init_distributed", lambda *a, **k: pytest.fail("reached process-group setup"))
+    with pytest.raises(RuntimeError, match="0.16.1, but 0.19.2 is installed"):
+        parallel.init_parallel(load_config(None, []).parallel)

@@ -300,8 +300,9 @@ def check_megatron_version() -> str:
     version = installed_megatron_version()
     if version != PINNED_MEGATRON_CORE:
         message = (
-            f"chord_megatron's CPU patches were written and tested against megatron-core=="
-            f"{PINNED_MEGATRON_CORE}, but {version} is installed. Install the pinned version "
+            f"chord_megatron's workarounds of megatron-core internals (CPU patches, checkpoint and "
+            f"gradient handling) were written and tested against megatron-core=={PINNED_MEGATRON_CORE}, "
+            f"but {version} is installed. Install the pinned version "
             f"(pip install megatron-core=={PINNED_MEGATRON_CORE}) or set {ALLOW_UNPINNED_ENV}=1 "
             f"to try anyway, then run tests/unit/test_compat_cpu_patches.py."
         )

@@ -24,10 +24,13 @@ def inner_optimizers(optimizer) -> List[Any]:
 
 
 def adam_steps(optimizer) -> List[Optional[float]]:
-    """The Adam step count of each inner optimizer (None where no state exists yet)."""
+    """The Adam step count of each inner optimizer (None where no state exists yet): per
+    parameter in torch's Adam/AdamW, per param group in transformer-engine's and apex's
+    FusedAdam (what megatron-core picks on a GPU with TE; tests/dist/test_fused_adam_resume.py)."""
     out = []
     for opt in inner_optimizers(optimizer):
         steps = {float(s["step"]) for s in opt.optimizer.state.values() if "step" in s}
+        steps |= {float(g["step"]) for g in opt.optimizer.param_groups if g.get("params") and g.get("step")}
         out.append(max(steps) if steps else None)
     return out
 
