@@ -69,7 +69,8 @@ class ModelConfig:
     rope_scaling: str = one_of("none", "llama3", "linear")  # llama3: Llama-3.1/3.2 frequency scaling
     rope_scaling_factor: float = 8.0  # the checkpoint's rope factor when rope_scaling is not none
     dtype: str = one_of("auto", "fp32", "bf16")  # auto = bf16 on GPU, fp32 on CPU
-    transformer_impl: str = one_of("auto", "local", "transformer_engine")  # auto = transformer_engine when present with CUDA, else local
+    # auto = transformer_engine when present with CUDA, else local
+    transformer_impl: str = one_of("auto", "local", "transformer_engine")
 
     @property
     def kv_channels(self) -> int:
@@ -101,6 +102,7 @@ class DataConfig:
     reward: str = "arith"  # a name in the reward registry (chord_megatron/rewards)
     tokenizer: Optional[str] = None  # a local HF tokenizer folder; default: model.hf_path, else characters
     # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
+
     arith_digits: int = 2
     arith_rl_prompts: int = 2000
     arith_expert_rows: int = 1000
@@ -130,13 +132,18 @@ class RolloutConfig:
     max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
     verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
-    verify_tolerance: Optional[float] = None  # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision (1e-2 when bf16 is involved, 1e-4 in fp32)
-    weight_sync: str = one_of("tensor", "nccl", "disk")  # tensor: colocated; nccl: separate nodes; disk: a shared file system
+    # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision
+    # (1e-2 when bf16 is involved, 1e-4 in fp32)
+    verify_tolerance: Optional[float] = None
+    # tensor: colocated; nccl: separate nodes; disk: a shared file system
+    weight_sync: str = one_of("tensor", "nccl", "disk")
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
-    seeded_sampling: bool = False  # sglang: one request per sample with its own sampling_seed (reproducible rollouts; start servers with --enable-deterministic-inference)
+    # sglang: one request per sample with its own sampling_seed (reproducible rollouts; start
+    # servers with --enable-deterministic-inference)
+    seeded_sampling: bool = False
     request_timeout_s: float = 600.0  # per request
     max_retries: int = 3  # per request, with backoff
     num_servers: int = 1  # SGLang servers to launch from the sglang: section (no urls given)
@@ -220,7 +227,9 @@ class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2  # older checkpoints are deleted
-    optimizer_format: str = one_of("dp_reshardable", "fully_reshardable")  # Adam state: dp_reshardable resumes on the same layout; fully_reshardable on any (all-gathered over DP while saving)
+    # Adam state: dp_reshardable resumes on the same layout; fully_reshardable on any
+    # (all-gathered over DP while saving)
+    optimizer_format: str = one_of("dp_reshardable", "fully_reshardable")
 
 
 @dataclass(frozen=True)

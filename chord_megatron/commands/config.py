@@ -8,12 +8,16 @@ Face checkpoint folder, for a config file.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import io
 import sys
+import textwrap
+import tokenize
 import inspect
 import re
 import typing
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from .. import config as C
 
@@ -38,10 +42,23 @@ def from_hf(args: argparse.Namespace) -> int:
 
 
 def _comment(cls, name: str) -> str:
-    for line in inspect.getsourcelines(cls)[0]:
-        m = re.match(rf"\s+{name}:.*?#\s*(.*)$", line)
-        if m:
-            return m.group(1).replace("|", "\\|")
+    """A field's meaning: the comment lines right above it, then the comments on its own lines
+    (a long field comment goes above it, where the formatter leaves it whole; a comment that
+    heads a group of fields has a blank line after it)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: Dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            above, i = [], node.lineno - 1
+            while i >= 1 and lines[i - 1].strip().startswith("#"):
+                above.insert(0, comments[i])
+                i -= 1
+            own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            return " ".join(above + own).replace("|", "\\|")
     return ""
 
 
