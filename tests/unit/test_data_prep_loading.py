@@ -71,7 +71,7 @@ def test_load_task_uses_the_hf_tokenizer_and_drops_rl_prompts_in_the_expert_set(
     write_jsonl(tmp_path / "sft.jsonl", [{"messages": user("what is 4") + [{"role": "assistant", "content": "4"}]}])
     cfg = load_config(None, ["data.task=jsonl", f"data.prompt_path={tmp_path / 'rl.jsonl'}",
                              f"data.expert_path={tmp_path / 'sft.jsonl'}", f"data.tokenizer={tok_dir}",
-                             "model.vocab_size=96", "data.reward=math"])  # fmt: skip
+                             "model.vocab_size=96", "data.reward=math", "base.steps=0"])  # fmt: skip
     task = load_task(cfg)
     assert isinstance(task.tokenizer, HFTokenizer)
     assert [p.answer for p in task.prompts] == ["3", "5"]
