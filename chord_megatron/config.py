@@ -9,6 +9,7 @@ its value came from (the YAML file or the command line):
 
     configs/demo.yaml: algorithm.mu.peek: unknown key (known: warmup, decay, peak, valley, ...)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -167,8 +168,9 @@ class MuConfig:
         the step's rewards (algo.adaptive_mu). The loop and the engine both ask here."""
         if self.adaptive:
             return None
-        return staged_mu(step, sft_steps=self.sft_steps, warmup=self.warmup, decay=self.decay, peak=self.peak,
-                         valley=self.valley)  # fmt: skip
+        return staged_mu(
+            step, sft_steps=self.sft_steps, warmup=self.warmup, decay=self.decay, peak=self.peak, valley=self.valley
+        )
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ def sglang_gpus_per_server(options: Mapping[str, Any]) -> int:
     pp_size. The launch plan, the server launcher and the NCCL weight sync all count with it."""
     tp = options.get("tp_size", options.get("tp", 1))
     return int(tp or 1) * int(options.get("dp_size", 1) or 1) * int(options.get("pp_size", 1) or 1)
+
 
 def _choices(cls, prefix: str = "") -> Dict[str, Tuple[str, ...]]:
     out: Dict[str, Tuple[str, ...]] = {}
@@ -458,35 +461,71 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be one of {', '.join(allowed)}, got {get(key)!r}")
 
     positive_ints = [
-        "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
-        "model.num_query_groups", "model.vocab_size", "model.max_seq_length",
-        "parallel.tensor", "parallel.pipeline", "parallel.context",
-        "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-        "rollout.sync_every", "rollout.concurrency", "rollout.sync_bucket_mb",
-        "data.max_prompt_tokens", "data.max_response_tokens",
-        "train.micro_batch_size", "train.eval_samples", "checkpoint.keep_last",
-        "data.arith_digits", "data.arith_rl_prompts", "data.arith_eval_prompts", "base.batch_rows",
+        "model.num_layers",
+        "model.hidden_size",
+        "model.ffn_hidden_size",
+        "model.num_attention_heads",
+        "model.num_query_groups",
+        "model.vocab_size",
+        "model.max_seq_length",
+        "parallel.tensor",
+        "parallel.pipeline",
+        "parallel.context",
+        "rollout.prompts_per_step",
+        "rollout.samples_per_prompt",
+        "rollout.max_new_tokens",
+        "rollout.sync_every",
+        "rollout.concurrency",
+        "rollout.sync_bucket_mb",
+        "data.max_prompt_tokens",
+        "data.max_response_tokens",
+        "train.micro_batch_size",
+        "train.eval_samples",
+        "checkpoint.keep_last",
+        "data.arith_digits",
+        "data.arith_rl_prompts",
+        "data.arith_eval_prompts",
+        "base.batch_rows",
         "base.problems",
     ]
     for key in positive_ints:
         if get(key) < 1:
             fail(key, f"must be >= 1, got {get(key)}")
-    for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
-                "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay",
-                "algorithm.mu.sft_steps", "data.arith_expert_rows", "base.steps", "train.pack_length"]:
+    for key in [
+        "train.steps",
+        "train.eval_every",
+        "rollout.verify_every",
+        "rollout.max_retries",
+        "checkpoint.save_every",
+        "optim.lr_warmup_steps",
+        "algorithm.mu.warmup",
+        "algorithm.mu.decay",
+        "algorithm.mu.sft_steps",
+        "data.arith_expert_rows",
+        "base.steps",
+        "train.pack_length",
+    ]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 
     m, p = cfg.model, cfg.parallel
     if m.hidden_size % m.num_attention_heads:
-        fail("model.hidden_size", f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}")
+        fail(
+            "model.hidden_size",
+            f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}",
+        )
     if m.num_attention_heads % m.num_query_groups:
-        fail("model.num_query_groups",
-             f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}")
+        fail(
+            "model.num_query_groups",
+            f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}",
+        )
     if m.head_dim is not None and m.head_dim < 1:
         fail("model.head_dim", f"must be >= 1, got {m.head_dim}")
     if m.kv_channels % 2:
-        fail("model.head_dim" if m.head_dim else "model.hidden_size", "the head dimension must be even for rotary embeddings")
+        fail(
+            "model.head_dim" if m.head_dim else "model.hidden_size",
+            "the head dimension must be even for rotary embeddings",
+        )
     if not m.rope_scaling_factor > 0:
         fail("model.rope_scaling_factor", f"must be > 0, got {m.rope_scaling_factor}")
     if m.num_attention_heads % p.tensor:
@@ -499,7 +538,9 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
     if p.virtual_pipeline is not None and (p.virtual_pipeline < 1 or p.pipeline < 2):
         fail("parallel.virtual_pipeline", "needs parallel.pipeline >= 2 and a value >= 1")
     if m.num_layers % chunks:
-        fail("parallel.pipeline", f"pipeline x virtual stages = {chunks} does not divide model.num_layers={m.num_layers}")
+        fail(
+            "parallel.pipeline", f"pipeline x virtual stages = {chunks} does not divide model.num_layers={m.num_layers}"
+        )
     if p.sequence_parallel and p.tensor == 1:
         fail("parallel.sequence_parallel", "needs parallel.tensor > 1")
     if p.context > 1 and (m.max_seq_length % (2 * p.context)):
@@ -551,16 +592,23 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         if a.expert_data_ratio > 0 and not cfg.data.expert_path:
             fail("data.expert_path", "is required when data.task is jsonl and algorithm.expert_data_ratio > 0")
     if cfg.base.steps > 0 and cfg.data.task != "arith" and not m.hf_path:
-        fail("base.steps", f"trains the demo's toy base model, which only data.task=arith defines (data.task is "
-                           f"{cfg.data.task}): start from model.hf_path, or set base.steps=0 for random weights")
+        fail(
+            "base.steps",
+            f"trains the demo's toy base model, which only data.task=arith defines (data.task is "
+            f"{cfg.data.task}): start from model.hf_path, or set base.steps=0 for random weights",
+        )
     if cfg.data.max_prompt_tokens + r.max_new_tokens > m.max_seq_length:
-        fail("rollout.max_new_tokens",
-             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
-             f"exceeds model.max_seq_length ({m.max_seq_length})")
+        fail(
+            "rollout.max_new_tokens",
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
+            f"exceeds model.max_seq_length ({m.max_seq_length})",
+        )
     if cfg.data.max_prompt_tokens + cfg.data.max_response_tokens > m.max_seq_length:
-        fail("data.max_response_tokens",
-             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + data.max_response_tokens "
-             f"({cfg.data.max_response_tokens}) exceeds model.max_seq_length ({m.max_seq_length})")
+        fail(
+            "data.max_response_tokens",
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + data.max_response_tokens "
+            f"({cfg.data.max_response_tokens}) exceeds model.max_seq_length ({m.max_seq_length})",
+        )
 
 
 def dump_config(cfg: Config) -> str:

@@ -5,17 +5,17 @@ it between markers and a test keeps the two identical, so the documented keys, d
 meanings cannot drift from the code. `from-hf DIR` prints the `model:` section of a Hugging
 Face checkpoint folder, for a config file.
 """
+
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import inspect
 import io
 import sys
 import textwrap
 import tokenize
-import inspect
-import re
 import typing
 from typing import Dict, Iterator, List, Tuple
 
@@ -92,6 +92,8 @@ def reference() -> str:
         for key, default, meaning in _walk(tp, ""):
             out.append(f"| `{key}` | `{default}` | {meaning} |")
         out.append("")
-    out.append("**`megatron`**, **`sglang`** — free-form: passed verbatim to Megatron's `TransformerConfig` "
-               "and to SGLang's server arguments (and `sglang.router` to sglang-router).")
+    out.append(
+        "**`megatron`**, **`sglang`** — free-form: passed verbatim to Megatron's `TransformerConfig` "
+        "and to SGLang's server arguments (and `sglang.router` to sglang-router)."
+    )
     return "\n".join(out) + "\n"

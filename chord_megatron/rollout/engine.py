@@ -8,6 +8,7 @@
 Log-probs are those of the sampled tokens at the sampling temperature, log_softmax(logits / T),
 as SGLang reports them; the trainer divides its logits by the same T before comparing.
 """
+
 from __future__ import annotations
 
 import abc
@@ -41,7 +42,9 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @classmethod
-    def from_config(cls, rollout_cfg, stop_token_ids: Sequence[int] = (), seed: Optional[int] = None) -> "SamplingParams":
+    def from_config(
+        cls, rollout_cfg, stop_token_ids: Sequence[int] = (), seed: Optional[int] = None
+    ) -> "SamplingParams":
         """From a RolloutConfig (temperature, top_p, max_new_tokens)."""
         return cls(
             max_new_tokens=rollout_cfg.max_new_tokens,

@@ -16,6 +16,7 @@ the broadcast, which would then block until the group's timeout. So the broadcas
 asynchronous and, while they run, the announcement is watched: its refusal ends the wait, and
 the group, now out of step, is aborted and dropped (the next sync sets up a new one).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,26 +30,45 @@ from ..train.compat.process_group import new_process_group
 from .buckets import SyncStats, bucketize, update_session, with_last
 
 
-
-def join_group(master_address: str, master_port: int, world_size: int, rank: int, *, group_name: str,
-               backend: str = "nccl", timeout_s: float = 600.0):
+def join_group(
+    master_address: str,
+    master_port: int,
+    world_size: int,
+    rank: int,
+    *,
+    group_name: str,
+    backend: str = "nccl",
+    timeout_s: float = 600.0,
+):
     """A process group outside the default world, rendezvousing at tcp://address:port with the
     store keys prefixed by `group_name` (SGLang's convention). Blocks until all ranks joined."""
-    return new_process_group(master_address, master_port, world_size, rank, group_name=group_name, backend=backend,
-                             timeout_s=timeout_s)  # fmt: skip
+    return new_process_group(
+        master_address, master_port, world_size, rank, group_name=group_name, backend=backend, timeout_s=timeout_s
+    )
 
 
 class NcclSync:
     """Callable transport for SGLangEngine(weight_sync=NcclSync(...)); call it on the trainer
     rank that holds the full tensors (rank 0 of the training job)."""
 
-    def __init__(self, master_address: str, master_port: int, *, bucket_mb: float = 512, backend: str = "nccl",
-                 group_name: str = "weight_update_group", device: Optional[torch.device] = None,
-                 init_timeout_s: float = 600.0, poll_s: float = 0.01):
+    def __init__(
+        self,
+        master_address: str,
+        master_port: int,
+        *,
+        bucket_mb: float = 512,
+        backend: str = "nccl",
+        group_name: str = "weight_update_group",
+        device: Optional[torch.device] = None,
+        init_timeout_s: float = 600.0,
+        poll_s: float = 0.01,
+    ):
         self.master_address, self.master_port = master_address, int(master_port)
         self.max_bytes = int(bucket_mb * 2**20)
         self.backend, self.group_name = backend, group_name
-        self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
+        self.device = device or (
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
         self.init_timeout_s = init_timeout_s
         self.poll_s = poll_s
         self.group = None
@@ -60,12 +80,27 @@ class NcclSync:
         for url in client.worker_urls:
             offsets[url] = next_rank
             next_rank += sglang_gpus_per_server(infos[url])  # its ranks in the update group
-        joined = engine.submit(client.init_weights_update_group(
-            self.master_address, self.master_port, next_rank, offsets, group_name=self.group_name,
-            backend=self.backend, timeout_s=self.init_timeout_s))
+        joined = engine.submit(
+            client.init_weights_update_group(
+                self.master_address,
+                self.master_port,
+                next_rank,
+                offsets,
+                group_name=self.group_name,
+                backend=self.backend,
+                timeout_s=self.init_timeout_s,
+            )
+        )
         try:
-            self.group = join_group(self.master_address, self.master_port, next_rank, 0, group_name=self.group_name,
-                                    backend=self.backend, timeout_s=self.init_timeout_s)
+            self.group = join_group(
+                self.master_address,
+                self.master_port,
+                next_rank,
+                0,
+                group_name=self.group_name,
+                backend=self.backend,
+                timeout_s=self.init_timeout_s,
+            )
         except BaseException:
             joined.cancel()
             raise
@@ -79,10 +114,16 @@ class NcclSync:
         with update_session(engine):
             for bucket, last in with_last(bucketize(named, self.max_bytes)):
                 tensors = [t.to(self.device).contiguous() for _, t in bucket]
-                announced = engine.submit(client.update_weights_from_distributed(
-                    [n for n, _ in bucket], [str(t.dtype).replace("torch.", "") for t in tensors],
-                    [list(t.shape) for t in tensors], group_name=self.group_name,
-                    weight_version=version if last else None, flush_cache=last))
+                announced = engine.submit(
+                    client.update_weights_from_distributed(
+                        [n for n, _ in bucket],
+                        [str(t.dtype).replace("torch.", "") for t in tensors],
+                        [list(t.shape) for t in tensors],
+                        group_name=self.group_name,
+                        weight_version=version if last else None,
+                        flush_cache=last,
+                    )
+                )
                 works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
                 try:
                     self._wait_watching(works, announced)
