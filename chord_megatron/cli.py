@@ -3,7 +3,7 @@
     chord config show CONFIG [key=value ...]     print the resolved config as YAML
     chord config reference                       every key, its default and meaning
     chord config from-hf FOLDER                  the `model:` section of a Hugging Face checkpoint
-    chord train CONFIG [key=value ...] [--resume] [--nproc N]
+    chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
                                                  the method and its baselines; table + curves
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run (or resume) CHORD training")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in train.output_dir (its metrics, checkpoints)",
+    )
     train.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun-style)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_command("train"))

@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError, load_config
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
+from ..run_dir import earlier_run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,6 +123,9 @@ def run_compare(
             *per_variant.get(name, []),
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
+        # An unfinished variant (stopped earlier) is compare's own output: it starts over.
+        if earlier_run(cfg.replace(**{"train.output_dir": str(run_dir)})):
+            cmd.append("--overwrite")
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")

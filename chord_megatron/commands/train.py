@@ -1,4 +1,7 @@
-"""`chord train CONFIG [key=value ...] [--resume] [--nproc N]`: run (or resume) CHORD training.
+"""`chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]`: run (or resume) CHORD training.
+
+An output folder that holds another run is refused unless --resume (continue it) or --overwrite
+(replace it) says which is meant (run_dir.py).
 
 With --nproc N the command restarts itself in N local processes, torchrun-style (one machine,
 gloo or NCCL): each child gets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from
@@ -17,13 +20,24 @@ from typing import List
 
 from ..config import load_config
 from ..net import free_port
+from ..run_dir import check_output_dir
 from ..train.parallel import is_rank0
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if is_rank0():  # before anything is written (the task's data too); other ranks leave the folder to rank 0
+        check_output_dir(cfg, resume=args.resume, overwrite=args.overwrite)
     if args.nproc > 1:
-        flags = (["--resume"] if args.resume else []) + (["--no-progress"] if args.no_progress else [])
+        flags = [
+            f
+            for f, on in (
+                ("--resume", args.resume),
+                ("--overwrite", args.overwrite),
+                ("--no-progress", args.no_progress),
+            )
+            if on
+        ]
         return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
     from ..loop import train
 

@@ -75,3 +75,25 @@ def test_run_compare_refuses_a_bad_per_variant_key_before_training(tmp_path, mon
             ["grpo", "sft"],
             per_variant={"sft": ["optim.nope=1"]},
         )
+
+
+def test_run_compare_starts_an_unfinished_variant_over_and_skips_a_finished_one(tmp_path, monkeypatch):
+    """A variant stopped part-way left a run in its folder: compare restarts it with --overwrite
+    (chord train refuses the folder otherwise); a finished one is not run again."""
+    cfg = load_config(None, OVERRIDES)
+    done = tmp_path / "cmp" / "sft"
+    done.mkdir(parents=True)
+    (done / "metrics.jsonl").write_text(json.dumps({"step": 6, "eval/accuracy": 0.5}) + "\n")
+    stopped = tmp_path / "cmp" / "grpo"
+    stopped.mkdir(parents=True)
+    (stopped / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.25}) + "\n")
+    calls = []
+
+    def fake_train(cmd):
+        calls.append(cmd)
+        (stopped / "metrics.jsonl").write_text(json.dumps({"step": 6, "eval/accuracy": 0.5}) + "\n")
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake_train)
+    run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "cmp", ["grpo", "sft"], progress=False)
+    assert len(calls) == 1 and f"train.output_dir={stopped}" in calls[0] and calls[0][-1] == "--overwrite"
