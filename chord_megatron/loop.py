@@ -6,6 +6,8 @@ verbs of services.Services, the Megatron engine's behind MegatronEngine's.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Dict
@@ -55,6 +57,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
             sync_metrics = sync.push(version=updates)
         if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps:
             engine.save(ckpt_dir, {"step": updates}, step=updates)
+        fault_point("between-record-and-checkpoint", step)
         metrics["step/seconds"] = time.perf_counter() - t0
         metrics["train/tokens_per_s"] = float(data.batch.loss_mask.sum()) / metrics["step/seconds"]
         services.log(step, metrics)
@@ -65,3 +68,11 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     bar.close()
     services.close()
     return last_eval
+
+
+def fault_point(name: str, step: int) -> None:
+    """A test-only kill switch: with CHORD_TEST_KILL=<name>:<step> in the environment the process
+    SIGKILLs itself here, so that a test can kill a run between two writes deterministically
+    (tests/e2e/test_resume_after_kill.py). Nothing else sets or reads the variable."""
+    if os.environ.get("CHORD_TEST_KILL") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -18,20 +18,28 @@ def comparable(records):
     return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in records]
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, base_cache):
-    args = [
-        *SHORT,
-        f"base.cache_dir={base_cache}",
-        "train.steps=6",
-        "train.eval_every=3",
-        "checkpoint.save_every=2",
-        "algorithm.mu.peak=0.5",
-        "algorithm.mu.valley=0.1",
-        "algorithm.mu.decay=6",
-        "--no-progress",
-    ]
-    straight = tmp_path / "straight"
-    chord("train", DEMO, *args, f"train.output_dir={straight}")
+ARGS = [
+    *SHORT,
+    "train.steps=6",
+    "train.eval_every=3",
+    "checkpoint.save_every=2",
+    "algorithm.mu.peak=0.5",
+    "algorithm.mu.valley=0.1",
+    "algorithm.mu.decay=6",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, base_cache):
+    """The uninterrupted run's metrics.jsonl."""
+    out = tmp_path_factory.mktemp("straight")
+    chord("train", DEMO, *ARGS, f"base.cache_dir={base_cache}", f"train.output_dir={out}")
+    return read_metrics(out / "metrics.jsonl")
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, base_cache, straight):
+    args = [*ARGS, f"base.cache_dir={base_cache}"]
 
     killed = tmp_path / "killed"
     proc = chord("train", DEMO, *args, f"train.output_dir={killed}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -46,7 +54,23 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, base_cache):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert len(read_metrics(metrics)) < len(read_metrics(straight / "metrics.jsonl"))
+    assert len(read_metrics(metrics)) < len(straight)
 
     chord("train", DEMO, *args, f"train.output_dir={killed}", "--resume")
-    assert comparable(read_metrics(killed / "metrics.jsonl")) == comparable(read_metrics(straight / "metrics.jsonl"))
+    assert comparable(read_metrics(killed / "metrics.jsonl")) == comparable(straight)
+
+
+def test_killed_between_a_steps_record_and_its_checkpoint_loses_no_record(tmp_path, base_cache, straight, monkeypatch):
+    """The window between writing step 3's metrics record and the checkpoint after update 4:
+    a kill there (the loop's test-only fault point) must not lose step 3's record on --resume."""
+    args = [*ARGS, f"base.cache_dir={base_cache}", f"train.output_dir={tmp_path}"]
+    monkeypatch.setenv("CHORD_TEST_KILL", "between-record-and-checkpoint:3")
+    killed = chord("train", DEMO, *args, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    monkeypatch.delenv("CHORD_TEST_KILL")
+
+    chord("train", DEMO, *args, "--resume")
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss/total" in r] == [0, 1, 2, 3, 4, 5]  # each update exactly once
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 3, 6]
+    assert comparable(records) == comparable(straight)
