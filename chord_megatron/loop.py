@@ -55,12 +55,15 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         updates = step + 1
         if updates % cfg.rollout.sync_every == 0 or updates == steps:
             sync_metrics = sync.push(version=updates)
-        if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps:
-            engine.save(ckpt_dir, {"step": updates}, step=updates)
-        fault_point("between-record-and-checkpoint", step)
         metrics["step/seconds"] = time.perf_counter() - t0
         metrics["train/tokens_per_s"] = float(data.batch.loss_mask.sum()) / metrics["step/seconds"]
+        # The step's record first, then the checkpoint that covers it: killed in between, the
+        # run resumes from the previous checkpoint and writes the record again (the logger drops
+        # records from the resumed step on). The other order loses the record for good.
         services.log(step, metrics)
+        fault_point("between-record-and-checkpoint", step)
+        if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps:
+            engine.save(ckpt_dir, {"step": updates}, step=updates)
         if eval_due(updates):
             last_eval = services.evaluate(updates)
             metrics.update(last_eval)
