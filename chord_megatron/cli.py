@@ -9,7 +9,8 @@
                                                  the method and its baselines; table + curves
     chord eval CONFIG [key=value ...] [--data FILE] [--k K] [--checkpoint DIR]
                                                  avg@k on a benchmark file
-    chord export-hf CONFIG CHECKPOINT OUT         a training checkpoint as a Hugging Face folder
+    chord export-hf CONFIG CHECKPOINT OUT [--overwrite]
+                                                 a training checkpoint as a Hugging Face folder
     chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
                                                  node roles, ranks, layout and exact commands
     chord launch script-env CONFIG ...           the same check, as shell assignments (launch/*.sbatch)
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-hf", help="a training checkpoint as a Hugging Face folder")
     export.add_argument("config")
     export.add_argument("checkpoint", help="a checkpoint folder (or a root with a `latest` pointer)")
-    export.add_argument("out", help="the Hugging Face folder to write")
+    export.add_argument("out", help="the Hugging Face folder to write (new or empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it holds files")
     export.add_argument("overrides", nargs="*", metavar="key=value")
     export.set_defaults(func=_command("export_hf"))
 

@@ -27,13 +27,31 @@ def write_hf_checkpoint(
     config: Optional[Dict[str, Any]] = None,
     stats: Optional[SyncStats] = None,
 ) -> Path:
-    """Safetensors shards `model-0000i-of-0000n.safetensors` + the index (+ config.json)."""
-    from safetensors.torch import save_file
-
+    """Safetensors shards `model-0000i-of-0000n.safetensors` + the index (+ config.json), in a
+    folder of this transport's own: an earlier `folder` is replaced."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")  # a reader never sees a half-written folder
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    write_hf_files(tmp, named, max_shard_bytes=max_shard_bytes, config=config, stats=stats)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def write_hf_files(
+    folder: Path,
+    named: Iterable[Tuple[str, torch.Tensor]],
+    *,
+    max_shard_bytes: int,
+    config: Optional[Dict[str, Any]] = None,
+    stats: Optional[SyncStats] = None,
+) -> None:
+    """The shards, the index (and config.json) into `folder`, which exists: the caller makes the
+    folder appear atomically (write_hf_checkpoint, hf/export.py)."""
+    from safetensors.torch import save_file
+
+    tmp = Path(folder)
     shards = []
     for i, bucket in enumerate(bucketize(named, max_shard_bytes)):
         name = f"shard-{i:05d}.safetensors"
@@ -53,9 +71,6 @@ def write_hf_checkpoint(
     )
     if config is not None:
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 def read_hf_checkpoint(folder: Path) -> Dict[str, torch.Tensor]:
