@@ -31,6 +31,9 @@ Workarounds for megatron-core 0.16.1 (see the platform notes):
 * torch Adam's per-parameter `step` comes back as that dummy step's 1, so the saved count is
   stored separately and written back (bias correction depends on it);
 * loading runs under torch.no_grad (it copies into leaf parameters);
+* before the first update the distributed optimizer cannot produce a state dict (it asserts
+  one Adam step count): such a checkpoint is saved without optimizer state
+  (`optimizer_state: false`) and loads with a fresh optimizer;
 * `fully_reshardable` loading hands DistributedOptimizer._set_main_param_and_optimizer_states
   every state but torch Adam's per-parameter `step`, which that method then looks up
   (KeyError 'step'): compat/optimizer_load.py hands it the destination's own step for the load,
@@ -154,12 +157,20 @@ def save_checkpoint(
         os.makedirs(tmp)
     dist.barrier()
 
-    sd = _sharded_state_dict(model, optimizer, par, is_loading=False, with_rng=True, optimizer_format=optimizer_format)
+    # Before the first update Adam has no state, and megatron-core's distributed optimizer
+    # cannot describe one (an assertion in DistributedOptimizer.state_dict): a model fresh from
+    # model.hf_path or a random init is saved without optimizer state, recorded as such, and
+    # loading it starts Adam afresh, which is exactly the state it was saved in.
+    has_state = any(s is not None for s in optimizer_load.adam_steps(optimizer))
+    sd = _sharded_state_dict(
+        model, optimizer if has_state else None, par, is_loading=False, with_rng=True, optimizer_format=optimizer_format
+    )
     sd.update(
         format_version=FORMAT_VERSION,
         step=int(step),
         layout=_layout(par),
         optimizer_format=optimizer_format,
+        optimizer_state=has_state,
         distributed_optimizer=optimizer_load.is_distributed(optimizer),
         scheduler=scheduler.state_dict(),
         adam_steps=optimizer_load.adam_steps(optimizer),
@@ -236,7 +247,11 @@ def load_checkpoint(
         "distributed_optimizer", optimizer_load.is_distributed(optimizer)
     ) == optimizer_load.is_distributed(optimizer)
     optimizer_fits = same_optimizer and (same_layout or optimizer_format == "fully_reshardable")
-    if load_optimizer is None:
+    if not common.get("optimizer_state", True):
+        # Saved before the first update (see save_checkpoint): there is no Adam state to load,
+        # and a fresh optimizer is the state that was saved, on any layout.
+        load_optimizer = False
+    elif load_optimizer is None:
         load_optimizer = optimizer_fits
         if not optimizer_fits and par.rank == 0:
             warnings.warn(
