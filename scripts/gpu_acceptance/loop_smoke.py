@@ -55,6 +55,7 @@ def main():
         f"train.steps={steps}",
         f"train.output_dir={run}",
         f"base.cache_dir={rep.out / 'base-cache'}",
+        "--overwrite",  # the step's own folder: a rerun of the acceptance starts the run over
     ]
     # The child's output streams into the step's log as it comes. Past the step's budget (less a
     # margin) it gets SIGABRT, on which Python's faulthandler prints every thread's stack: a slow
