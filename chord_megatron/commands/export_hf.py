@@ -33,5 +33,6 @@ def run_export_hf(cfg: Config, checkpoint_dir: str, out_dir: str, *, overwrite: 
     if rank0:
         print(f"exported step {step} of {checkpoint_dir} to {out}")
         if replaced:
-            print(f"--overwrite: replaced what {out} held: {', '.join(replaced)}")
+            shown = ", ".join(replaced[:6]) + (f", ... ({len(replaced)} in all)" if len(replaced) > 6 else "")
+            print(f"--overwrite: replaced what {out} held: {shown}")
     return 0

@@ -8,12 +8,16 @@ from tests.support.hf_models import config_for, make_checkpoint
 
 
 def _job(folder, root):
+    import contextlib
+    import io
+
     import torch
     from safetensors.torch import load_file
 
     from chord_megatron.commands.export_hf import run_export_hf
     from chord_megatron.data import ExpertRow
     from chord_megatron.data.batch import build_train_batch
+    from chord_megatron.hf.export import ExportTargetError
     from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.compat.optimizer_load import is_distributed
     from chord_megatron.train.engine import MegatronEngine
@@ -31,6 +35,15 @@ def _job(folder, root):
     source = load_file(str(Path(folder) / "model.safetensors"))
     source = {n: t for n, t in source.items() if not (cfg.model.tie_embeddings and n == "lm_head.weight")}
     r["export_exact"] = sorted(exported) == sorted(source) and all(torch.equal(exported[n], source[n]) for n in source)
+    # a second export into the same OUT is refused, unless --overwrite, which says what it replaced
+    try:
+        run_export_hf(cfg, str(root / "ckpt"), str(root / "exported"))
+    except ExportTargetError as e:
+        r["refused"] = str(e)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_export_hf(cfg, str(root / "ckpt"), str(root / "exported"), overwrite=True)
+    r["overwrite_said"] = printed.getvalue()
 
     # resumed from it (onto a random init), the first update is the fresh engine's, bit for bit
     resumed = MegatronEngine(cfg)
@@ -56,5 +69,12 @@ def test_a_fresh_model_saves_exports_and_resumes_before_its_first_update(tmp_pat
     assert r["distributed"]  # the optimizer whose state_dict asserts before the first step
     assert r["saved"] == "step_00000000"
     assert r["export_exact"]
+    out = tmp_path / "exported"
+    assert r["refused"].startswith(f"OUT {out} is not empty (")
+    assert (
+        r["overwrite_said"]
+        .splitlines()[1]
+        .startswith(f"--overwrite: replaced what {out} held: chat_template.jinja, config.json, ")
+    )
     assert r["step"] == 0 and r["resume_exact"] and r["moved"]
     assert r["step_after"] == 1
