@@ -135,6 +135,8 @@ def check_export_target(
                 f"OUT {out} {where} {what} {path}: the export would replace the files it is made from; "
                 "choose another folder"
             )
+    if out.is_symlink():  # replacing it would replace the link, not the folder it names
+        raise ExportTargetError(f"OUT {out} is a link: give the folder itself, {target}")
     if out.exists() and not out.is_dir():
         raise ExportTargetError(f"OUT {out} is a file, not a folder")
     if out.is_dir() and not overwrite:

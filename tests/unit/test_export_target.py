@@ -93,3 +93,14 @@ def test_overwrite_replaces_out_only_once_the_new_folder_is_complete(tmp_path, s
     export_hf(weights(cfg), cfg, out, overwrite=True)
     assert "stale.txt" not in files(out) and "config.json" in files(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_file_or_a_link_as_out_is_refused(tmp_path, source):
+    cfg = config_for(source)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "folder")
+    with pytest.raises(ExportTargetError, match="is a file, not a folder"):
+        check_export_target(tmp_path / "file", cfg, overwrite=True)
+    with pytest.raises(ExportTargetError, match=f"is a link: give the folder itself, {tmp_path / 'folder'}"):
+        check_export_target(tmp_path / "link", cfg, overwrite=True)
