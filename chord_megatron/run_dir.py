@@ -50,7 +50,8 @@ class EarlierRun:
     def describe(self) -> str:
         parts = []
         if self.metrics:
-            parts.append(f"{self.metrics[0].name} ({_count_lines(self.metrics[0])} records)")
+            n = _count_lines(self.metrics[0])
+            parts.append(f"{self.metrics[0].name} ({n} record{'s' * (n != 1)})")
         if self.events:
             parts.append(f"{len(self.events)} TensorBoard event file{'s' * (len(self.events) > 1)}")
         steps = [p.name for p in self.checkpoints if not p.name.startswith(".tmp.")]

@@ -70,6 +70,10 @@ def test_a_checkpoint_root_elsewhere_counts_too(tmp_path, capsys, no_training):
     assert main(["train", DEMO, f"train.output_dir={out}", f"checkpoint.dir={ckpt}"]) == 2
     assert "already holds a run (checkpoint step_00000003)" in capsys.readouterr().err
     assert not out.exists()
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["train", DEMO, f"train.output_dir={out}", f"checkpoint.dir={ckpt}"]) == 2
+    assert "already holds a run (metrics.jsonl (1 record), checkpoint step_00000003)" in capsys.readouterr().err
 
 
 def test_overwrite_removes_the_earlier_runs_files_and_nothing_else(tmp_path, capsys):
