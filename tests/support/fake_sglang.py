@@ -15,7 +15,8 @@ When the sglang wheel is installed, /generate bodies go through SGLang's own con
 
 Sampled tokens are a function of (prompt, sample index), or of (prompt, sampling_seed) for a
 seeded request: a test can tell which prompt a response answers. Faults, for the fault tests: slow answers, 503 while starting, dying on the N-th
-/generate without answering it, malformed JSON bodies. The process exits by itself after
+/generate without answering it, malformed JSON bodies, a refused /begin_weight_update, lost
+/end_weight_update answers. The process exits by itself after
 --max-lifetime-s so that no test can leave it behind.
 """
 from __future__ import annotations
@@ -81,6 +82,7 @@ class State:
         self.malformed_left = args.malformed
         self.flush_busy_left = args.flush_busy
         self.refuse_distributed_after_s = args.refuse_distributed_after_s
+        self.drop_end_answers = args.drop_end_answers
         self.abort_epoch = 0
         self.paused = False
         self.session_open = False
@@ -192,13 +194,25 @@ class Handler(BaseHTTPRequestHandler):
                 s.paused = False
             return self._send(200, {"message": "Generation continued successfully.", "status": "ok"})
         if path == "/begin_weight_update":
+            if s.args.refuse_begin:
+                return self._fail("refused (fault injection: --refuse-begin)")
             with s.lock:
-                s.session_open = True
-            return self._ok("weight update session opened")
+                was, s.session_open = s.session_open, True
+            # SGLang's own messages (scheduler_components/weight_updater.py): one session at a time.
+            if was:
+                return self._fail("a weight-update session is already open; call end_weight_update() first")
+            return self._ok("Success")
         if path == "/end_weight_update":
             with s.lock:
                 was, s.session_open = s.session_open, False
-            return self._ok("weight update session closed") if was else self._fail("no weight update session is open")
+                drop = s.drop_end_answers > 0
+                s.drop_end_answers = max(0, s.drop_end_answers - 1)
+            if drop:  # the session is ended, but the answer is lost on the way
+                self.close_connection = True
+                return None
+            if not was:
+                return self._fail("no weight-update session is open; call begin_weight_update() first")
+            return self._ok("Success")
         if path in ("/update_weights_from_tensor", "/update_weights_from_distributed"):
             key = "serialized_named_tensors" if path.endswith("tensor") else "names"
             if key not in body:
@@ -419,6 +433,9 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--refuse-distributed-after-s", type=float, default=None,
                    help="answer every /update_weights_from_distributed with an error after this long")
+    p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
+    p.add_argument("--drop-end-answers", type=int, default=0,
+                   help="end the session on the first N /end_weight_update but close the connection unanswered")
     p.add_argument("--join-groups", action="store_true",
                    help="really join /init_weights_update_group's process group and receive broadcasts (imports torch)")
     p.add_argument("--max-lifetime-s", type=float, default=300.0, help="exit by itself after this long")
