@@ -15,9 +15,15 @@ A server that refuses an announcement (no session, unknown names, ...) never tak
 the broadcast, which would then block until the group's timeout. So the broadcasts are
 asynchronous and, while they run, the announcement is watched: its refusal ends the wait, and
 the group, now out of step, is aborted and dropped (the next sync sets up a new one).
+
+The new group cannot reuse the old one's name or port: torch keeps an aborted group's name
+registered ("The specified group name has already been created") and its rendezvous store may
+still listen on the port. So each reconnect takes a new name (`<group_name>_<n>`) and a port
+nobody listens on, from the job's reserved `port_range` when there is one.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import Iterable, Optional, Tuple
 
@@ -25,6 +31,8 @@ import torch
 import torch.distributed as dist
 
 from ..config import sglang_gpus_per_server
+from ..net import free_port
+from ..errors import ChordError
 from ..train.compat.process_group import new_process_group
 from .buckets import SyncStats, bucketize, update_session, with_last
 
@@ -38,22 +46,57 @@ def join_group(master_address: str, master_port: int, world_size: int, rank: int
                              timeout_s=timeout_s)  # fmt: skip
 
 
+class WeightSyncError(ChordError, RuntimeError):
+    """The broadcast transport cannot set up its group (e.g. no free port in the job's range)."""
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 class NcclSync:
     """Callable transport for SGLangEngine(weight_sync=NcclSync(...)); call it on the trainer
     rank that holds the full tensors (rank 0 of the training job)."""
 
     def __init__(self, master_address: str, master_port: int, *, bucket_mb: float = 512, backend: str = "nccl",
                  group_name: str = "weight_update_group", device: Optional[torch.device] = None,
-                 init_timeout_s: float = 600.0, poll_s: float = 0.01):
+                 init_timeout_s: float = 600.0, poll_s: float = 0.01, port_range: Optional[Tuple[int, int]] = None):
+        """`port_range` (first, last), inclusive: where the ports of later groups come from
+        (the job's reserved ports); without one, any free port of this host."""
+        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+            raise ValueError(f"port_range must be (first, last) with 0 < first <= last < 65536, got {port_range}")
         self.master_address, self.master_port = master_address, int(master_port)
+        self.port_range = port_range
         self.max_bytes = int(bucket_mb * 2**20)
         self.backend, self.group_name = backend, group_name
+        self._base_group_name = group_name
+        self._groups_abandoned = 0
+        self._renew = False  # the last group was abandoned: the next one needs a new name and port
         self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
         self.init_timeout_s = init_timeout_s
         self.poll_s = poll_s
         self.group = None
 
+    def _fresh_port(self) -> int:
+        """A port other than the current one that nobody on this host listens on."""
+        if self.port_range is None:
+            return free_port("")
+        for port in range(self.port_range[0], self.port_range[1] + 1):
+            if port != self.master_port and _bindable(port):
+                return port
+        raise WeightSyncError(f"no free port left in the reserved range {self.port_range[0]}-{self.port_range[1]} "
+                          f"for a new weight-update group")
+
     def connect(self, engine) -> None:
+        if self._renew:
+            self.group_name = f"{self._base_group_name}_{self._groups_abandoned}"
+            self.master_port = self._fresh_port()
+            self._renew = False
         client = engine.client
         infos = engine.run(client.server_infos())
         offsets, next_rank = {}, 1
@@ -68,6 +111,9 @@ class NcclSync:
                                     backend=self.backend, timeout_s=self.init_timeout_s)
         except BaseException:
             joined.cancel()
+            # The name may be registered and the store may hold the port: the next try renews both.
+            self._groups_abandoned += 1
+            self._renew = True
             raise
         joined.result(self.init_timeout_s)
 
@@ -106,8 +152,14 @@ class NcclSync:
         """Abort the out-of-step group (its pending broadcasts end with it) and ask the servers
         to drop their side; best effort, the original error is what the caller raises."""
         group, self.group = self.group, None
+        self._groups_abandoned += 1
+        self._renew = True
         try:
             group.abort()
+        except Exception:
+            pass
+        try:  # unregister it: it would keep its name taken in this process, and its store alive
+            dist.destroy_process_group(group)
         except Exception:
             pass
         try:

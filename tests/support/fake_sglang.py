@@ -223,7 +223,13 @@ class Handler(BaseHTTPRequestHandler):
                 if path.endswith("distributed") and s.group is None:
                     return self._fail("no weights update group: call /init_weights_update_group first")
             if path.endswith("distributed") and s.refuse_distributed_after_s is not None:
-                time.sleep(s.refuse_distributed_after_s)  # a late refusal: the data is never taken
+                with s.lock:
+                    after_s = s.refuse_distributed_after_s
+                    if s.args.refuse_distributed_times:  # only the first N are refused, then it recovers
+                        s.args.refuse_distributed_times -= 1
+                        if not s.args.refuse_distributed_times:
+                            s.refuse_distributed_after_s = None
+                time.sleep(after_s)  # a late refusal: the data is never taken
                 return self._fail("refused (fault injection: --refuse-distributed-after-s)")
             if path.endswith("distributed") and s.group_pg is not None:
                 self._receive(body)
@@ -262,6 +268,14 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/destroy_weights_update_group":
             with s.lock:
                 s.group = None
+                pg, s.group_pg = s.group_pg, None
+            if pg is not None:  # as SGLang does: the name and the group are released
+                import torch.distributed as dist
+
+                try:
+                    dist.destroy_process_group(pg)
+                except Exception as e:
+                    return self._fail(f"Failed to destroy custom process group: {e}.")
             return self._ok("Succeeded to destroy custom process group.")
         if path == "/update_weight_version":
             with s.lock:
@@ -433,6 +447,8 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--refuse-distributed-after-s", type=float, default=None,
                    help="answer every /update_weights_from_distributed with an error after this long")
+    p.add_argument("--refuse-distributed-times", type=int, default=0,
+                   help="with --refuse-distributed-after-s: refuse only the first N (0 = every one)")
     p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
     p.add_argument("--drop-end-answers", type=int, default=0,
                    help="end the session on the first N /end_weight_update but close the connection unanswered")
