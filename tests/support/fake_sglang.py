@@ -15,7 +15,8 @@ When the sglang wheel is installed, /generate bodies go through SGLang's own con
 
 Sampled tokens are a function of (prompt, sample index), or of (prompt, sampling_seed) for a
 seeded request: a test can tell which prompt a response answers. Faults, for the fault tests: slow answers, 503 while starting, dying on the N-th
-/generate without answering it, malformed JSON bodies, a refused /begin_weight_update, lost
+/generate without answering it, malformed JSON bodies, aborted
+/generate answers, a refused /begin_weight_update, lost
 /end_weight_update answers. The process exits by itself after
 --max-lifetime-s so that no test can leave it behind.
 """
@@ -348,6 +349,8 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.005)
             if malformed:
                 return self._send(200, raw=b'{"text": "truncated", "meta_info": {"id": ')
+            if n_received <= s.args.abort_generates:  # as if /abort_request or a pause cut it
+                aborted = True
             return self._send(200, self._outputs(body, aborted))
         finally:
             with s.lock:
@@ -449,6 +452,8 @@ def serve(argv=None, *, handler=None):
                    help="answer every /update_weights_from_distributed with an error after this long")
     p.add_argument("--refuse-distributed-times", type=int, default=0,
                    help="with --refuse-distributed-after-s: refuse only the first N (0 = every one)")
+    p.add_argument("--abort-generates", type=int, default=0,
+                   help="answer the first N /generate with finish_reason abort (half the tokens)")
     p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
     p.add_argument("--drop-end-answers", type=int, default=0,
                    help="end the session on the first N /end_weight_update but close the connection unanswered")
