@@ -1,0 +1,79 @@
+"""SGLang 0.5.23 takes no weight update by NCCL broadcast or CUDA IPC tensors from a server with
+dp_size > 1 (its tokenizer_control_mixin asserts dp_size == 1), and with pp_size > 1 two of a
+server's GPUs take the same rank in the update group (rank_offset + tp_rank). Config validation
+and `chord launch plan` refuse both, in one line naming the alternative; disk sync stays allowed."""
+import ast
+
+import pytest
+
+from tests.support import sglang_contract
+from chord_megatron.cli import main
+from chord_megatron.config import ConfigError, load_config
+
+QWEN = """
+model: {name: qwen2.5-7b, num_layers: 28, hidden_size: 3584, ffn_hidden_size: 18944, num_attention_heads: 28,
+        num_query_groups: 4, vocab_size: 152064, max_seq_length: 4096, qkv_bias: true, tie_embeddings: false}
+parallel: {tensor: 2, pipeline: 1}
+rollout: {engine: inprocess, prompts_per_step: 32, samples_per_prompt: 8, max_new_tokens: 2048}
+data: {max_prompt_tokens: 1024, max_response_tokens: 2048}
+train: {micro_batch_size: 1}
+algorithm: {expert_data_ratio: 0.2}
+sglang: {model_path: /models/qwen2.5-7b, tp_size: 2, mem_fraction_static: 0.3}
+"""
+
+SGLANG = ["rollout.engine=sglang"]
+
+
+@pytest.mark.skipif(not sglang_contract.available(), reason="needs the sglang 0.5.23 wheel")
+def test_the_wheel_still_asserts_dp_size_1_on_weight_updates():
+    """The fact the refusal rests on, read from SGLang's source."""
+    source = (sglang_contract.sglang_dir() / "srt" / "managers" / "tokenizer_control_mixin.py").read_text()
+    guarded = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AsyncFunctionDef):
+            guarded[node.name] = "dp_size == 1" in ast.unparse(node)
+    for route in ("init_weights_update_group", "update_weights_from_distributed", "update_weights_from_tensor"):
+        assert guarded.get(route), route
+
+
+@pytest.mark.parametrize("sync", ["nccl", "tensor"])
+@pytest.mark.parametrize("key,alternative", [("dp_size", "dp_size=1 and several servers"),
+                                             ("pp_size", "pp_size=1")])
+def test_config_refuses_dp_or_pp_with_nccl_or_tensor_sync(tmp_path, sync, key, alternative):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, SGLANG + ["sglang.model_path=/m", f"sglang.{key}=2", f"rollout.weight_sync={sync}"])
+    msg = str(e.value)
+    assert f"sglang.{key}: 2" in msg and "rollout.weight_sync=disk" in msg and alternative in msg
+    assert "\n" not in msg
+    # disk sync reloads from a folder, which SGLang allows with any dp / pp
+    load_config(None, SGLANG + ["sglang.model_path=/m", f"sglang.{key}=2", "rollout.weight_sync=disk"])
+    load_config(None, SGLANG + ["sglang.model_path=/m", f"sglang.{key}=1", f"rollout.weight_sync={sync}"])
+
+
+def test_sglangs_long_flag_names_count_too():
+    with pytest.raises(ConfigError, match="sglang.dp_size"):
+        load_config(None, SGLANG + ["sglang.model_path=/m", "sglang.data_parallel_size=4", "rollout.weight_sync=nccl"])
+
+
+def plan_cli(capsys, path, *args):
+    rc = main(["launch", "plan", str(path), *map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("overrides,reason", [
+    # disaggregated: the plan turns tensor into nccl, which the config (engine inprocess) never checked
+    (["--nodes", 2, "sglang.dp_size=2"], "sglang.dp_size=2: SGLang refuses weight updates by nccl"),
+    (["--nodes", 2, "sglang.pp_size=2"], "sglang.pp_size=2: with pipeline stages"),
+    (["--nodes", 2, "sglang.dp_size=2", "rollout.weight_sync=disk"], None),  # disk sync works with DP
+])
+def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, overrides, reason):
+    path = tmp_path / "qwen.yaml"
+    path.write_text(QWEN)
+    rc, out, err = plan_cli(capsys, path, *overrides)
+    if reason is None:
+        assert rc == 0 and out.startswith("launch plan: disaggregated"), err
+        return
+    assert rc == 2 and out == ""
+    assert err.startswith("chord: launch plan: ") and err.count("\n") == 1 and reason in err, err
+    assert "rollout.weight_sync=disk" in err
