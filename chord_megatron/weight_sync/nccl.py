@@ -32,9 +32,8 @@ import torch.distributed as dist
 
 from ..config import sglang_gpus_per_server
 from ..net import free_port
-from ..errors import ChordError
 from ..train.compat.process_group import new_process_group
-from .buckets import SyncStats, bucketize, update_session, with_last
+from .buckets import SyncStats, WeightSyncError, bucketize, check_servers_take, update_session, with_last
 
 
 
@@ -44,10 +43,6 @@ def join_group(master_address: str, master_port: int, world_size: int, rank: int
     store keys prefixed by `group_name` (SGLang's convention). Blocks until all ranks joined."""
     return new_process_group(master_address, master_port, world_size, rank, group_name=group_name, backend=backend,
                              timeout_s=timeout_s)  # fmt: skip
-
-
-class WeightSyncError(ChordError, RuntimeError):
-    """The broadcast transport cannot set up its group (e.g. no free port in the job's range)."""
 
 
 def _bindable(port: int) -> bool:
@@ -99,6 +94,7 @@ class NcclSync:
             self._renew = False
         client = engine.client
         infos = engine.run(client.server_infos())
+        check_servers_take(infos, "nccl")  # attached servers: the config's sglang: section may not describe them
         offsets, next_rank = {}, 1
         for url in client.worker_urls:
             offsets[url] = next_rank

@@ -152,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
                 "model_path": s.args.model_path, "served_model_name": s.args.model_path,
                 "tokenizer_path": s.args.model_path, "max_context_length": 4096, "version": "0.5.23",
                 "internal_states": [{}], "host": s.args.host, "port": s.args.port, "frontend": "python",
-                "tp_size": s.args.tp_size, "dp_size": 1, "pp_size": 1,
+                "tp_size": s.args.tp_size, "dp_size": s.args.dp_size, "pp_size": s.args.pp_size,
             })
         if path == "/flush_cache":
             return self._flush()
@@ -448,6 +448,8 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--malformed", type=int, default=0, help="answer the first N /generate with broken JSON")
     p.add_argument("--flush-busy", type=int, default=0, help="answer the first N /flush_cache with 400")
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--dp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--pp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--refuse-distributed-after-s", type=float, default=None,
                    help="answer every /update_weights_from_distributed with an error after this long")
     p.add_argument("--refuse-distributed-times", type=int, default=0,

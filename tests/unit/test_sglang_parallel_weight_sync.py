@@ -77,3 +77,33 @@ def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, over
     assert rc == 2 and out == ""
     assert err.startswith("chord: launch plan: ") and err.count("\n") == 1 and reason in err, err
     assert "rollout.weight_sync=disk" in err
+
+
+@pytest.mark.parametrize("transport", ["tensor", "nccl"])
+def test_attached_servers_with_dp_are_refused_before_a_session_opens(tmp_path, transport):
+    """Servers given by URL are described by their /server_info, not by the config."""
+    import json
+    import urllib.request
+
+    import torch
+
+    from tests.support import fake_sglang
+    from chord_megatron.net import free_port
+    from chord_megatron.rollout.sglang.client import SGLangClient
+    from chord_megatron.rollout.sglang.engine import SGLangEngine
+    from chord_megatron.weight_sync.buckets import WeightSyncError
+    from chord_megatron.weight_sync.nccl import NcclSync
+    from chord_megatron.weight_sync.tensor import TensorSync
+
+    (w,) = fake_sglang.launch_fake_workers(1, tmp_path, {0: ["--max-lifetime-s", "60", "--dp-size", "2"]})
+    try:
+        sync = TensorSync() if transport == "tensor" else NcclSync("127.0.0.1", free_port(), backend="gloo")
+        with SGLangEngine(SGLangClient([w.url], [w.url], backoff_s=0.05), weight_sync=sync) as eng:
+            with pytest.raises(WeightSyncError, match=rf"{w.url} runs with dp_size=2: SGLang refuses weight updates "
+                                                      rf"by {transport}.*rollout.weight_sync=disk"):
+                eng.update_weights([("model.norm.weight", torch.ones(4))], "1")
+        with urllib.request.urlopen(w.url + "/_fake/stats", timeout=5) as r:
+            sent = [p for p, _ in json.loads(r.read())["requests"]]
+        assert sent == []  # no session, no group: nothing to clean up on the server
+    finally:
+        w.stop()
