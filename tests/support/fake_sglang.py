@@ -23,6 +23,7 @@ seeded request: a test can tell which prompt a response answers. Faults, for the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -421,6 +422,27 @@ def launch_fake_workers(n, log_dir, args_per_worker=None, timeout_s=20.0):
         for w in workers:
             w.stop()
         raise
+
+
+@contextlib.contextmanager
+def running(n, log_dir, args_per_worker=None, lifetime_s=60):
+    """launch_fake_workers(n, ...) for a with-block: each exits by itself after `lifetime_s` and
+    is stopped (by PID) when the block ends."""
+    extra = args_per_worker or {}
+    ws = launch_fake_workers(n, log_dir, {i: ["--max-lifetime-s", str(lifetime_s), *extra.get(i, [])] for i in range(n)})
+    try:
+        yield ws
+    finally:
+        for w in ws:
+            w.stop()
+
+
+def stats(worker) -> dict:
+    """A running fake's /_fake/stats: every POST it got, its session, group and weight version."""
+    import urllib.request
+
+    with urllib.request.urlopen(worker.url + "/_fake/stats", timeout=5) as r:
+        return json.loads(r.read())
 
 
 def child_env() -> dict:

@@ -1,6 +1,8 @@
 """Samples cut by an abort (finish reason "abort": a pause, /abort_request, a server dropping
 them) are regenerated before scoring, counted in the metrics, and never scored or trained on as
 complete answers. Against a fake SGLang worker that answers its first /generate as aborted."""
+import contextlib
+
 import pytest
 
 from tests.support import fake_sglang
@@ -14,16 +16,9 @@ PROMPTS = [[i + 1, 7, 3 * i] for i in range(3)]
 
 @pytest.fixture
 def worker(tmp_path):
-    started = []
-
-    def launch(*extra):
-        (w,) = fake_sglang.launch_fake_workers(1, tmp_path, {0: ["--max-lifetime-s", "60", *extra]})
-        started.append(w)
-        return w
-
-    yield launch
-    for w in started:
-        w.stop()
+    """worker(*args): a fake worker with these arguments, stopped at the end of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *extra: stack.enter_context(fake_sglang.running(1, tmp_path, {0: list(extra)}))[0]
 
 
 def engine_for(w):

@@ -4,13 +4,11 @@ The failed group is aborted, but torch still knows its name ("The specified grou
 already been created") and its rendezvous store may still hold the port, so the reconnect must
 use a fresh group name and a fresh port. Over gloo, against a fake worker that joins with SGLang's
 own init_custom_process_group and refuses only the first announcement."""
-import json
-import urllib.request
-
 import pytest
 import torch
 
 from tests.support import fake_sglang, sglang_contract
+from tests.support.fake_sglang import stats
 from chord_megatron.net import free_port
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
 from chord_megatron.rollout.sglang.engine import SGLangEngine
@@ -20,17 +18,10 @@ needs_wheel = pytest.mark.skipif(not sglang_contract.available(),
                                  reason="needs `pip install --no-deps sglang==0.5.23` and msgspec")
 
 
-def stats(worker):
-    with urllib.request.urlopen(worker.url + "/_fake/stats", timeout=5) as r:
-        return json.loads(r.read())
-
-
 @needs_wheel
 def test_sync_after_a_failed_one_reconnects_with_a_fresh_group_and_port(tmp_path):
-    (w,) = fake_sglang.launch_fake_workers(1, tmp_path, {0: [
-        "--max-lifetime-s", "60", "--join-groups",
-        "--refuse-distributed-after-s", "0.5", "--refuse-distributed-times", "1"]})
-    try:
+    faults = ["--join-groups", "--refuse-distributed-after-s", "0.5", "--refuse-distributed-times", "1"]
+    with fake_sglang.running(1, tmp_path, {0: faults}) as (w,):
         first_port = free_port()
         sync = NcclSync("127.0.0.1", first_port, backend="gloo", init_timeout_s=30)
         big = [("model.embed_tokens.weight", torch.ones(4 * 2**20))]  # 16 MB: the broadcast waits for the worker
@@ -51,8 +42,6 @@ def test_sync_after_a_failed_one_reconnects_with_a_fresh_group_and_port(tmp_path
         assert s["received"]["model.norm.weight"][2] == pytest.approx(24.0)
         announced = [b["group_name"] for p, b in s["requests"] if p == "/update_weights_from_distributed"]
         assert announced == [inits[0]["group_name"]] + [inits[1]["group_name"]] * 2
-    finally:
-        w.stop()
 
 
 def test_fresh_ports_come_from_the_reserved_range_and_skip_busy_ones():

@@ -9,17 +9,8 @@ import pytest
 from tests.support import sglang_contract
 from chord_megatron.cli import main
 from chord_megatron.config import ConfigError, load_config
+from tests.unit.test_launch_plan import QWEN7B
 
-QWEN = """
-model: {name: qwen2.5-7b, num_layers: 28, hidden_size: 3584, ffn_hidden_size: 18944, num_attention_heads: 28,
-        num_query_groups: 4, vocab_size: 152064, max_seq_length: 4096, qkv_bias: true, tie_embeddings: false}
-parallel: {tensor: 2, pipeline: 1}
-rollout: {engine: inprocess, prompts_per_step: 32, samples_per_prompt: 8, max_new_tokens: 2048}
-data: {max_prompt_tokens: 1024, max_response_tokens: 2048}
-train: {micro_batch_size: 1}
-algorithm: {expert_data_ratio: 0.2}
-sglang: {model_path: /models/qwen2.5-7b, tp_size: 2, mem_fraction_static: 0.3}
-"""
 
 SGLANG = ["rollout.engine=sglang"]
 
@@ -69,8 +60,8 @@ def plan_cli(capsys, path, *args):
 ])
 def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, overrides, reason):
     path = tmp_path / "qwen.yaml"
-    path.write_text(QWEN)
-    rc, out, err = plan_cli(capsys, path, *overrides)
+    path.write_text(QWEN7B)
+    rc, out, err = plan_cli(capsys, path, "rollout.engine=inprocess", *overrides)
     if reason is None:
         assert rc == 0 and out.startswith("launch plan: disaggregated"), err
         return
@@ -82,9 +73,6 @@ def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, over
 @pytest.mark.parametrize("transport", ["tensor", "nccl"])
 def test_attached_servers_with_dp_are_refused_before_a_session_opens(tmp_path, transport):
     """Servers given by URL are described by their /server_info, not by the config."""
-    import json
-    import urllib.request
-
     import torch
 
     from tests.support import fake_sglang
@@ -95,15 +83,10 @@ def test_attached_servers_with_dp_are_refused_before_a_session_opens(tmp_path, t
     from chord_megatron.weight_sync.nccl import NcclSync
     from chord_megatron.weight_sync.tensor import TensorSync
 
-    (w,) = fake_sglang.launch_fake_workers(1, tmp_path, {0: ["--max-lifetime-s", "60", "--dp-size", "2"]})
-    try:
+    with fake_sglang.running(1, tmp_path, {0: ["--dp-size", "2"]}) as (w,):
         sync = TensorSync() if transport == "tensor" else NcclSync("127.0.0.1", free_port(), backend="gloo")
         with SGLangEngine(SGLangClient([w.url], [w.url], backoff_s=0.05), weight_sync=sync) as eng:
             with pytest.raises(WeightSyncError, match=rf"{w.url} runs with dp_size=2: SGLang refuses weight updates "
                                                       rf"by {transport}.*rollout.weight_sync=disk"):
                 eng.update_weights([("model.norm.weight", torch.ones(4))], "1")
-        with urllib.request.urlopen(w.url + "/_fake/stats", timeout=5) as r:
-            sent = [p for p, _ in json.loads(r.read())["requests"]]
-        assert sent == []  # no session, no group: nothing to clean up on the server
-    finally:
-        w.stop()
+        assert fake_sglang.stats(w)["requests"] == []  # no session, no group: nothing to clean up on the server
