@@ -10,6 +10,7 @@ Two modes, decided once before any test module is imported:
 - **GPU mode**: `pytest -m gpu` (a mark expression that selects `gpu` tests). The GPU stays
   visible and the kernels are compiled; on a machine without CUDA the selected tests are skipped.
 """
+
 import os
 import re
 import subprocess
@@ -85,4 +86,6 @@ def pytest_collection_finish(session):
     rel = [str(Path(item.path).resolve().relative_to(config.rootpath)) for item in session.items]
     missing = uncollected_folders(folders_with_tests(config.rootpath, config.getini("testpaths")), rel)
     if missing:
-        raise pytest.UsageError(f"test folders that collected no test (check norecursedirs in pytest.ini): {', '.join(missing)}")
+        raise pytest.UsageError(
+            f"test folders that collected no test (check norecursedirs in pytest.ini): {', '.join(missing)}"
+        )

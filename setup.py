@@ -6,6 +6,7 @@ megatron-core to the version the CPU patches were tested against (see
 chord_megatron/train/compat/cpu_patches.py). GPU users add the `gpu` extra; NVIDIA's apex is not on
 PyPI (the PyPI package called `apex` is an unrelated project) -- see the README.
 """
+
 import os
 
 from setuptools import find_packages, setup
@@ -53,7 +54,14 @@ setup(
     extras_require={
         # + `pip install --no-deps sglang==0.5.23`: SGLang's own API types for the contract
         # tests (with its dependencies it would pull a CUDA torch).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "msgspec==0.22.0", "sglang-router==0.3.2", "pyarrow==26.0.1"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "msgspec==0.22.0",
+            "sglang-router==0.3.2",
+            "pyarrow==26.0.1",
+            "ruff==0.17.6",
+        ],
         # Parquet data files (Hugging Face datasets' format): a 55 MB wheel, so not in the base install.
         "data": ["pyarrow==26.0.1"],
         # Trainer nodes with GPUs (NGC PyTorch containers already carry transformer-engine and

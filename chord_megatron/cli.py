@@ -25,6 +25,7 @@ overrides. A ChordError (errors.py) ends the command with one line, `chord: <kin
 and its exit code (2: fix the input; 1: the run stopped); anything else is a bug and keeps its
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(compare)
     compare.add_argument("--variants", help="comma-separated subset (default: all)")
     compare.add_argument("--out", help="output folder (default: <train.output_dir>-compare)")
-    compare.add_argument("--set", action="append", default=[], metavar="VARIANT:key=value",
-                         help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)")
+    compare.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VARIANT:key=value",
+        help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)",
+    )
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_command("compare"))
 
@@ -106,19 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(plan)
     plan.add_argument("--nodes", type=int, required=True)
     plan.add_argument("--gpus-per-node", type=int, default=8)
-    plan.add_argument("--mode", choices=("colocated", "disaggregated"), default="disaggregated",
-                      help="disaggregated: SGLang on some nodes, training on the others")
+    plan.add_argument(
+        "--mode",
+        choices=("colocated", "disaggregated"),
+        default="disaggregated",
+        help="disaggregated: SGLang on some nodes, training on the others",
+    )
     plan.add_argument("--rollout-nodes", type=int, help="nodes for SGLang in disaggregated mode")
     plan.set_defaults(func=_command("launch.plan"))
-    _add_pass_through(launch, "script-env", "the plan's check and shell assignments, for launch/*.sbatch",
-                      _command("launch.plan", "script_env"))
+    _add_pass_through(
+        launch,
+        "script-env",
+        "the plan's check and shell assignments, for launch/*.sbatch",
+        _command("launch.plan", "script_env"),
+    )
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")
     _add_config_args(step)
     step.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    step.add_argument("--vs", nargs="+", metavar="key=value", default=[],
-                      help="also run the config with these overrides, in the same run, and print the ratios")
+    step.add_argument(
+        "--vs",
+        nargs="+",
+        metavar="key=value",
+        default=[],
+        help="also run the config with these overrides, in the same run, and print the ratios",
+    )
     step.set_defaults(func=_command("bench"))
 
     data = sub.add_parser("data", help="dataset preparation").add_subparsers(dest="action", required=True)

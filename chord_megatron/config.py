@@ -9,6 +9,7 @@ its value came from (the YAML file or the command line):
 
     configs/demo.yaml: algorithm.mu.peek: unknown key (known: warmup, decay, peak, valley, ...)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,7 +70,8 @@ class ModelConfig:
     rope_scaling: str = one_of("none", "llama3", "linear")  # llama3: Llama-3.1/3.2 frequency scaling
     rope_scaling_factor: float = 8.0  # the checkpoint's rope factor when rope_scaling is not none
     dtype: str = one_of("auto", "fp32", "bf16")  # auto = bf16 on GPU, fp32 on CPU
-    transformer_impl: str = one_of("auto", "local", "transformer_engine")  # auto = transformer_engine when present with CUDA, else local
+    # auto = transformer_engine when present with CUDA, else local
+    transformer_impl: str = one_of("auto", "local", "transformer_engine")
 
     @property
     def kv_channels(self) -> int:
@@ -101,6 +103,7 @@ class DataConfig:
     reward: str = "arith"  # a name in the reward registry (chord_megatron/rewards)
     tokenizer: Optional[str] = None  # a local HF tokenizer folder; default: model.hf_path, else characters
     # The generated arithmetic task (data.task = arith): problem sizes and split sizes.
+
     arith_digits: int = 2
     arith_rl_prompts: int = 2000
     arith_expert_rows: int = 1000
@@ -130,13 +133,18 @@ class RolloutConfig:
     max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
     verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
-    verify_tolerance: Optional[float] = None  # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision (1e-2 when bf16 is involved, 1e-4 in fp32)
-    weight_sync: str = one_of("tensor", "nccl", "disk")  # tensor: colocated; nccl: separate nodes; disk: a shared file system
+    # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision
+    # (1e-2 when bf16 is involved, 1e-4 in fp32)
+    verify_tolerance: Optional[float] = None
+    # tensor: colocated; nccl: separate nodes; disk: a shared file system
+    weight_sync: str = one_of("tensor", "nccl", "disk")
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
-    seeded_sampling: bool = False  # sglang: one request per sample with its own sampling_seed (reproducible rollouts; start servers with --enable-deterministic-inference)
+    # sglang: one request per sample with its own sampling_seed (reproducible rollouts; start
+    # servers with --enable-deterministic-inference)
+    seeded_sampling: bool = False
     request_timeout_s: float = 600.0  # per request
     max_retries: int = 3  # per request, with backoff
     num_servers: int = 1  # SGLang servers to launch from the sglang: section (no urls given)
@@ -160,8 +168,9 @@ class MuConfig:
         the step's rewards (algo.adaptive_mu). The loop and the engine both ask here."""
         if self.adaptive:
             return None
-        return staged_mu(step, sft_steps=self.sft_steps, warmup=self.warmup, decay=self.decay, peak=self.peak,
-                         valley=self.valley)  # fmt: skip
+        return staged_mu(
+            step, sft_steps=self.sft_steps, warmup=self.warmup, decay=self.decay, peak=self.peak, valley=self.valley
+        )
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,9 @@ class CheckpointConfig:
     dir: Optional[str] = None  # default: <train.output_dir>/checkpoints
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2  # older checkpoints are deleted
-    optimizer_format: str = one_of("dp_reshardable", "fully_reshardable")  # Adam state: dp_reshardable resumes on the same layout; fully_reshardable on any (all-gathered over DP while saving)
+    # Adam state: dp_reshardable resumes on the same layout; fully_reshardable on any
+    # (all-gathered over DP while saving)
+    optimizer_format: str = one_of("dp_reshardable", "fully_reshardable")
 
 
 @dataclass(frozen=True)
@@ -273,13 +284,16 @@ def weight_sync_layout_problem(options: Mapping[str, Any], weight_sync: str) -> 
     if dp > 1:
         return "sglang.dp_size", (
             f"{dp}: SGLang refuses weight updates by {weight_sync} from a server with data-parallel replicas "
-            f"(it asserts dp_size == 1); use rollout.weight_sync=disk, or dp_size=1 and several servers")
+            f"(it asserts dp_size == 1); use rollout.weight_sync=disk, or dp_size=1 and several servers"
+        )
     if pp > 1:
         return "sglang.pp_size", (
             f"{pp}: with pipeline stages two GPUs of a server take the same rank in SGLang's weight-update "
             f"group (rank_offset + tp_rank), so {weight_sync} sync cannot work; use rollout.weight_sync=disk, "
-            f"or pp_size=1 (a larger tp_size, or several servers)")
+            f"or pp_size=1 (a larger tp_size, or several servers)"
+        )
     return None
+
 
 def _choices(cls, prefix: str = "") -> Dict[str, Tuple[str, ...]]:
     out: Dict[str, Tuple[str, ...]] = {}
@@ -473,35 +487,71 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be one of {', '.join(allowed)}, got {get(key)!r}")
 
     positive_ints = [
-        "model.num_layers", "model.hidden_size", "model.ffn_hidden_size", "model.num_attention_heads",
-        "model.num_query_groups", "model.vocab_size", "model.max_seq_length",
-        "parallel.tensor", "parallel.pipeline", "parallel.context",
-        "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-        "rollout.sync_every", "rollout.concurrency", "rollout.sync_bucket_mb",
-        "data.max_prompt_tokens", "data.max_response_tokens",
-        "train.micro_batch_size", "train.eval_samples", "checkpoint.keep_last",
-        "data.arith_digits", "data.arith_rl_prompts", "data.arith_eval_prompts", "base.batch_rows",
+        "model.num_layers",
+        "model.hidden_size",
+        "model.ffn_hidden_size",
+        "model.num_attention_heads",
+        "model.num_query_groups",
+        "model.vocab_size",
+        "model.max_seq_length",
+        "parallel.tensor",
+        "parallel.pipeline",
+        "parallel.context",
+        "rollout.prompts_per_step",
+        "rollout.samples_per_prompt",
+        "rollout.max_new_tokens",
+        "rollout.sync_every",
+        "rollout.concurrency",
+        "rollout.sync_bucket_mb",
+        "data.max_prompt_tokens",
+        "data.max_response_tokens",
+        "train.micro_batch_size",
+        "train.eval_samples",
+        "checkpoint.keep_last",
+        "data.arith_digits",
+        "data.arith_rl_prompts",
+        "data.arith_eval_prompts",
+        "base.batch_rows",
         "base.problems",
     ]
     for key in positive_ints:
         if get(key) < 1:
             fail(key, f"must be >= 1, got {get(key)}")
-    for key in ["train.steps", "train.eval_every", "rollout.verify_every", "rollout.max_retries",
-                "checkpoint.save_every", "optim.lr_warmup_steps", "algorithm.mu.warmup", "algorithm.mu.decay",
-                "algorithm.mu.sft_steps", "data.arith_expert_rows", "base.steps", "train.pack_length"]:
+    for key in [
+        "train.steps",
+        "train.eval_every",
+        "rollout.verify_every",
+        "rollout.max_retries",
+        "checkpoint.save_every",
+        "optim.lr_warmup_steps",
+        "algorithm.mu.warmup",
+        "algorithm.mu.decay",
+        "algorithm.mu.sft_steps",
+        "data.arith_expert_rows",
+        "base.steps",
+        "train.pack_length",
+    ]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 
     m, p = cfg.model, cfg.parallel
     if m.hidden_size % m.num_attention_heads:
-        fail("model.hidden_size", f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}")
+        fail(
+            "model.hidden_size",
+            f"{m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}",
+        )
     if m.num_attention_heads % m.num_query_groups:
-        fail("model.num_query_groups",
-             f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}")
+        fail(
+            "model.num_query_groups",
+            f"{m.num_query_groups} does not divide model.num_attention_heads={m.num_attention_heads}",
+        )
     if m.head_dim is not None and m.head_dim < 1:
         fail("model.head_dim", f"must be >= 1, got {m.head_dim}")
     if m.kv_channels % 2:
-        fail("model.head_dim" if m.head_dim else "model.hidden_size", "the head dimension must be even for rotary embeddings")
+        fail(
+            "model.head_dim" if m.head_dim else "model.hidden_size",
+            "the head dimension must be even for rotary embeddings",
+        )
     if not m.rope_scaling_factor > 0:
         fail("model.rope_scaling_factor", f"must be > 0, got {m.rope_scaling_factor}")
     if m.num_attention_heads % p.tensor:
@@ -514,7 +564,9 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
     if p.virtual_pipeline is not None and (p.virtual_pipeline < 1 or p.pipeline < 2):
         fail("parallel.virtual_pipeline", "needs parallel.pipeline >= 2 and a value >= 1")
     if m.num_layers % chunks:
-        fail("parallel.pipeline", f"pipeline x virtual stages = {chunks} does not divide model.num_layers={m.num_layers}")
+        fail(
+            "parallel.pipeline", f"pipeline x virtual stages = {chunks} does not divide model.num_layers={m.num_layers}"
+        )
     if p.sequence_parallel and p.tensor == 1:
         fail("parallel.sequence_parallel", "needs parallel.tensor > 1")
     if p.context > 1 and (m.max_seq_length % (2 * p.context)):
@@ -570,16 +622,23 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         if a.expert_data_ratio > 0 and not cfg.data.expert_path:
             fail("data.expert_path", "is required when data.task is jsonl and algorithm.expert_data_ratio > 0")
     if cfg.base.steps > 0 and cfg.data.task != "arith" and not m.hf_path:
-        fail("base.steps", f"trains the demo's toy base model, which only data.task=arith defines (data.task is "
-                           f"{cfg.data.task}): start from model.hf_path, or set base.steps=0 for random weights")
+        fail(
+            "base.steps",
+            f"trains the demo's toy base model, which only data.task=arith defines (data.task is "
+            f"{cfg.data.task}): start from model.hf_path, or set base.steps=0 for random weights",
+        )
     if cfg.data.max_prompt_tokens + r.max_new_tokens > m.max_seq_length:
-        fail("rollout.max_new_tokens",
-             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
-             f"exceeds model.max_seq_length ({m.max_seq_length})")
+        fail(
+            "rollout.max_new_tokens",
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
+            f"exceeds model.max_seq_length ({m.max_seq_length})",
+        )
     if cfg.data.max_prompt_tokens + cfg.data.max_response_tokens > m.max_seq_length:
-        fail("data.max_response_tokens",
-             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + data.max_response_tokens "
-             f"({cfg.data.max_response_tokens}) exceeds model.max_seq_length ({m.max_seq_length})")
+        fail(
+            "data.max_response_tokens",
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + data.max_response_tokens "
+            f"({cfg.data.max_response_tokens}) exceeds model.max_seq_length ({m.max_seq_length})",
+        )
 
 
 def dump_config(cfg: Config) -> str:

@@ -6,6 +6,7 @@ layout, a checkpoint folder, a rollout server or reward that failed -- and `cli.
 1: the run stopped, metrics and checkpoints so far stay and `--resume` continues). Any other
 exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from typing import Optional

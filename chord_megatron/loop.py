@@ -3,6 +3,7 @@
 Every rank of a job runs this loop; rank 0's part (rollouts, rewards, logs) sits behind the
 verbs of services.Services, the Megatron engine's behind MegatronEngine's.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
     start = engine.load(ckpt_dir)[0] if resume else 0
     services.start(start, resume=resume)
-    sync = WeightSync(engine, services.rollout, cfg, probe_prompts=services.probe_prompts,
-                      stop_token_ids=services.eos, pad_id=0)  # fmt: skip
+    sync = WeightSync(
+        engine, services.rollout, cfg, probe_prompts=services.probe_prompts, stop_token_ids=services.eos, pad_id=0
+    )
 
     def eval_due(updates: int) -> bool:
         return bool(t.eval_every) and (updates % t.eval_every == 0 or updates == steps)

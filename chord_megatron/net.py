@@ -2,6 +2,7 @@
 
 The port is free when this returns; the caller binds it soon after (a race every launcher has).
 """
+
 from __future__ import annotations
 
 import socket

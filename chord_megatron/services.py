@@ -6,6 +6,7 @@ the other ranks they do nothing, except `collect`, which hands every rank rank 0
 Megatron engine then takes its own data-parallel rows). What a step samples is a function of
 (seed, step) and the weights alone (data/seeding.py), which is what makes `--resume` exact.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,9 +56,12 @@ class Services:
         cfg = self.cfg
         self.rollout = rollout_engine_from_config(cfg, eos_token_id=self.task.tokenizer.eos_id)
         self.scorer = Scorer(self.task.reward_name)
-        self.logger = MetricsLogger(Path(cfg.train.output_dir), jsonl=cfg.logging.jsonl,
-                                    tensorboard=cfg.logging.tensorboard,
-                                    resume_step=start_step if resume else None)  # fmt: skip
+        self.logger = MetricsLogger(
+            Path(cfg.train.output_dir),
+            jsonl=cfg.logging.jsonl,
+            tensorboard=cfg.logging.tensorboard,
+            resume_step=start_step if resume else None,
+        )
 
     @property
     def probe_prompts(self) -> List[List[int]]:
@@ -91,28 +95,41 @@ class Services:
         rollouts: List[Rollout] = []
         aborted = 0
         if prompts:
-            rollouts, aborted = generate_complete(self.rollout, [p.prompt_ids for p in prompts], r.samples_per_prompt,
-                                                  self.sampling(seeding.step_seed(cfg.train.seed, step)))  # fmt: skip
+            rollouts, aborted = generate_complete(
+                self.rollout,
+                [p.prompt_ids for p in prompts],
+                r.samples_per_prompt,
+                self.sampling(seeding.step_seed(cfg.train.seed, step)),
+            )
         gen_s = time.perf_counter() - t0
         rewards = score(self.scorer, task.reward_name, task.tokenizer, rollouts, prompts) if rollouts else []
-        adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), r.samples_per_prompt,
-                               eps=cfg.algorithm.adv_eps, scale=cfg.algorithm.adv_scale,
-                               singleton=cfg.algorithm.adv_singleton)  # fmt: skip
+        adv = group_advantages(
+            torch.tensor(rewards, dtype=torch.float32),
+            r.samples_per_prompt,
+            eps=cfg.algorithm.adv_eps,
+            scale=cfg.algorithm.adv_scale,
+            singleton=cfg.algorithm.adv_singleton,
+        )
         ratio = 1.0 if sft_only else (0.0 if mu == 0.0 else cfg.algorithm.expert_data_ratio)
         n_expert = expert_rows_per_step(len(rollouts), ratio, pure_sft_rows=r.prompts_per_step * r.samples_per_prompt)
         expert = task.expert_rows(step, n_expert)
         batch = build_train_batch(rollouts, adv, expert, pad_id=task.tokenizer.pad_id)
         gen_tokens = sum(len(x.response_ids) for x in rollouts)
-        metrics: Dict[str, float] = {"rollout/seconds": gen_s, "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9),
-                                     "rollout/aborted": float(aborted)}  # fmt: skip
+        metrics: Dict[str, float] = {
+            "rollout/seconds": gen_s,
+            "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9),
+            "rollout/aborted": float(aborted),
+        }
         if rollouts:
             t = torch.tensor(rewards)
-            metrics.update({
-                "reward/mean": float(t.mean()),
-                "reward/accuracy": float((t == 1.0).float().mean()),
-                "response/length": gen_tokens / len(rollouts),
-                "response/truncated": sum(x.finish_reason == "length" for x in rollouts) / len(rollouts),
-            })  # fmt: skip
+            metrics.update(
+                {
+                    "reward/mean": float(t.mean()),
+                    "reward/accuracy": float((t == 1.0).float().mean()),
+                    "response/length": gen_tokens / len(rollouts),
+                    "response/truncated": sum(x.finish_reason == "length" for x in rollouts) / len(rollouts),
+                }
+            )
         return StepData(batch, rewards, metrics)
 
     def mu(self, step: int, data: StepData) -> float:
@@ -132,8 +149,12 @@ class Services:
 
         cfg, task = self.cfg, self.task
         k = cfg.train.eval_samples
-        rollouts, aborted = generate_complete(self.rollout, [p.prompt_ids for p in task.evaluation], k,
-                                              self.sampling(seeding.step_seed(cfg.train.seed, updates, salt=seeding.EVAL)))  # fmt: skip
+        rollouts, aborted = generate_complete(
+            self.rollout,
+            [p.prompt_ids for p in task.evaluation],
+            k,
+            self.sampling(seeding.step_seed(cfg.train.seed, updates, salt=seeding.EVAL)),
+        )
         rewards = score(self.scorer, task.reward_name, task.tokenizer, rollouts, task.evaluation)
         n = len(rollouts)
         result = {

@@ -4,6 +4,7 @@ Token alignment (Megatron's convention): `input_ids[:, t]` is fed at position t 
 `labels[:, t]` is the token predicted there (input_ids shifted left by one). `loss_mask`,
 `old_logp` and `rollout_logp` are aligned with `labels`: entry t is about token labels[:, t].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields

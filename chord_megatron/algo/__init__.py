@@ -2,6 +2,7 @@
 
 Read top to bottom: schedules (mu), weights (phi), advantages (GRPO), losses (CHORD).
 """
+
 from .advantages import group_advantages
 from .losses import chord_loss
 from .schedules import adaptive_mu, mu_schedule, staged_mu

@@ -1,4 +1,5 @@
 """GRPO advantages: each response's reward relative to the other responses to its prompt."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ and sums the returned losses; the parallel layout then cannot change the update.
 
 Everything here is pure tensor math: no torch.distributed, no host syncs (.item()), no I/O.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Tuple, Union

@@ -6,6 +6,7 @@
 
 With warmup = decay = 0 mu is the constant `valley` (CHORD-phi uses this with valley = 0.1).
 """
+
 from __future__ import annotations
 
 import math

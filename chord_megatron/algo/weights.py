@@ -11,6 +11,7 @@ kinds
   focal    phi = (1 - p) ** gamma        focal-loss style
   is_clip  phi = min(p, is_cap)          clipped importance sampling
 """
+
 from __future__ import annotations
 
 import math

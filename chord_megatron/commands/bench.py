@@ -6,6 +6,7 @@ rollout.max_new_tokens long (capped at model.max_seq_length), trained on the res
 Old log-probs come with the batch (as from a rollout engine), so a step is exactly one
 forward/backward pass over the batch plus the optimizer update.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ Each variant is the user's config plus a few overrides, run as its own `chord tr
 (clean Megatron state per run) into <out>/<variant>; afterwards the runs' metrics.jsonl are
 read back into compare.md (final held-out accuracy, response length, entropies) and curves.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     names = args.variants.split(",") if args.variants else None
     out = args.out or f"{cfg.train.output_dir}-compare"
     per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
-    report = run_compare(args.config, args.overrides, cfg, out, names, progress=not args.no_progress,
-                         per_variant=per_variant)  # fmt: skip
+    report = run_compare(
+        args.config, args.overrides, cfg, out, names, progress=not args.no_progress, per_variant=per_variant
+    )
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
     return 0
@@ -35,17 +37,38 @@ def variants(cfg: Config) -> Dict[str, List[str]]:
     decay = max(1, round(2 * steps / 3))
     return {
         "grpo": ["algorithm.mu.peak=0", "algorithm.mu.valley=0", "algorithm.mu.decay=0", "algorithm.mu.warmup=0"],
-        "sft": ["algorithm.mu.peak=1", "algorithm.mu.valley=1", "algorithm.mu.decay=0", "algorithm.mu.warmup=0",
-                "algorithm.token_weight=none"],
-        "sft-then-rl": [f"algorithm.mu.sft_steps={steps // 2}", "algorithm.mu.peak=0", "algorithm.mu.valley=0",
-                        "algorithm.mu.decay=0", "algorithm.mu.warmup=0", "algorithm.token_weight=none"],
+        "sft": [
+            "algorithm.mu.peak=1",
+            "algorithm.mu.valley=1",
+            "algorithm.mu.decay=0",
+            "algorithm.mu.warmup=0",
+            "algorithm.token_weight=none",
+        ],
+        "sft-then-rl": [
+            f"algorithm.mu.sft_steps={steps // 2}",
+            "algorithm.mu.peak=0",
+            "algorithm.mu.valley=0",
+            "algorithm.mu.decay=0",
+            "algorithm.mu.warmup=0",
+            "algorithm.token_weight=none",
+        ],
         # The paper's math schedule is 0.9 -> 0.05; the floor here is 0.1, which kept the tiny
         # demo model from drifting off the expert pattern once mu was low.
-        "chord-mu": ["algorithm.mu.peak=0.9", "algorithm.mu.valley=0.1", f"algorithm.mu.decay={decay}",
-                     "algorithm.mu.warmup=0", "algorithm.token_weight=none"],
-        "chord-phi": ["algorithm.mu.peak=0.1", "algorithm.mu.valley=0.1", "algorithm.mu.decay=0",
-                      "algorithm.mu.warmup=0", "algorithm.token_weight=p1mp"],
-    }  # fmt: skip
+        "chord-mu": [
+            "algorithm.mu.peak=0.9",
+            "algorithm.mu.valley=0.1",
+            f"algorithm.mu.decay={decay}",
+            "algorithm.mu.warmup=0",
+            "algorithm.token_weight=none",
+        ],
+        "chord-phi": [
+            "algorithm.mu.peak=0.1",
+            "algorithm.mu.valley=0.1",
+            "algorithm.mu.decay=0",
+            "algorithm.mu.warmup=0",
+            "algorithm.token_weight=p1mp",
+        ],
+    }
 
 
 def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str, List[str]]:
@@ -62,9 +85,15 @@ def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[
     return out
 
 
-def run_compare(config_path: str, overrides: Sequence[str], cfg: Config, out_dir: str | Path,
-                names: Sequence[str] | None = None, progress: bool = True,
-                per_variant: Optional[Mapping[str, Sequence[str]]] = None) -> Path:  # fmt: skip
+def run_compare(
+    config_path: str,
+    overrides: Sequence[str],
+    cfg: Config,
+    out_dir: str | Path,
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+    per_variant: Optional[Mapping[str, Sequence[str]]] = None,
+) -> Path:
     """Train every variant (skipping those already finished in out_dir), then write the report.
     `per_variant`: extra overrides of single variants, applied after the variant's own."""
     table = variants(cfg)
@@ -82,8 +111,17 @@ def run_compare(config_path: str, overrides: Sequence[str], cfg: Config, out_dir
             print(f"[{i}/{len(names)}] {name}: already done in {run_dir}")
             continue
         print(f"[{i}/{len(names)}] {name}: training into {run_dir}", flush=True)
-        cmd = [sys.executable, "-m", "chord_megatron.cli", "train", config_path, *overrides, *table[name],
-               *per_variant.get(name, []), f"train.output_dir={run_dir}"] + ([] if progress else ["--no-progress"])  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "chord_megatron.cli",
+            "train",
+            config_path,
+            *overrides,
+            *table[name],
+            *per_variant.get(name, []),
+            f"train.output_dir={run_dir}",
+        ] + ([] if progress else ["--no-progress"])
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")

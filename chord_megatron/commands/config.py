@@ -5,15 +5,19 @@ it between markers and a test keeps the two identical, so the documented keys, d
 meanings cannot drift from the code. `from-hf DIR` prints the `model:` section of a Hugging
 Face checkpoint folder, for a config file.
 """
+
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import sys
 import inspect
-import re
+import io
+import sys
+import textwrap
+import tokenize
 import typing
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from .. import config as C
 
@@ -38,10 +42,23 @@ def from_hf(args: argparse.Namespace) -> int:
 
 
 def _comment(cls, name: str) -> str:
-    for line in inspect.getsourcelines(cls)[0]:
-        m = re.match(rf"\s+{name}:.*?#\s*(.*)$", line)
-        if m:
-            return m.group(1).replace("|", "\\|")
+    """A field's meaning: the comment lines right above it, then the comments on its own lines
+    (a long field comment goes above it, where the formatter leaves it whole; a comment that
+    heads a group of fields has a blank line after it)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: Dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            above, i = [], node.lineno - 1
+            while i >= 1 and lines[i - 1].strip().startswith("#"):
+                above.insert(0, comments[i])
+                i -= 1
+            own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            return " ".join(above + own).replace("|", "\\|")
     return ""
 
 
@@ -75,6 +92,8 @@ def reference() -> str:
         for key, default, meaning in _walk(tp, ""):
             out.append(f"| `{key}` | `{default}` | {meaning} |")
         out.append("")
-    out.append("**`megatron`**, **`sglang`** — free-form: passed verbatim to Megatron's `TransformerConfig` "
-               "and to SGLang's server arguments (and `sglang.router` to sglang-router).")
+    out.append(
+        "**`megatron`**, **`sglang`** — free-form: passed verbatim to Megatron's `TransformerConfig` "
+        "and to SGLang's server arguments (and `sglang.router` to sglang-router)."
+    )
     return "\n".join(out) + "\n"

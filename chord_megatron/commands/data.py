@@ -1,5 +1,6 @@
 """`chord data prep-openr1 | prep-toolace IN... OUT [options]`: the paper's datasets as this
 project's JSONL files (the recipes and their options: data/prep_openr1.py, data/prep_toolace.py)."""
+
 from __future__ import annotations
 
 import argparse

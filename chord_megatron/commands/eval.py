@@ -23,6 +23,7 @@ of each prompt's fraction, every prompt having k samples).
 Prints one summary line; with `out`, writes one JSON record per prompt (answer, rewards,
 responses, finish reasons, lengths) and a final {"summary": ...} record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def benchmark(cfg: Config, data: Optional[str], tokenizer) -> List[Any]:
         from ..data.task import load_task
 
         return load_task(cfg).evaluation
-    rows, skipped = load_prompts(path, tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                 on_bad_row=cfg.data.on_bad_row)  # fmt: skip
+    rows, skipped = load_prompts(
+        path, tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens, on_bad_row=cfg.data.on_bad_row
+    )
     if skipped:
         print(f"chord eval: skipped rows of {path}: {dict(skipped)}", file=sys.stderr)
     return rows
@@ -84,7 +86,9 @@ def model_weights(cfg: Config, checkpoint: Optional[str]):
     return None, iter(full.items()), "the cached base model"
 
 
-def score_samples(reward: str, prompts, rollouts, tokenizer, *, workers: int = 2, timeout_s: float = 30.0) -> List[float]:
+def score_samples(
+    reward: str, prompts, rollouts, tokenizer, *, workers: int = 2, timeout_s: float = 30.0
+) -> List[float]:
     """Rewards of `rollouts` (r.prompt_index indexes `prompts`), scored as training scores them."""
     from ..rewards.scoring import Scorer, score
 
@@ -94,8 +98,14 @@ def score_samples(reward: str, prompts, rollouts, tokenizer, *, workers: int = 2
         return score(scorer, reward, tokenizer, rollouts, prompts)
 
 
-def run_eval(cfg: Config, *, data: Optional[str] = None, k: Optional[int] = None, checkpoint: Optional[str] = None,
-             out: Optional[str] = None) -> int:  # fmt: skip
+def run_eval(
+    cfg: Config,
+    *,
+    data: Optional[str] = None,
+    k: Optional[int] = None,
+    checkpoint: Optional[str] = None,
+    out: Optional[str] = None,
+) -> int:
     from ..data.hf_tokenizer import load_tokenizer
     from ..data.seeding import EVAL_COMMAND, step_seed
     from ..rollout.engine import SamplingParams, generate_complete
@@ -126,8 +136,10 @@ def run_eval(cfg: Config, *, data: Optional[str] = None, k: Optional[int] = None
         t0 = time.perf_counter()
         rollouts = []
         for lo in range(0, len(prompts), CHUNK_PROMPTS):
-            chunk = prompts[lo:lo + CHUNK_PROMPTS]
-            params = SamplingParams.from_config(cfg.rollout, stop_token_ids=stop, seed=step_seed(cfg.train.seed, lo, salt=EVAL_COMMAND))
+            chunk = prompts[lo : lo + CHUNK_PROMPTS]
+            params = SamplingParams.from_config(
+                cfg.rollout, stop_token_ids=stop, seed=step_seed(cfg.train.seed, lo, salt=EVAL_COMMAND)
+            )
             for r in generate_complete(rollout, [p.prompt_ids for p in chunk], k, params)[0]:
                 r.prompt_index += lo
                 rollouts.append(r)
@@ -136,9 +148,11 @@ def run_eval(cfg: Config, *, data: Optional[str] = None, k: Optional[int] = None
         rollout.close()
     rewards = score_samples(cfg.data.reward, prompts, rollouts, tokenizer)
     summary = summarise(prompts, rollouts, rewards, k, label=label, data=data or cfg.data.eval_path, seconds=gen_s)
-    print(f"avg@{k} accuracy {summary['accuracy']:.4f} on {summary['prompts']} prompts ({summary['samples']} samples) "
-          f"of {summary['data']}: mean reward {summary['mean_reward']:.4f}, mean response {summary['mean_response_tokens']:.1f} "
-          f"tokens, truncated {summary['truncated']:.3f}; model: {label}")  # fmt: skip
+    print(
+        f"avg@{k} accuracy {summary['accuracy']:.4f} on {summary['prompts']} prompts ({summary['samples']} samples) "
+        f"of {summary['data']}: mean reward {summary['mean_reward']:.4f}, mean response {summary['mean_response_tokens']:.1f} "
+        f"tokens, truncated {summary['truncated']:.3f}; model: {label}"
+    )
     if out:
         write_results(out, prompts, rollouts, rewards, tokenizer, summary)
         print(f"per-prompt results: {out}")
@@ -148,13 +162,15 @@ def run_eval(cfg: Config, *, data: Optional[str] = None, k: Optional[int] = None
 def summarise(prompts, rollouts, rewards: Sequence[float], k: int, **extra) -> Dict[str, Any]:
     n = len(rollouts)
     return {
-        "k": k, "prompts": len(prompts), "samples": n,
+        "k": k,
+        "prompts": len(prompts),
+        "samples": n,
         "accuracy": sum(r == 1.0 for r in rewards) / max(n, 1),
         "mean_reward": sum(rewards) / max(n, 1),
         "mean_response_tokens": sum(len(r.response_ids) for r in rollouts) / max(n, 1),
         "truncated": sum(r.finish_reason == "length" for r in rollouts) / max(n, 1),
         **{key: (str(v) if key == "data" else v) for key, v in extra.items()},
-    }  # fmt: skip
+    }
 
 
 def write_results(out: str | Path, prompts, rollouts, rewards, tokenizer, summary: Dict[str, Any]) -> None:
@@ -167,11 +183,22 @@ def write_results(out: str | Path, prompts, rollouts, rewards, tokenizer, summar
         for p_idx, p in enumerate(prompts):
             idx = by_prompt.get(p_idx, [])
             rs = [rewards[i] for i in idx]
-            f.write(json.dumps({
-                "index": p_idx, "source": p.source, "prompt": p.prompt, "answer": p.answer,
-                "accuracy": sum(x == 1.0 for x in rs) / max(len(rs), 1), "mean_reward": sum(rs) / max(len(rs), 1),
-                "rewards": rs, "responses": [tokenizer.decode(rollouts[i].response_ids) for i in idx],
-                "finish_reasons": [rollouts[i].finish_reason for i in idx],
-                "response_tokens": [len(rollouts[i].response_ids) for i in idx],
-            }, ensure_ascii=False) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "index": p_idx,
+                        "source": p.source,
+                        "prompt": p.prompt,
+                        "answer": p.answer,
+                        "accuracy": sum(x == 1.0 for x in rs) / max(len(rs), 1),
+                        "mean_reward": sum(rs) / max(len(rs), 1),
+                        "rewards": rs,
+                        "responses": [tokenizer.decode(rollouts[i].response_ids) for i in idx],
+                        "finish_reasons": [rollouts[i].finish_reason for i in idx],
+                        "response_tokens": [len(rollouts[i].response_ids) for i in idx],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         f.write(json.dumps({"summary": summary}) + "\n")

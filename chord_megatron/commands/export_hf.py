@@ -1,4 +1,5 @@
 """`chord export-hf CONFIG CHECKPOINT OUT`: a training checkpoint as a Hugging Face folder."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ torch's own elastic launcher and runs the same subcommand. Multi-node jobs use l
 which sets the same variables per node. At the end rank 0 prints held-out accuracy before and
 after and writes a PNG of the run's curves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,17 @@ def run(args: argparse.Namespace) -> int:
 def relaunch(nproc: int, chord_args: List[str]) -> int:
     """Run `chord <chord_args>` in `nproc` processes; returns the worst exit status."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "chord_megatron.cli", *chord_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "chord_megatron.cli",
+        *chord_args,
+    ]
     return subprocess.call(cmd)
 
 
@@ -54,7 +62,9 @@ def summarise_run(cfg) -> None:
     records = read_metrics(out / "metrics.jsonl")
     steps, acc = series(records, "eval/accuracy")
     if len(acc) >= 2 and steps[0] == 0:
-        print(f"held-out accuracy (avg@{cfg.train.eval_samples}): base model {acc[0]:.3f} -> "
-              f"{acc[-1]:.3f} after {steps[-1]} steps")  # fmt: skip
+        print(
+            f"held-out accuracy (avg@{cfg.train.eval_samples}): base model {acc[0]:.3f} -> "
+            f"{acc[-1]:.3f} after {steps[-1]} steps"
+        )
     png = plot_curves({cfg.model.name: records}, out / "curves.png")
     print(f"metrics: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'}), curves: {png}")

@@ -4,14 +4,15 @@ A row is prompt + response. Following Megatron, input_ids[t] is fed and labels[t
 token, so response token j sits at label position len(prompt) - 1 + j; loss_mask marks those
 positions, and the engine's sampled-token log-probs go to the same places in rollout_logp.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .jsonl import ExpertRow
 from ..types import Rollout, TrainBatch
+from .jsonl import ExpertRow
 
 
 def build_train_batch(
@@ -26,7 +27,9 @@ def build_train_batch(
     then expert rows. Rows are right-padded to `seq_length` (default: the longest row - 1);
     a row longer than `seq_length` + 1 is an error, since cutting it would train on a fragment."""
     if advantages.shape != (len(rollouts),):
-        raise ValueError(f"build_train_batch: {len(rollouts)} rollouts but advantages of shape {tuple(advantages.shape)}")
+        raise ValueError(
+            f"build_train_batch: {len(rollouts)} rollouts but advantages of shape {tuple(advantages.shape)}"
+        )
     rows: List[tuple] = []  # (prompt ids, response ids, response logprobs or None)
     for r in rollouts:
         if len(r.logprobs) != len(r.response_ids):

@@ -10,6 +10,7 @@ the tokenizer's eos token -- for instruct models the end-of-turn token (<|im_end
 <|eot_id|>) -- and stop_ids adds every eos id of generation_config.json. decode() stops at the
 first stop id, as CharTokenizer.decode stops at <eos>, and leaves special tokens out.
 """
+
 from __future__ import annotations
 
 import json

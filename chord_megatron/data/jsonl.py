@@ -13,6 +13,7 @@ A bad row (not JSON, not an object, a missing or empty field, too many tokens) s
 with a DataError naming the file and line, or, with on_bad_row="skip", is dropped and counted
 by reason so that the run can report what it left out.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,13 @@ def _prompt_text(obj: Dict[str, Any], tokenizer: Any, *, drop_last_assistant: bo
     if "messages" not in obj:
         return _text(obj, "prompt"), None
     messages = obj["messages"]
-    if not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
     ):
         raise _Skip("bad_field", "field 'messages' must be a non-empty list of {role, content} objects")
     reply = None
@@ -161,7 +167,9 @@ def load_prompts(
         answer = _text(obj, "answer")
         ids = _encode(tokenizer, prompt, prompt=True)
         if len(ids) > max_prompt_tokens:
-            raise _Skip("too_long", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}")
+            raise _Skip(
+                "too_long", f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}"
+            )
         meta = {k: v for k, v in obj.items() if k not in ("prompt", "messages")}
         return PromptRow(prompt, ids, answer, meta, where, raw_prompt(obj))
 
@@ -184,7 +192,9 @@ def load_expert(
         p_ids = _encode(tokenizer, prompt, prompt=True)
         r_ids = _encode(tokenizer, response) + [tokenizer.eos_id]
         if len(p_ids) > max_prompt_tokens:
-            raise _Skip("too_long", f"prompt has {len(p_ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}")
+            raise _Skip(
+                "too_long", f"prompt has {len(p_ids)} tokens, more than data.max_prompt_tokens={max_prompt_tokens}"
+            )
         if len(r_ids) > max_response_tokens:
             raise _Skip(
                 "too_long",

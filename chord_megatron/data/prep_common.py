@@ -5,6 +5,7 @@ Input files: JSON Lines (*.jsonl), a JSON array (*.json, e.g. ToolACE's data.jso
 (*.parquet, as Hugging Face datasets are stored; needs pyarrow); a folder means every such file
 in it, in name order. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ def read_rows(paths: Sequence[str | Path]) -> Iterator[Dict[str, Any]]:
                             raise DataError(f"{f}:{n}: not valid JSON ({e.msg})") from None
 
 
-def write_outputs(out: str | Path, splits: Dict[str, Iterable[Dict[str, Any]]], stats: Dict[str, Any]) -> Dict[str, int]:
+def write_outputs(
+    out: str | Path, splits: Dict[str, Iterable[Dict[str, Any]]], stats: Dict[str, Any]
+) -> Dict[str, int]:
     """OUT/<split>.jsonl for every split and OUT/stats.json; returns the row counts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

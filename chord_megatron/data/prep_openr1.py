@@ -26,6 +26,7 @@ OUT gets sft.jsonl ({"messages": [user, assistant]}), rl.jsonl ({"messages": [us
 -- the shapes chord's data loader reads, chat template applied at load time -- and stats.json
 with what was dropped and why.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -132,9 +133,19 @@ def prompt_text(problem: str, instruction: str) -> str:
     return f"{problem.strip()}\n{instruction}" if instruction else problem.strip()
 
 
-def prepare(paths: Sequence[str | Path], out: str | Path, *, n_sft: int = 5000, n_rl: int = 20000, seed: int = 0,
-            instruction: str = INSTRUCTION, system: Optional[str] = None, tokenizer: Optional[str] = None,
-            max_response_tokens: Optional[int] = None, max_response_chars: Optional[int] = None) -> Dict[str, Any]:  # fmt: skip
+def prepare(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    n_sft: int = 5000,
+    n_rl: int = 20000,
+    seed: int = 0,
+    instruction: str = INSTRUCTION,
+    system: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    max_response_tokens: Optional[int] = None,
+    max_response_chars: Optional[int] = None,
+) -> Dict[str, Any]:
     """Run the recipe (module docstring); returns the stats also written to OUT/stats.json."""
     tok = None
     if tokenizer:
@@ -179,18 +190,35 @@ def prepare(paths: Sequence[str | Path], out: str | Path, *, n_sft: int = 5000, 
         row = p["row"]
         trace = expert_trace(row, p["answer"], filt, dropped) if len(sft) < n_sft else None
         if trace is not None:
-            sft.append({"messages": messages(row["problem"]) + [{"role": "assistant", "content": trace}],
-                        "answer": str(p["answer"]), **ids(row)})  # fmt: skip
+            sft.append(
+                {
+                    "messages": messages(row["problem"]) + [{"role": "assistant", "content": trace}],
+                    "answer": str(p["answer"]),
+                    **ids(row),
+                }
+            )
         elif len(rl) < n_rl:
             rl.append({"messages": messages(row["problem"]), "answer": str(p["answer"]), **ids(row)})
         elif len(sft) >= n_sft:
             break
     # Disjoint by construction (each problem lands in one set, duplicates were dropped); checked.
-    rl, overlap = drop_overlap(rl, [r["messages"][-2]["content"] for r in sft], key=lambda r: r["messages"][-1]["content"])
-    stats = {"input_rows": total, "problems_kept": len(problems), "dropped": dropped,
-             "rl_in_sft_removed": overlap, "recipe": {"sft": n_sft, "rl": n_rl, "seed": seed, "instruction": instruction,
-                                        "max_response_tokens": max_response_tokens,
-                                        "max_response_chars": max_response_chars}}  # fmt: skip
+    rl, overlap = drop_overlap(
+        rl, [r["messages"][-2]["content"] for r in sft], key=lambda r: r["messages"][-1]["content"]
+    )
+    stats = {
+        "input_rows": total,
+        "problems_kept": len(problems),
+        "dropped": dropped,
+        "rl_in_sft_removed": overlap,
+        "recipe": {
+            "sft": n_sft,
+            "rl": n_rl,
+            "seed": seed,
+            "instruction": instruction,
+            "max_response_tokens": max_response_tokens,
+            "max_response_chars": max_response_chars,
+        },
+    }
     counts = write_outputs(out, {"sft": sft, "rl": rl}, stats)
     print(summary("prep_openr1", counts, {"sft": n_sft, "rl": n_rl}, dropped, Path(out)))
     return {"rows": counts, **stats}
@@ -210,9 +238,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     if len(args.paths) < 2:
         ap.error("give at least one input and the output folder")
-    prepare(args.paths[:-1], args.paths[-1], n_sft=args.sft, n_rl=args.rl, seed=args.seed,
-            instruction=args.instruction, system=args.system, tokenizer=args.tokenizer,
-            max_response_tokens=args.max_response_tokens if args.tokenizer else None,
-            max_response_chars=args.max_response_chars)  # fmt: skip
+    prepare(
+        args.paths[:-1],
+        args.paths[-1],
+        n_sft=args.sft,
+        n_rl=args.rl,
+        seed=args.seed,
+        instruction=args.instruction,
+        system=args.system,
+        tokenizer=args.tokenizer,
+        max_response_tokens=args.max_response_tokens if args.tokenizer else None,
+        max_response_chars=args.max_response_chars,
+    )
     return 0
-

@@ -22,6 +22,7 @@ also occurs in the SFT set is removed and counted.
 
 OUT gets rl.jsonl, sft.jsonl, eval.jsonl (with --eval) and stats.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,15 @@ SYSTEM = (
     "To call functions, answer with the calls as a JSON list inside one tool-call block:\n"
     '<tool_call>[{{"name": <function name>, "arguments": <arguments as a JSON object>}}, ...]</tool_call>'
 )
-ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "tool": "tool",
-         "function": "tool", "observation": "tool"}  # fmt: skip
+ROLES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
 
 
 def extract_tools(system: str) -> Optional[List[Dict[str, Any]]]:
@@ -108,8 +116,16 @@ def samples_of(row: Dict[str, Any], *, include_no_call: bool, dropped: Counter) 
     return out
 
 
-def prepare(paths: Sequence[str | Path], out: str | Path, *, n_rl: int = 5000, n_sft: int = 500, n_eval: int = 0,
-            seed: int = 0, include_no_call: bool = False) -> Dict[str, Any]:  # fmt: skip
+def prepare(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    n_rl: int = 5000,
+    n_sft: int = 500,
+    n_eval: int = 0,
+    seed: int = 0,
+    include_no_call: bool = False,
+) -> Dict[str, Any]:
     dropped: Counter = Counter()
     conversations = []
     total = 0
@@ -140,13 +156,20 @@ def prepare(paths: Sequence[str | Path], out: str | Path, *, n_rl: int = 5000, n
     def prompt_rows(samples):
         return [{"messages": s["messages"], "answer": json.dumps(s["calls"], ensure_ascii=False)} for s in samples]
 
-    splits = {"sft": [{"messages": s["messages"] + [{"role": "assistant", "content": call_block(s["calls"])}]} for s in sft],
-              "rl": prompt_rows(rl)}  # fmt: skip
+    splits = {
+        "sft": [{"messages": s["messages"] + [{"role": "assistant", "content": call_block(s["calls"])}]} for s in sft],
+        "rl": prompt_rows(rl),
+    }
     if n_eval:
         splits["eval"] = prompt_rows(held_out)
-    stats = {"input_rows": total, "conversations_kept": len(conversations), "dropped": dropped,
-             "rl_in_sft_removed": overlap, "eval_in_sft_removed": eval_overlap,
-             "recipe": {"rl": n_rl, "sft": n_sft, "eval": n_eval, "seed": seed, "include_no_call": include_no_call}}
+    stats = {
+        "input_rows": total,
+        "conversations_kept": len(conversations),
+        "dropped": dropped,
+        "rl_in_sft_removed": overlap,
+        "eval_in_sft_removed": eval_overlap,
+        "recipe": {"rl": n_rl, "sft": n_sft, "eval": n_eval, "seed": seed, "include_no_call": include_no_call},
+    }
     counts = write_outputs(out, splits, stats)
     wanted = {"sft": n_sft, "rl": n_rl, **({"eval": n_eval} if n_eval else {})}
     print(summary("prep_toolace", counts, wanted, dropped + Counter(rl_in_sft=overlap), Path(out)))
@@ -164,7 +187,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     if len(args.paths) < 2:
         ap.error("give at least one input and the output folder")
-    prepare(args.paths[:-1], args.paths[-1], n_rl=args.rl, n_sft=args.sft, n_eval=args.eval, seed=args.seed,
-            include_no_call=args.include_no_call)  # fmt: skip
+    prepare(
+        args.paths[:-1],
+        args.paths[-1],
+        n_rl=args.rl,
+        n_sft=args.sft,
+        n_eval=args.eval,
+        seed=args.seed,
+        include_no_call=args.include_no_call,
+    )
     return 0
-

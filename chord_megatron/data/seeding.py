@@ -5,6 +5,7 @@ is a function of (seed, step) alone, which is what lets `--resume` repeat a run 
 gives every variant of `chord compare` the same data. Each use has its own salt, so that two
 uses at the same step never share a stream.
 """
+
 from __future__ import annotations
 
 import random

@@ -4,6 +4,7 @@ Which rows a step uses is a pure function of (seed, step): each set is walked in
 permutation per epoch. A resumed run therefore needs nothing but the step to pick up exactly
 where it left off, and every variant of `chord compare` sees the same prompts in the same order.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,9 @@ class Task:
 
     def expert_rows(self, step: int, n: int) -> List[ExpertRow]:
         if n and not self.expert:
-            raise ValueError("the task has no expert rows but the config asks for some (algorithm.expert_data_ratio > 0)")
+            raise ValueError(
+                "the task has no expert rows but the config asks for some (algorithm.expert_data_ratio > 0)"
+            )
         return _walk(self.expert, step, n, self.seed, salt=seeding.EXPERT)
 
 
@@ -83,15 +86,21 @@ def load_task(cfg: Config) -> Task:
     expert: List[ExpertRow] = []
     if expert_path:
         expert, skipped["expert"] = load_expert(
-            expert_path, tokenizer, max_prompt_tokens=d.max_prompt_tokens,
-            max_response_tokens=d.max_response_tokens, on_bad_row=d.on_bad_row,
-        )  # fmt: skip
+            expert_path,
+            tokenizer,
+            max_prompt_tokens=d.max_prompt_tokens,
+            max_response_tokens=d.max_response_tokens,
+            on_bad_row=d.on_bad_row,
+        )
     if expert:  # RL prompts that are also expert problems (normalised text) are dropped, and counted
         prompts, overlap = drop_overlap(prompts, [e.raw_prompt for e in expert], key=lambda p: p.raw_prompt)
         if overlap:
             skipped["prompts"]["in_expert_set"] += overlap
-            print(f"chord: {overlap} RL prompts of {prompt_path} are also expert problems in {expert_path}: "
-                  "left out of RL", file=sys.stderr)  # fmt: skip
+            print(
+                f"chord: {overlap} RL prompts of {prompt_path} are also expert problems in {expert_path}: "
+                "left out of RL",
+                file=sys.stderr,
+            )
         if not prompts:
             raise ValueError(f"{prompt_path}: every RL prompt also appears in the expert set {expert_path}")
     evaluation = prompts[: min(len(prompts), 64)]
@@ -102,4 +111,3 @@ def load_task(cfg: Config) -> Task:
     skipped = {k: v for k, v in skipped.items() if v}
     register_arith_reward()
     return Task(tokenizer, prompts, expert, evaluation, d.reward, cfg.train.seed, skipped)
-

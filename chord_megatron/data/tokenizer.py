@@ -3,6 +3,7 @@
 Real models use their own Hugging Face tokenizer; this one exists so that the CPU demo and the
 tests can build everything locally. Ids 0-2 are <pad>, <bos>, <eos>; the rest are characters.
 """
+
 from __future__ import annotations
 
 import json

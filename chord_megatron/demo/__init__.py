@@ -1,5 +1,5 @@
 """The CPU demo (configs/demo.yaml): a generated arithmetic task and a base model trained for it.
 
-  arith.py       multi-digit addition: direct answers, the expert's scratchpad, the reward
-  base_model.py  the base model: trained in a first stage (mu = 1 on direct answers), cached
+arith.py       multi-digit addition: direct answers, the expert's scratchpad, the reward
+base_model.py  the base model: trained in a first stage (mu = 1 on direct answers), cached
 """

@@ -11,6 +11,7 @@ writes the carrying out, digit by digit from the right, before the answer:
 Rewards are checkable (the number after the last "|", or the whole response), so RL works
 on any format; SFT on expert rows brings in the scratchpad, which the model can then exploit.
 """
+
 from __future__ import annotations
 
 import random

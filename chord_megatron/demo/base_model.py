@@ -6,6 +6,7 @@ randomly initialised model on direct answers ("37+48=85") with the run's own Meg
 The weights are cached under base.cache_dir, keyed by everything that shapes them, so every
 later run and every `chord compare` variant starts from the very same base.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,9 @@ from typing import Dict
 import torch
 import torch.distributed as dist
 
-from ..data.batch import build_train_batch
 from ..config import Config
 from ..data import CharTokenizer, ExpertRow
+from ..data.batch import build_train_batch
 from ..train.parallel import is_rank0
 from .arith import make_splits, pretrain_problems
 
@@ -46,11 +47,19 @@ def cache_path(cfg: Config) -> Path:
 def pretrain_config(cfg: Config) -> Config:
     """The run's config turned into plain SFT with the base stage's optimiser settings."""
     b = cfg.base
-    return cfg.replace(**{
-        "algorithm.mu.warmup": "0", "algorithm.mu.decay": "0", "algorithm.mu.peak": "1.0",
-        "algorithm.mu.valley": "1.0", "algorithm.token_weight": "none", "algorithm.expert_data_ratio": "1.0",
-        "optim.lr": str(b.lr), "optim.lr_schedule": "constant", "optim.lr_warmup_steps": "0",
-    })  # fmt: skip
+    return cfg.replace(
+        **{
+            "algorithm.mu.warmup": "0",
+            "algorithm.mu.decay": "0",
+            "algorithm.mu.peak": "1.0",
+            "algorithm.mu.valley": "1.0",
+            "algorithm.token_weight": "none",
+            "algorithm.expert_data_ratio": "1.0",
+            "optim.lr": str(b.lr),
+            "optim.lr_schedule": "constant",
+            "optim.lr_warmup_steps": "0",
+        }
+    )
 
 
 def base_weights(cfg: Config):
@@ -81,7 +90,9 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
     pcfg = pretrain_config(cfg)
     d = cfg.data
     tok = CharTokenizer()
-    held_out = make_splits(d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed)["eval"]
+    held_out = make_splits(d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed)[
+        "eval"
+    ]
     problems = pretrain_problems(d.arith_digits, cfg.base.problems, cfg.train.seed, exclude=held_out)
     rows = [ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id]) for p in problems]
     engine = MegatronEngine(pcfg)
@@ -93,5 +104,3 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}
     del engine
     return weights
-
-

@@ -19,6 +19,7 @@ cannot express is refused with the config.json key that asks for it:
               or linear (position interpolation)
     all                                                hidden_act != silu, partial rotary, .bin weights
 """
+
 from __future__ import annotations
 
 import math
@@ -72,12 +73,15 @@ def _rope(hf, where: str) -> Tuple[float, str, float]:
             if key in params and float(params[key]) != want:
                 raise HFCheckpointError(
                     f"{where}: rope_scaling.{key}={params[key]}: megatron-core 0.16.1's GPTModel applies llama3 "
-                    f"rope scaling only with {key}={want:g}")
+                    f"rope scaling only with {key}={want:g}"
+                )
         return float(theta), "llama3", factor
     if kind == "linear":
         return float(theta), "linear", factor
-    raise HFCheckpointError(f"{where}: rope_scaling type {kind!r} is not supported by megatron-core 0.16.1's "
-                            "GPTModel here (supported: default, llama3, linear)")  # fmt: skip
+    raise HFCheckpointError(
+        f"{where}: rope_scaling type {kind!r} is not supported by megatron-core 0.16.1's "
+        "GPTModel here (supported: default, llama3, linear)"
+    )
 
 
 def model_config_from_hf(path: str | Path, **overrides: Any) -> ModelConfig:
@@ -94,8 +98,9 @@ def model_config_from_hf(path: str | Path, **overrides: Any) -> ModelConfig:
     if getattr(hf, "use_sliding_window", False):
         raise HFCheckpointError(f"{where}: use_sliding_window=true: sliding-window attention is not supported")
     if family in ("llama", "qwen3") and getattr(hf, "attention_bias", False):
-        raise HFCheckpointError(f"{where}: attention_bias=true also puts a bias on o_proj, which the Megatron model "
-                                "here does not have")  # fmt: skip
+        raise HFCheckpointError(
+            f"{where}: attention_bias=true also puts a bias on o_proj, which the Megatron model here does not have"
+        )
     if getattr(hf, "mlp_bias", False):
         raise HFCheckpointError(f"{where}: mlp_bias=true is not supported")
     theta, scaling, factor = _rope(hf, where)
@@ -127,13 +132,21 @@ def model_config_from_hf(path: str | Path, **overrides: Any) -> ModelConfig:
 # The architecture fields a config's model section must share with the checkpoint, and the
 # config.json key each comes from (for the error message).
 _CHECKED = (
-    ("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"), ("ffn_hidden_size", "intermediate_size"),
-    ("num_attention_heads", "num_attention_heads"), ("num_query_groups", "num_key_value_heads"),
-    ("head_dim", "head_dim"), ("vocab_size", "vocab_size"), ("rotary_base", "rope_theta"),
-    ("norm_eps", "rms_norm_eps"), ("tie_embeddings", "tie_word_embeddings"), ("qkv_bias", "model_type"),
-    ("qk_layernorm", "model_type"), ("rope_scaling", "rope_scaling.rope_type"),
+    ("num_layers", "num_hidden_layers"),
+    ("hidden_size", "hidden_size"),
+    ("ffn_hidden_size", "intermediate_size"),
+    ("num_attention_heads", "num_attention_heads"),
+    ("num_query_groups", "num_key_value_heads"),
+    ("head_dim", "head_dim"),
+    ("vocab_size", "vocab_size"),
+    ("rotary_base", "rope_theta"),
+    ("norm_eps", "rms_norm_eps"),
+    ("tie_embeddings", "tie_word_embeddings"),
+    ("qkv_bias", "model_type"),
+    ("qk_layernorm", "model_type"),
+    ("rope_scaling", "rope_scaling.rope_type"),
     ("rope_scaling_factor", "rope_scaling.factor"),
-)  # fmt: skip
+)
 
 
 def _resolved(m: ModelConfig, name: str):
@@ -157,9 +170,12 @@ def check_model_config(model: ModelConfig, path: Optional[str | Path] = None) ->
         mine, theirs = _resolved(model, name), _resolved(ckpt, name)
         same = math.isclose(mine, theirs, rel_tol=1e-9) if isinstance(theirs, float) else mine == theirs
         if not same:
-            raise ConfigError(source, f"model.{name}",
-                              f"{mine!r} in the config, but the checkpoint has {theirs!r} (from config.json "
-                              f"{key}); set model.{name}: {theirs!r}")  # fmt: skip
+            raise ConfigError(
+                source,
+                f"model.{name}",
+                f"{mine!r} in the config, but the checkpoint has {theirs!r} (from config.json "
+                f"{key}); set model.{name}: {theirs!r}",
+            )
     return ckpt
 
 
@@ -178,12 +194,16 @@ def hf_config(model_cfg, eos_token_id: Optional[int] = None):
     """A transformers config for chord_megatron.config.ModelConfig (fp32)."""
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
-
     rope = {"rope_type": "default", "rope_theta": float(model_cfg.rotary_base)}
     scaling = getattr(model_cfg, "rope_scaling", "none")
     if scaling == "llama3":  # megatron-core's fixed llama3 parameters (train/model.py)
-        rope.update(rope_type="llama3", factor=float(model_cfg.rope_scaling_factor), low_freq_factor=1.0,
-                    high_freq_factor=4.0, original_max_position_embeddings=8192)
+        rope.update(
+            rope_type="llama3",
+            factor=float(model_cfg.rope_scaling_factor),
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        )
     elif scaling == "linear":
         rope.update(rope_type="linear", factor=float(model_cfg.rope_scaling_factor))
     common = dict(

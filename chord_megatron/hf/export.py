@@ -1,8 +1,9 @@
 """Megatron full tensors -> a Hugging Face folder that transformers and SGLang load.
 
-    export_hf(named, cfg, out_dir)  safetensors shards + index, config.json,
-                                    generation_config.json and the tokenizer files
+export_hf(named, cfg, out_dir)  safetensors shards + index, config.json,
+                                generation_config.json and the tokenizer files
 """
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,24 @@ from ..config import Config
 from ..weight_sync.convert import Layout, megatron_to_hf
 from .config import ARCHITECTURES, check_model_config, hf_config
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 DEFAULT_SHARD_BYTES = 5 * 2**30
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-def hf_config_dict(cfg: Config, *, dtype: torch.dtype, source: Optional[str | Path] = None,
-                   eos_token_id: Optional[int] = None) -> Dict[str, Any]:  # fmt: skip
+def hf_config_dict(
+    cfg: Config, *, dtype: torch.dtype, source: Optional[str | Path] = None, eos_token_id: Optional[int] = None
+) -> Dict[str, Any]:
     """config.json contents: the source checkpoint's (checked against the model section) with
     the dtype updated, or one made from the model section when there is no source."""
     if source and (Path(source) / "config.json").is_file():
@@ -40,10 +51,17 @@ def hf_config_dict(cfg: Config, *, dtype: torch.dtype, source: Optional[str | Pa
     return config
 
 
-def export_hf(named: Iterable[Tuple[str, torch.Tensor]], cfg: Config, out_dir: str | Path, *,
-              source: Optional[str | Path] = None, dtype: Optional[torch.dtype] = None,
-              max_shard_bytes: int = DEFAULT_SHARD_BYTES, write: bool = True,
-              eos_token_id: Optional[int] = None) -> Optional[Path]:  # fmt: skip
+def export_hf(
+    named: Iterable[Tuple[str, torch.Tensor]],
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    source: Optional[str | Path] = None,
+    dtype: Optional[torch.dtype] = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    write: bool = True,
+    eos_token_id: Optional[int] = None,
+) -> Optional[Path]:
     """Write Megatron full tensors (engine.export_weights(): every rank must iterate it, so ranks
     other than the writer pass write=False and the stream is only drained) as a Hugging Face
     folder: safetensors shards + index, config.json, generation_config.json and the tokenizer

@@ -8,6 +8,7 @@ one decoder layer at a time, so a rank holds the layers it owns plus one layer i
 tensor renaming and re-packing is weight_sync/convert.py (one mapping for weight sync, loading
 and export).
 """
+
 from __future__ import annotations
 
 import json
@@ -77,7 +78,9 @@ class HFWeights(Mapping[str, torch.Tensor]):
                 for name in st.keys():
                     if name in self._file and self._file[name] == f:
                         sl = st.get_slice(name)
-                        meta[name] = torch.empty(sl.get_shape(), dtype=_DTYPES.get(sl.get_dtype(), torch.float32), device="meta")
+                        meta[name] = torch.empty(
+                            sl.get_shape(), dtype=_DTYPES.get(sl.get_dtype(), torch.float32), device="meta"
+                        )
         self._owner: Dict[str, int] = {}
         for g, names in self._groups.items():
             items = [(n, meta[n]) for n in names if not (layout.tie_embeddings and n == "lm_head.weight")]
@@ -123,16 +126,18 @@ class HFWeights(Mapping[str, torch.Tensor]):
 
 # Transformer-engine layer specs fuse the pre-attention / pre-MLP norms into the next linear;
 # their parameters are the local spec's norms under other names.
-_TE_NAMES = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
-             "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}  # fmt: skip
+_TE_NAMES = {
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+}
 
 
 def _local_name(name: str) -> str:
     m = _M_LAYER.match(name)
     if m:
-        rest = name[m.end():]
+        rest = name[m.end() :]
         if rest in _TE_NAMES:
-            return name[:m.end()] + _TE_NAMES[rest]
+            return name[: m.end()] + _TE_NAMES[rest]
     return name
 
 

@@ -4,6 +4,7 @@ metrics.jsonl is the record of a run: `chord compare` and the plots read it back
 resumed at step k recomputes everything from step k on, so the records of steps >= k (written
 before the crash) are dropped first and the file reads exactly as an uninterrupted run's.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None):  # keep records with step < resume_step
+    def __init__(
+        self, out_dir: str | Path, *, jsonl: bool = True, tensorboard: bool = True, resume_step: Optional[int] = None
+    ):  # keep records with step < resume_step
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"

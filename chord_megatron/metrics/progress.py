@@ -1,12 +1,18 @@
 """A tqdm bar over the steps showing the numbers a user watches; silent when disabled."""
+
 from __future__ import annotations
 
 from typing import Dict
 
 
 class ProgressBar:
-    KEYS = (("reward/mean", "reward"), ("eval/accuracy", "acc"), ("mu", "mu"), ("entropy/rl", "ent"),
-            ("mismatch/max", "mism"))  # fmt: skip
+    KEYS = (
+        ("reward/mean", "reward"),
+        ("eval/accuracy", "acc"),
+        ("mu", "mu"),
+        ("entropy/rl", "ent"),
+        ("mismatch/max", "mism"),
+    )
 
     def __init__(self, start: int, total: int, *, enabled: bool):
         self.bar = None

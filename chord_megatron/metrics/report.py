@@ -3,6 +3,7 @@
 Used by `chord compare` (one run per variant, same budget and seeds) and after `chord train`.
 Nothing here trains; it only reads what runs wrote.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,7 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping]], out_path: str | Path, key
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(present):]:
+    for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color=colors[n], label=n) for n in runs]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)

@@ -6,6 +6,7 @@ engine's keys to the names in metrics.jsonl, the drop of token-means over a row 
 does not have, and the report's curves (metrics/report.py) all read this table. A key the
 table does not know raises instead of vanishing from the logs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

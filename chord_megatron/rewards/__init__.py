@@ -9,11 +9,17 @@ and the built-in rewards.
 
 The demo task's reward ("arith") registers from chord_megatron/demo/arith.py.
 """
+
 from . import exact, math_answer, tool_call  # noqa: F401 (the built-in rewards register on import)
 from .registry import RewardError, RewardFn, get_reward, register_reward, registered_rewards
 from .runner import RewardRunner, check_reward_value
 
 __all__ = [
-    "RewardError", "RewardFn", "RewardRunner", "check_reward_value", "get_reward", "register_reward",
+    "RewardError",
+    "RewardFn",
+    "RewardRunner",
+    "check_reward_value",
+    "get_reward",
+    "register_reward",
     "registered_rewards",
 ]

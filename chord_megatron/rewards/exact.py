@@ -1,4 +1,5 @@
 """The example reward, registered as "exact_match": the final answer against metadata["answer"]."""
+
 from __future__ import annotations
 
 import re

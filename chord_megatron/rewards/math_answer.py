@@ -16,6 +16,7 @@ override it).
 math-verify bounds its own parsing with SIGALRM; inside a RewardRunner worker, whose timeout uses
 the same timer, its timeouts are switched off so that the runner's stays in charge.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,7 +51,7 @@ def last_boxed(text: str) -> Optional[str]:
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:j]
+                return text[start + 1 : j]
     return None
 
 

@@ -4,6 +4,7 @@ The contract is `fn(prompt: str, response: str, metadata: dict) -> float`. Funct
 importable by worker processes (defined at a module's top level): RewardRunner
 (rewards/runner.py) sends them to spawned workers by reference.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List

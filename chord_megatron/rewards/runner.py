@@ -7,6 +7,7 @@ function and the sample: a silently dropped or NaN reward would corrupt every ad
 group. The pool is started with "spawn" so workers never inherit the trainer's threads or
 CUDA state.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,12 +78,17 @@ class RewardRunner:
             self._pool = mp.get_context(self.start_method).Pool(self.num_workers)
         return self._pool
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str], metadata: Sequence[Dict[str, Any]]) -> List[float]:
+    def __call__(
+        self, prompts: Sequence[str], responses: Sequence[str], metadata: Sequence[Dict[str, Any]]
+    ) -> List[float]:
         if not (len(prompts) == len(responses) == len(metadata)):
-            raise ValueError(f"prompts, responses and metadata differ in length: {len(prompts)}, {len(responses)}, {len(metadata)}")
+            raise ValueError(
+                f"prompts, responses and metadata differ in length: {len(prompts)}, {len(responses)}, {len(metadata)}"
+            )
         pool = self._get_pool()
-        pending = [pool.apply_async(_call, (self.fn, p, r, m, self.timeout_s))
-                   for p, r, m in zip(prompts, responses, metadata)]
+        pending = [
+            pool.apply_async(_call, (self.fn, p, r, m, self.timeout_s)) for p, r, m in zip(prompts, responses, metadata)
+        ]
         rewards: List[float] = []
         try:
             for i, res in enumerate(pending):

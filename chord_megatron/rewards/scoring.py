@@ -9,6 +9,7 @@ The overlong policy: a response cut off by the length limit scores OVERLONG_REWA
 reward function declares `handles_finish_reason` (the math reward: -1 only for a cut response
 without an answer) and decides that case itself from metadata["finish_reason"].
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -51,8 +52,12 @@ def score(scorer, reward_name: str, tokenizer, rollouts, prompts) -> List[float]
     jobs = []
     for r in rollouts:
         p = prompts[r.prompt_index]
-        jobs.append((p.prompt, tokenizer.decode(r.response_ids),
-                     {"answer": p.answer, **p.metadata, "finish_reason": r.finish_reason}))  # fmt: skip
+        jobs.append(
+            (
+                p.prompt,
+                tokenizer.decode(r.response_ids),
+                {"answer": p.answer, **p.metadata, "finish_reason": r.finish_reason},
+            )
+        )
     rewards = scorer(jobs)
-    return [OVERLONG_REWARD if r.finish_reason == "length" and not own else float(x)
-            for r, x in zip(rollouts, rewards)]  # fmt: skip
+    return [OVERLONG_REWARD if r.finish_reason == "length" and not own else float(x) for r, x in zip(rollouts, rewards)]

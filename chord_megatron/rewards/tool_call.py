@@ -14,6 +14,7 @@ compare by value, 3 == 3.0), else 0.0. A response without any call scores 1.0 on
 reference is []. With metadata["require_think"] true, the response must also have exactly one
 <think>...</think> before its call (Tool-N1's format rule against reward hacking).
 """
+
 from __future__ import annotations
 
 import ast
@@ -76,7 +77,7 @@ def parse_bracket_calls(text: str) -> List[Dict[str, Any]]:
             raise CallSyntaxError(f"not a call: {piece[:40]!r}")
         name = piece[:open_].strip()
         try:
-            node = ast.parse(f"f({piece[open_ + 1:-1]})", mode="eval").body
+            node = ast.parse(f"f({piece[open_ + 1 : -1]})", mode="eval").body
         except SyntaxError as e:
             raise CallSyntaxError(f"arguments of {name!r}: {e.msg}") from None
         if node.args:

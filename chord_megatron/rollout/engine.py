@@ -9,6 +9,7 @@
 Log-probs are those of the sampled tokens at the sampling temperature, log_softmax(logits / T),
 as SGLang reports them; the trainer divides its logits by the same T before comparing.
 """
+
 from __future__ import annotations
 
 import abc
@@ -42,7 +43,9 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     @classmethod
-    def from_config(cls, rollout_cfg, stop_token_ids: Sequence[int] = (), seed: Optional[int] = None) -> "SamplingParams":
+    def from_config(
+        cls, rollout_cfg, stop_token_ids: Sequence[int] = (), seed: Optional[int] = None
+    ) -> "SamplingParams":
         """From a RolloutConfig (temperature, top_p, max_new_tokens)."""
         return cls(
             max_new_tokens=rollout_cfg.max_new_tokens,
@@ -126,8 +129,14 @@ def check_complete(rollouts: Sequence[Rollout], num_prompts: int, samples_per_pr
 ABORT_REGENERATIONS = 3  # rounds of regeneration before a prompt's aborted samples stop the run
 
 
-def generate_complete(engine: RolloutEngine, prompts: Sequence[Sequence[int]], samples_per_prompt: int,
-                      params: SamplingParams, *, rounds: int = ABORT_REGENERATIONS) -> Tuple[List[Rollout], int]:
+def generate_complete(
+    engine: RolloutEngine,
+    prompts: Sequence[Sequence[int]],
+    samples_per_prompt: int,
+    params: SamplingParams,
+    *,
+    rounds: int = ABORT_REGENERATIONS,
+) -> Tuple[List[Rollout], int]:
     """engine.generate, with every sample whose finish reason is "abort" (cut by a pause, an
     abort, a server that dropped it) regenerated: a cut response scored as a complete answer, or
     trained on, would teach the model from text it never finished. The prompt's whole group is
@@ -147,6 +156,8 @@ def generate_complete(engine: RolloutEngine, prompts: Sequence[Sequence[int]], s
             rollouts[r.prompt_index * samples_per_prompt + r.sample_index] = r
     cut = sorted({r.prompt_index for r in rollouts if r.finish_reason == "abort"})
     if cut:
-        raise RolloutError(f"prompts {cut[:5]}{' ...' if len(cut) > 5 else ''} still had aborted samples after "
-                           f"{rounds} regenerations: is a server being paused or aborted by something else?")
+        raise RolloutError(
+            f"prompts {cut[:5]}{' ...' if len(cut) > 5 else ''} still had aborted samples after "
+            f"{rounds} regenerations: is a server being paused or aborted by something else?"
+        )
     return rollouts, aborted

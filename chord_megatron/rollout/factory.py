@@ -1,5 +1,6 @@
 """The rollout engine rollout.engine names, built from the config and serving the trainer's
 architecture: in-process transformers (CPU, tests, the demo) or SGLang servers."""
+
 from __future__ import annotations
 
 from .engine import RolloutEngine

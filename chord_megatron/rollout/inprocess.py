@@ -9,14 +9,15 @@ Sampling matches what SGLang reports: the log-prob of each sampled token is
 log_softmax(logits / T) of the full distribution; top_p only restricts which tokens may be drawn.
 A stop token (eos or params.stop_token_ids) ends a response and is part of it.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..types import Rollout
 from ..hf.config import hf_config
+from ..types import Rollout
 from .engine import RolloutEngine, RolloutError, SamplingParams, check_complete
 
 
@@ -47,8 +48,9 @@ def top_p_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class InProcessEngine(RolloutEngine):
-    def __init__(self, model: torch.nn.Module, *, eos_token_ids: Sequence[int] = (), seed: int = 0,
-                 max_batch_rows: int = 256):
+    def __init__(
+        self, model: torch.nn.Module, *, eos_token_ids: Sequence[int] = (), seed: int = 0, max_batch_rows: int = 256
+    ):
         self.model = model.eval()
         cfg_eos = getattr(model.config, "eos_token_id", None)
         cfg_eos = [] if cfg_eos is None else ([cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos))
@@ -64,7 +66,9 @@ class InProcessEngine(RolloutEngine):
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], samples_per_prompt: int, params: SamplingParams) -> List[Rollout]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], samples_per_prompt: int, params: SamplingParams
+    ) -> List[Rollout]:
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
         limit = self.model.config.max_position_embeddings
@@ -77,19 +81,29 @@ class InProcessEngine(RolloutEngine):
             if not prompt:
                 raise RolloutError(f"prompt {p_idx} is empty")
             if len(prompt) + params.max_new_tokens > limit:
-                raise RolloutError(f"prompt {p_idx}: {len(prompt)} tokens + max_new_tokens {params.max_new_tokens} "
-                                   f"exceed the model's {limit} positions")
+                raise RolloutError(
+                    f"prompt {p_idx}: {len(prompt)} tokens + max_new_tokens {params.max_new_tokens} "
+                    f"exceed the model's {limit} positions"
+                )
             by_length.setdefault(len(prompt), []).append(p_idx)
         rollouts: List[Rollout] = []
         for indices in by_length.values():
             jobs = [(p_idx, s) for p_idx in indices for s in range(samples_per_prompt)]
             for lo in range(0, len(jobs), self.max_batch_rows):
-                chunk = jobs[lo:lo + self.max_batch_rows]
+                chunk = jobs[lo : lo + self.max_batch_rows]
                 ids = torch.tensor([list(prompts[p_idx]) for p_idx, _ in chunk], dtype=torch.long)
                 for (p_idx, s), (toks, lps, reason) in zip(chunk, self._sample(ids, params, stop, gen)):
-                    rollouts.append(Rollout(prompt_ids=list(prompts[p_idx]), response_ids=toks, logprobs=lps,
-                                            finish_reason=reason, weight_version=self._version,
-                                            prompt_index=p_idx, sample_index=s))  # fmt: skip
+                    rollouts.append(
+                        Rollout(
+                            prompt_ids=list(prompts[p_idx]),
+                            response_ids=toks,
+                            logprobs=lps,
+                            finish_reason=reason,
+                            weight_version=self._version,
+                            prompt_index=p_idx,
+                            sample_index=s,
+                        )
+                    )
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         check_complete(rollouts, len(prompts), samples_per_prompt)
         return rollouts
@@ -143,23 +157,28 @@ class InProcessEngine(RolloutEngine):
             staged[name] = tensor
         unknown = [n for n in staged if n not in params and not (tied and n == "lm_head.weight")]
         if unknown:
-            raise ValueError(f"update_weights: unknown parameter names {unknown[:5]} (model has e.g. {list(params)[:3]})")
+            raise ValueError(
+                f"update_weights: unknown parameter names {unknown[:5]} (model has e.g. {list(params)[:3]})"
+            )
         for name, t in staged.items():
             target = params.get(name, params.get(embed_name))
             if tuple(t.shape) != tuple(target.shape):
-                raise ValueError(f"update_weights: {name} has shape {tuple(t.shape)}, the model expects {tuple(target.shape)}")
+                raise ValueError(
+                    f"update_weights: {name} has shape {tuple(t.shape)}, the model expects {tuple(target.shape)}"
+                )
         if tied and "lm_head.weight" in staged:
             head = staged.pop("lm_head.weight")
             if embed_name in staged:
                 if not torch.equal(head.to(staged[embed_name].dtype), staged[embed_name]):
-                    raise ValueError("update_weights: tied embeddings, but lm_head.weight differs from "
-                                     f"{embed_name} (a conversion bug would serve wrong log-probs)")
+                    raise ValueError(
+                        "update_weights: tied embeddings, but lm_head.weight differs from "
+                        f"{embed_name} (a conversion bug would serve wrong log-probs)"
+                    )
             else:
                 staged[embed_name] = head
         for name, t in staged.items():
             params[name].copy_(t.to(dtype=params[name].dtype, device=params[name].device))
         self._version = str(version)
-
 
     # -- the rest ------------------------------------------------------------------------------
     def health(self) -> bool:
@@ -170,8 +189,9 @@ class InProcessEngine(RolloutEngine):
         return self._version
 
 
-def teacher_forced_logprobs(model: torch.nn.Module, prompt: Sequence[int], response: Sequence[int],
-                            temperature: float = 1.0) -> torch.Tensor:
+def teacher_forced_logprobs(
+    model: torch.nn.Module, prompt: Sequence[int], response: Sequence[int], temperature: float = 1.0
+) -> torch.Tensor:
     """log_softmax(logits / T) of each response token given everything before it, in one forward:
     what the trainer computes, to compare with an engine's log-probs."""
     ids = torch.tensor([list(prompt) + list(response)], dtype=torch.long)
@@ -179,4 +199,4 @@ def teacher_forced_logprobs(model: torch.nn.Module, prompt: Sequence[int], respo
         logits = model(input_ids=ids).logits[0].float()
     logp = torch.log_softmax(logits / temperature, dim=-1)
     start = len(prompt) - 1
-    return logp[start:start + len(response)].gather(1, torch.tensor(list(response))[:, None]).squeeze(1)
+    return logp[start : start + len(response)].gather(1, torch.tensor(list(response))[:, None]).squeeze(1)

@@ -6,6 +6,7 @@ of equally shaped micro-batches, which pipeline parallelism needs (stages exchan
 a fixed [S, micro_batch, H] shape). Padding rows change no sum: the loss is normalised by
 token counts of the *global* batch, computed here before any splitting.
 """
+
 from __future__ import annotations
 
 import math

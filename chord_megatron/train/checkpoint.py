@@ -37,6 +37,7 @@ Workarounds for megatron-core 0.16.1 (see the platform notes):
   and the saved count is written afterwards (tests/unit/test_compat_pins.py pins the Megatron
   code this relies on).
 """
+
 from __future__ import annotations
 
 import os
@@ -93,8 +94,15 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool, is_loading: bool = True,
-                        optimizer_format: str = "dp_reshardable") -> dict:  # fmt: skip
+def _sharded_state_dict(
+    model,
+    optimizer,
+    par: ParallelState,
+    *,
+    with_rng: bool,
+    is_loading: bool = True,
+    optimizer_format: str = "dp_reshardable",
+) -> dict:
     """Model chunks, optimizer (unless None) and this rank's RNG as one sharded state dict."""
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -118,9 +126,18 @@ def _sharded_state_dict(model, optimizer, par: ParallelState, *, with_rng: bool,
     return sd
 
 
-def save_checkpoint(root: str, step: int, model, optimizer, scheduler, par: ParallelState, *,
-                    data_state: Optional[Mapping[str, Any]] = None, keep_last: Optional[int] = None,
-                    optimizer_format: str = "dp_reshardable") -> str:  # fmt: skip
+def save_checkpoint(
+    root: str,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    par: ParallelState,
+    *,
+    data_state: Optional[Mapping[str, Any]] = None,
+    keep_last: Optional[int] = None,
+    optimizer_format: str = "dp_reshardable",
+) -> str:
     """Write checkpoint `step` under `root` (collective); returns its directory. `data_state`
     is stored as given (it must be the same on every rank)."""
     if optimizer_format not in OPTIMIZER_FORMATS:
@@ -194,8 +211,9 @@ def resolve_checkpoint(path: str) -> str:
     raise FileNotFoundError(f"{path}: neither a checkpoint nor a checkpoint root with a '{LATEST}' file")
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, *,
-                    load_optimizer: Optional[bool] = None) -> Tuple[int, Dict[str, Any]]:  # fmt: skip
+def load_checkpoint(
+    path: str, model, optimizer, scheduler, par: ParallelState, *, load_optimizer: Optional[bool] = None
+) -> Tuple[int, Dict[str, Any]]:
     """Restore from `path` (a checkpoint, or a root with `latest`); collective. Returns
     (step, data_state).
 
@@ -214,7 +232,9 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
         raise ValueError(f"{directory}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
     same_layout = common["layout"] == _layout(par)
     optimizer_format = common.get("optimizer_format", "dp_reshardable")
-    same_optimizer = common.get("distributed_optimizer", optimizer_load.is_distributed(optimizer)) == optimizer_load.is_distributed(optimizer)
+    same_optimizer = common.get(
+        "distributed_optimizer", optimizer_load.is_distributed(optimizer)
+    ) == optimizer_load.is_distributed(optimizer)
     optimizer_fits = same_optimizer and (same_layout or optimizer_format == "fully_reshardable")
     if load_optimizer is None:
         load_optimizer = optimizer_fits
@@ -226,11 +246,14 @@ def load_checkpoint(path: str, model, optimizer, scheduler, par: ParallelState, 
                 stacklevel=2,
             )
     elif load_optimizer and not optimizer_fits:
-        raise ValueError(f"{directory}: the {optimizer_format} optimizer state of layout {common['layout']} "
-                         f"cannot load onto {_layout(par)}")  # fmt: skip
+        raise ValueError(
+            f"{directory}: the {optimizer_format} optimizer state of layout {common['layout']} "
+            f"cannot load onto {_layout(par)}"
+        )
     with torch.no_grad():
-        sd = _sharded_state_dict(model, optimizer if load_optimizer else None, par, with_rng=same_layout,
-                                 optimizer_format=optimizer_format)  # fmt: skip
+        sd = _sharded_state_dict(
+            model, optimizer if load_optimizer else None, par, with_rng=same_layout, optimizer_format=optimizer_format
+        )
         loaded = dist_checkpointing.load(sd, directory)
         for i, chunk in enumerate(model):
             chunk.module.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)

@@ -17,6 +17,7 @@ Without it (CPU, CI), this module stands in so that CP runs and is tested:
 All-gathering K/V costs O(L) memory per rank instead of a ring's O(L / CP): fine for the CPU
 path it exists for; GPU runs use transformer-engine.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,7 +33,9 @@ def zigzag_positions(length: int, cp: int, cp_rank: int, device=None) -> torch.T
     """The positions of a length-`length` sequence that CP rank `cp_rank` holds, in order:
     chunk cp_rank, then chunk 2 * cp - 1 - cp_rank, of 2 * cp equal chunks."""
     if length % (2 * cp):
-        raise ValueError(f"context parallelism over {cp} ranks needs a sequence length divisible by {2 * cp}, got {length}")
+        raise ValueError(
+            f"context parallelism over {cp} ranks needs a sequence length divisible by {2 * cp}, got {length}"
+        )
     c = length // (2 * cp)
     first = torch.arange(cp_rank * c, (cp_rank + 1) * c, device=device)
     second = torch.arange((2 * cp - 1 - cp_rank) * c, (2 * cp - cp_rank) * c, device=device)
@@ -84,8 +87,16 @@ class ContextParallelDotProductAttention(DotProductAttention):
         if self.config.window_size is not None:
             raise ValueError("context parallelism on the local spec does not support sliding-window attention")
 
-    def forward(self, query, key, value, attention_mask: Optional[torch.Tensor], attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):  # fmt: skip
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
         if packed_seq_params is not None:
             raise ValueError("ContextParallelDotProductAttention takes packed rows as a dense attention_mask, not THD")
         cp = dist.get_world_size(self.cp_group)
@@ -98,6 +109,8 @@ class ContextParallelDotProductAttention(DotProductAttention):
             mask = (k_pos[None, :] > q_pos[:, None])[None, None]
         else:
             if attention_mask.shape[-2:] != (L, L):
-                raise ValueError(f"attention_mask must cover the whole sequence [.., {L}, {L}], got {tuple(attention_mask.shape)}")
+                raise ValueError(
+                    f"attention_mask must cover the whole sequence [.., {L}, {L}], got {tuple(attention_mask.shape)}"
+                )
             mask = attention_mask.index_select(-2, q_pos)
         return super().forward(query, key, value, mask, attn_mask_type, attention_bias, None)

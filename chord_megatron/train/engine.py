@@ -9,10 +9,10 @@
 Every rank of the job calls every verb with the same arguments (the same *global* batch on
 all ranks: each data-parallel rank takes its own rows). Results are identical on all ranks.
 """
+
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -34,8 +34,13 @@ from .weights import iter_full_tensors, load_full_state_dict
 class MegatronEngine:
     """Model chunks, optimizer and LR schedule of one rank, behind train/logprob/save verbs."""
 
-    def __init__(self, cfg: Config, *, par: Optional[ParallelState] = None,
-                 full_state_dict: Optional[Mapping[str, torch.Tensor]] = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        par: Optional[ParallelState] = None,
+        full_state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+    ):
         """Build on the current torch.distributed world (initialised from torchrun's
         environment if needed). `full_state_dict`: start from these weights (Megatron names,
         see train/weights.py) instead of a random initialisation."""
@@ -86,8 +91,9 @@ class MegatronEngine:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        metrics = chord_forward_backward(self.model, self.par, mbs, mu=mu, counts=counts, settings=self.settings,
-                                         thd=self.thd)  # fmt: skip
+        metrics = chord_forward_backward(
+            self.model, self.par, mbs, mu=mu, counts=counts, settings=self.settings, thd=self.thd
+        )
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
@@ -105,7 +111,9 @@ class MegatronEngine:
     def _padding_frac(self, batch: TrainBatch, mbs: List[MicroBatch]) -> float:
         """The share of model positions this step computed (all ranks) that no trained token
         needs: right-padding, packing fillers, inert rows. What packing is there to reduce."""
-        positions = torch.tensor([float(sum(mb.input_ids.numel() for mb in mbs))], dtype=torch.float64, device=self.par.device)
+        positions = torch.tensor(
+            [float(sum(mb.input_ids.numel() for mb in mbs))], dtype=torch.float64, device=self.par.device
+        )
         if self.par.dp * self.par.cp > 1:
             torch.distributed.all_reduce(positions, group=self.par.dp_cp_group)
         needed = sum(trained_lengths(batch.loss_mask))
@@ -118,17 +126,26 @@ class MegatronEngine:
         model gives (0 for out-of-vocabulary labels)."""
         check_batch(batch)
         B, S = batch.input_ids.shape
-        logp = forward_logprobs(self.model, self.par, self.micro_batches(batch), rows=B, seq_length=S,
-                                settings=self.settings, thd=self.thd)  # fmt: skip
+        logp = forward_logprobs(
+            self.model, self.par, self.micro_batches(batch), rows=B, seq_length=S, settings=self.settings, thd=self.thd
+        )
         return logp.cpu()
 
     def micro_batches(self, batch: TrainBatch) -> List[MicroBatch]:
         """This rank's micro-batches of the global `batch` (packed and split over
         context-parallel ranks as configured)."""
         par, t = self.par, self.cfg.train
-        return build_micro_batches(batch, dp=par.dp, dp_rank=par.dp_rank, micro_batch_size=t.micro_batch_size,
-                                   cp=par.cp, cp_rank=par.cp_rank, pack=t.pack_sequences, pack_length=t.pack_length,
-                                   seq_multiple=sequence_multiple(self.cfg))  # fmt: skip
+        return build_micro_batches(
+            batch,
+            dp=par.dp,
+            dp_rank=par.dp_rank,
+            micro_batch_size=t.micro_batch_size,
+            cp=par.cp,
+            cp_rank=par.cp_rank,
+            pack=t.pack_sequences,
+            pack_length=t.pack_length,
+            seq_multiple=sequence_multiple(self.cfg),
+        )
 
     def logprob_mismatch(self, batch: TrainBatch) -> Dict[str, float]:
         """Mean and max |trainer - rollout| log-prob over on-policy response tokens."""
@@ -145,15 +162,25 @@ class MegatronEngine:
         ranks). Names and layouts: see train/weights.py."""
         return iter_full_tensors(self.model, self.par, what="param")
 
-    def save(self, directory: str, data_state: Optional[Mapping[str, Any]] = None, *, step: Optional[int] = None) -> str:
+    def save(
+        self, directory: str, data_state: Optional[Mapping[str, Any]] = None, *, step: Optional[int] = None
+    ) -> str:
         """Write a checkpoint under the root `directory` (see train/checkpoint.py), named by
         `step` (default: self.step, the number of updates done); keeps the newest
         checkpoint.keep_last. `data_state` (e.g. the data loader's position) must be the same
         on every rank. Returns the checkpoint's directory."""
         step = self.step if step is None else int(step)
-        return ckpt.save_checkpoint(directory, step, self.model, self.optimizer, self.scheduler, self.par,
-                                    data_state=data_state, keep_last=self.cfg.checkpoint.keep_last,
-                                    optimizer_format=self.cfg.checkpoint.optimizer_format)  # fmt: skip
+        return ckpt.save_checkpoint(
+            directory,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.par,
+            data_state=data_state,
+            keep_last=self.cfg.checkpoint.keep_last,
+            optimizer_format=self.cfg.checkpoint.optimizer_format,
+        )
 
     def load(self, path: str, *, load_optimizer: Optional[bool] = None) -> Tuple[int, Dict[str, Any]]:
         """Restore from a checkpoint directory or a root holding a `latest` pointer. Returns
@@ -161,8 +188,9 @@ class MegatronEngine:
         layout the weights and the LR schedule are restored, and the optimizer state when the
         checkpoint was written with checkpoint.optimizer_format=fully_reshardable.
         `load_optimizer`: None = whenever possible; False = weights only; True = or fail."""
-        self.step, data_state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.par,
-                                                     load_optimizer=load_optimizer)  # fmt: skip
+        self.step, data_state = ckpt.load_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, self.par, load_optimizer=load_optimizer
+        )
         return self.step, data_state
 
 

@@ -5,6 +5,7 @@ chunked torch path on CPU); this module only supplies what Megatron knows: which
 vocabulary this tensor-parallel rank holds, and the group to reduce over. Full-vocabulary
 logits are never gathered.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

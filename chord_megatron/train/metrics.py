@@ -6,6 +6,7 @@ each metric travels as (mean x count) sums and is divided by the total count at 
 The loss terms are different: they are already normalised by the *global* token counts, so
 they simply add up.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Sequence
@@ -31,8 +32,9 @@ def metric_keys(chord_kwargs: Mapping) -> List[str]:
     kwargs = dict(chord_kwargs)
     if kwargs.get("tis_cap") is not None:
         kwargs["rollout_logp"] = one
-    _, metrics = chord_loss(one, one, torch.zeros(1), torch.ones(1, 1), torch.zeros(1, dtype=torch.bool), 0.0,
-                            entropy=one, **kwargs)  # fmt: skip
+    _, metrics = chord_loss(
+        one, one, torch.zeros(1), torch.ones(1, 1), torch.zeros(1, dtype=torch.bool), 0.0, entropy=one, **kwargs
+    )
     keys = [k for k in metrics if k not in CONSTANT]
     unknown = [k for k in keys if k not in SUMMED + RL_MEANS + SFT_MEANS]
     if unknown:
@@ -111,7 +113,11 @@ def logprob_mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mas
     d = delta[finite]
     if d.numel() == 0:
         zeros = {"logp_mismatch_mean": 0.0, "logp_mismatch_max": 0.0, "logp_mismatch_kl": 0.0}
-        return {**zeros, "logp_mismatch_tokens": float(delta.numel()), "logp_mismatch_nonfinite": float((~finite).sum())}
+        return {
+            **zeros,
+            "logp_mismatch_tokens": float(delta.numel()),
+            "logp_mismatch_nonfinite": float((~finite).sum()),
+        }
     return {
         "logp_mismatch_mean": float(d.abs().mean()),
         "logp_mismatch_max": float(d.abs().max()),

@@ -13,6 +13,7 @@ The loss is always computed in the *rows'* layout ([n, S], as in the TrainBatch)
 input) is row token dst[i] (flat index into [n, S]). Per-token log-probs and entropies, never
 logits, are moved between layouts (`to_rows`): an index copy of b x L floats.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,9 +67,18 @@ def round_up(n: int, multiple: int) -> int:
     return math.ceil(n / multiple) * multiple
 
 
-def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch_size: int, cp: int = 1,
-                        cp_rank: int = 0, pack: bool = False, pack_length: int = 0,
-                        seq_multiple: int = 1) -> List[MicroBatch]:  # fmt: skip
+def build_micro_batches(
+    batch: TrainBatch,
+    *,
+    dp: int,
+    dp_rank: int,
+    micro_batch_size: int,
+    cp: int = 1,
+    cp_rank: int = 0,
+    pack: bool = False,
+    pack_length: int = 0,
+    seq_multiple: int = 1,
+) -> List[MicroBatch]:
     """This (data-, context-parallel) rank's micro-batches of the global `batch`.
 
     Unpacked: micro_batch_size rows per micro-batch (padded with inert rows to whole
@@ -78,7 +88,9 @@ def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch
     for context parallelism)."""
     block = dp_row_range(batch.rows, dp, dp_rank)
     if pack:
-        return _packed(batch, block, micro_batch_size, pack_length or batch.input_ids.shape[1], cp, cp_rank, seq_multiple)
+        return _packed(
+            batch, block, micro_batch_size, pack_length or batch.input_ids.shape[1], cp, cp_rank, seq_multiple
+        )
     ids = torch.full((rows_per_rank(batch.rows, dp, micro_batch_size),), -1, dtype=torch.long)
     ids[: block.stop - block.start] = torch.arange(block.start, block.stop)
     out = []
@@ -86,8 +98,18 @@ def build_micro_batches(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch
         n, S = rows.input_ids.shape
         L = round_up(S, seq_multiple)
         row_index = torch.arange(n * S).view(n, S)
-        out.append(_layout(rows, ids[i * micro_batch_size : (i + 1) * micro_batch_size], _pad(rows.input_ids, L, 0),
-                           _pad(rows.labels, L, -1), _pad(row_index, L, -1), None, cp, cp_rank))  # fmt: skip
+        out.append(
+            _layout(
+                rows,
+                ids[i * micro_batch_size : (i + 1) * micro_batch_size],
+                _pad(rows.input_ids, L, 0),
+                _pad(rows.labels, L, -1),
+                _pad(row_index, L, -1),
+                None,
+                cp,
+                cp_rank,
+            )
+        )
     return out
 
 
@@ -150,5 +172,6 @@ def _layout(rows, row_ids, ids, labels, row_index, segment, cp, cp_rank) -> Micr
         flat = row_index.reshape(-1)
         src = torch.nonzero(flat >= 0).flatten()
         dst = flat[src]
-    return MicroBatch(rows=rows, row_ids=row_ids, input_ids=ids, labels=labels, seq_length=L,
-                      segment_ids=segment, src=src, dst=dst)  # fmt: skip
+    return MicroBatch(
+        rows=rows, row_ids=row_ids, input_ids=ids, labels=labels, seq_length=L, segment_ids=segment, src=src, dst=dst
+    )

@@ -9,6 +9,7 @@ CUDA are present (or asked for), Megatron's local spec otherwise.
 wrapped in Megatron's DistributedDataParallel, which owns the contiguous grad buffers the
 distributed optimizer shards. The bare GPTModel of a chunk is `unwrap(chunk)`.
 """
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 One scheduler step per optimizer update: `lr_warmup_steps` and the decay horizon
 (`train.steps`) are counted in updates, not samples (Megatron-LM counts samples).
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -42,7 +43,9 @@ def build_optimizer(cfg: Config, model: List[torch.nn.Module], par: ParallelStat
 
     # Extra gloo groups are for checkpoint formats we do not use (and megatron refuses them
     # together with explicit process groups).
-    optimizer = get_megatron_optimizer(optimizer_config(cfg), model, use_gloo_process_groups=False, pg_collection=par.pg)
+    optimizer = get_megatron_optimizer(
+        optimizer_config(cfg), model, use_gloo_process_groups=False, pg_collection=par.pg
+    )
     o = cfg.optim
     warmup = o.lr_warmup_steps
     scheduler = OptimizerParamScheduler(

@@ -7,6 +7,7 @@ are dropped. Rows of one model row must not see each other: the mask is block-di
 Positions need no reset: RoPE scores depend only on the distance between query and key, which
 is the same inside a model row as in the row alone.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -28,7 +29,9 @@ def plan_packs(lengths: Sequence[int], capacity: int) -> List[List[int]]:
     of a pack keep ascending index order. Raises ValueError naming the row that does not fit."""
     for i, n in enumerate(lengths):
         if n > capacity:
-            raise ValueError(f"train.pack_length={capacity} is shorter than row {i}, which needs {n} tokens up to its last trained token")
+            raise ValueError(
+                f"train.pack_length={capacity} is shorter than row {i}, which needs {n} tokens up to its last trained token"
+            )
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (-lengths[i], i))
     packs: List[List[int]] = []
     free: List[int] = []

@@ -8,6 +8,7 @@ Megatron's `ProcessGroupCollection` (`ps.pg`) or as single groups (`ps.tp_group`
 Rank order is Megatron's default "tp-cp-ep-dp-pp": tensor-parallel ranks are adjacent, the
 pipeline stage changes slowest.
 """
+
 from __future__ import annotations
 
 import datetime

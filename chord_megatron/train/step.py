@@ -18,6 +18,7 @@ This is the one place where parallel layout meets the loss. The rules:
 The update then does not depend on the parallel layout or the micro-batch split, up to
 floating-point summation order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ class LossSettings:
             token_weight=a.token_weight,
             tis_cap=a.tis_cap,
             logratio_clamp=a.logratio_clamp,
-            weight_options=dict(gamma=a.gamma, is_cap=a.is_cap, cutoff_prob=a.cutoff_prob, vocab_size=cfg.model.vocab_size),
+            weight_options=dict(
+                gamma=a.gamma, is_cap=a.is_cap, cutoff_prob=a.cutoff_prob, vocab_size=cfg.model.vocab_size
+            ),
         )
         return cls(
             chord_kwargs=chord_kwargs,
@@ -89,12 +92,21 @@ def _model_forward(mb: MicroBatch, model: torch.nn.Module, device: torch.device,
         return model(input_ids, position_ids, block_causal_mask(mb.segment_ids.to(device)), **kw)
     cu = cu_seqlens(mb.segment_ids).to(device)
     longest = int((cu[1:] - cu[:-1]).max())
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+    params = PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest
+    )
     return model(input_ids.reshape(1, -1), position_ids.reshape(1, -1), None, packed_seq_params=params, **kw)
 
 
-def _rows_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LossSettings, par: ParallelState,
-                   *, with_entropy: bool, inplace_backward: bool):  # fmt: skip
+def _rows_logprobs(
+    mb: MicroBatch,
+    logits: torch.Tensor,
+    settings: LossSettings,
+    par: ParallelState,
+    *,
+    with_entropy: bool,
+    inplace_backward: bool,
+):
     """Per-token log-probs (and entropies) of the micro-batch, in the rows' layout [n, S]."""
     logits = logits.reshape(*mb.input_ids.shape, logits.shape[-1])
     logp, entropy = token_logprobs(
@@ -109,8 +121,9 @@ def _rows_logprobs(mb: MicroBatch, logits: torch.Tensor, settings: LossSettings,
     return mb.to_rows(logp), (None if entropy is None else mb.to_rows(entropy))
 
 
-def _chord_loss_func(mb: MicroBatch, logits: torch.Tensor, *, mu: float, counts: TokenCounts,
-                     settings: LossSettings, par: ParallelState):  # fmt: skip
+def _chord_loss_func(
+    mb: MicroBatch, logits: torch.Tensor, *, mu: float, counts: TokenCounts, settings: LossSettings, par: ParallelState
+):
     """Megatron loss_func, the 3-tuple form: (loss, token count, metrics)."""
     device = logits.device
     # Nothing reads the logits after this op: its backward may reuse their memory.
@@ -136,16 +149,25 @@ def _chord_loss_func(mb: MicroBatch, logits: torch.Tensor, *, mu: float, counts:
     return loss, num_tokens, metrics
 
 
-def _logprob_func(mb: MicroBatch, logits: torch.Tensor, non_loss_data: bool = False, *,
-                  settings: LossSettings, par: ParallelState) -> torch.Tensor:  # fmt: skip
+def _logprob_func(
+    mb: MicroBatch, logits: torch.Tensor, non_loss_data: bool = False, *, settings: LossSettings, par: ParallelState
+) -> torch.Tensor:
     """Forward-only 'loss' function: the current policy's log-probs [n, S] (no gradient; 0 at
     tokens this rank does not compute)."""
     logp, _ = _rows_logprobs(mb, logits, settings, par, with_entropy=False, inplace_backward=False)
     return logp.detach().float()
 
 
-def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], loss_func_for,
-                 *, forward_only: bool, collect_non_loss_data: bool = False, thd: bool = False) -> list:  # fmt: skip
+def run_schedule(
+    model: List[torch.nn.Module],
+    par: ParallelState,
+    mbs: List[MicroBatch],
+    loss_func_for,
+    *,
+    forward_only: bool,
+    collect_non_loss_data: bool = False,
+    thd: bool = False,
+) -> list:
     """Run Megatron's pipeline schedule for `par` over the micro-batches `mbs` (equal model
     shapes). `loss_func_for(mb)` gives the loss function of a micro-batch. Returns what the
     loss functions returned (as Megatron stores it), on the last pipeline stage; [] elsewhere."""
@@ -181,9 +203,16 @@ def run_schedule(model: List[torch.nn.Module], par: ParallelState, mbs: List[Mic
     )
 
 
-def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], *,
-                           mu: float, counts: TokenCounts, settings: LossSettings,
-                           thd: bool = False) -> Dict[str, float]:  # fmt: skip
+def chord_forward_backward(
+    model: List[torch.nn.Module],
+    par: ParallelState,
+    mbs: List[MicroBatch],
+    *,
+    mu: float,
+    counts: TokenCounts,
+    settings: LossSettings,
+    thd: bool = False,
+) -> Dict[str, float]:
     """Forward and backward of the CHORD loss over this rank's micro-batches; gradients end up
     reduced over data- and context-parallel ranks in the DDP grad buffers (`param.main_grad`).
     Returns the batch's metrics (count-weighted over micro-batches and ranks), the same on
@@ -210,8 +239,16 @@ def chord_forward_backward(model: List[torch.nn.Module], par: ParallelState, mbs
     return metrics
 
 
-def forward_logprobs(model: List[torch.nn.Module], par: ParallelState, mbs: List[MicroBatch], *, rows: int,
-                     seq_length: int, settings: LossSettings, thd: bool = False) -> torch.Tensor:  # fmt: skip
+def forward_logprobs(
+    model: List[torch.nn.Module],
+    par: ParallelState,
+    mbs: List[MicroBatch],
+    *,
+    rows: int,
+    seq_length: int,
+    settings: LossSettings,
+    thd: bool = False,
+) -> torch.Tensor:
     """The current policy's log-probs of a global batch of `rows` x `seq_length` tokens whose
     micro-batches on this rank are `mbs`: [rows, seq_length] fp32 on `par.device`, the same on
     every rank. Each token is computed by one (data-, context-parallel) rank of the last

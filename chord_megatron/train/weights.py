@@ -22,6 +22,7 @@ contiguous blocks, except that each rank's fc1 shard is [gate_r; up_r] (so the f
 *not* the concatenation of the shards). With pipeline parallelism each stage (and each virtual
 chunk) numbers its layers from 0; `TransformerLayer.layer_number` holds the global number.
 """
+
 from __future__ import annotations
 
 import re
@@ -104,8 +105,15 @@ def load_full_state_dict(model: List[torch.nn.Module], full: Mapping[str, torch.
             param.copy_(part)
         if gpt.share_embeddings_and_output_weights and gpt.post_process and not gpt.pre_process:
             weight = gpt.output_layer.weight
-            weight.copy_(shard_tp("embedding.word_embeddings.weight", full["embedding.word_embeddings.weight"],
-                                  weight, par.tp, par.tp_rank))  # fmt: skip
+            weight.copy_(
+                shard_tp(
+                    "embedding.word_embeddings.weight",
+                    full["embedding.word_embeddings.weight"],
+                    weight,
+                    par.tp,
+                    par.tp_rank,
+                )
+            )
 
 
 def _canonical_key(name: str) -> Tuple[int, int, str]:
@@ -128,8 +136,9 @@ def _full_shape(param: torch.Tensor, tp: int) -> Tuple[int, ...]:
 
 
 @torch.no_grad()
-def iter_full_tensors(model: List[torch.nn.Module], par: ParallelState, *, what: str = "param"
-                      ) -> Iterator[Tuple[str, torch.Tensor]]:  # fmt: skip
+def iter_full_tensors(
+    model: List[torch.nn.Module], par: ParallelState, *, what: str = "param"
+) -> Iterator[Tuple[str, torch.Tensor]]:
     """(global name, full tensor) for every parameter of the model, in canonical order
     (embedding, layers 0.., final norm, output layer), on **every** rank of the model-parallel
     group. Collective: all ranks of the TP and PP groups must iterate it to the end together.

@@ -4,10 +4,10 @@ A bucket bounds the memory a transport holds at once (a serialized copy, a broad
 safetensors shard). A tensor larger than the bound travels alone; tensors are never split, so
 a consumer always receives whole parameters.
 """
+
 from __future__ import annotations
 
 import contextlib
-
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Tuple

@@ -21,6 +21,7 @@ With tied embeddings there is no output layer: lm_head is left out (HF ties it o
 emitted as a copy of the embedding when a consumer wants it. Any name not in this table is an
 error, never silently dropped: a sync that skips a tensor serves a mix of old and new weights.
 """
+
 from __future__ import annotations
 
 import re
@@ -96,13 +97,19 @@ def pack_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout
     g, q, d = layout.num_kv_heads, layout.q_per_group, layout.head_dim
     rest = query.shape[1:]
     if query.shape[0] != g * q * d or key.shape[0] != g * d or value.shape[0] != g * d:
-        raise ValueError(f"q/k/v rows {query.shape[0]}/{key.shape[0]}/{value.shape[0]} do not fit "
-                         f"{layout.num_heads} heads, {g} KV heads of dim {d}")
-    per_group = torch.cat([query.reshape(g, q, d, *rest), key.reshape(g, 1, d, *rest), value.reshape(g, 1, d, *rest)], dim=1)
+        raise ValueError(
+            f"q/k/v rows {query.shape[0]}/{key.shape[0]}/{value.shape[0]} do not fit "
+            f"{layout.num_heads} heads, {g} KV heads of dim {d}"
+        )
+    per_group = torch.cat(
+        [query.reshape(g, q, d, *rest), key.reshape(g, 1, d, *rest), value.reshape(g, 1, d, *rest)], dim=1
+    )
     return per_group.reshape(g * (q + 2) * d, *rest).contiguous()
 
 
-def megatron_to_hf(named: Named, layout: Layout, *, lm_head_when_tied: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
+def megatron_to_hf(
+    named: Named, layout: Layout, *, lm_head_when_tied: bool = False
+) -> Iterator[Tuple[str, torch.Tensor]]:
     """Stream (HF name, tensor) for Megatron full parameters, in the input's order."""
     for name, t in named:
         m = _LAYER_M.match(name)
@@ -186,7 +193,9 @@ def hf_to_megatron(named: Named, layout: Layout) -> Iterator[Tuple[str, torch.Te
         else:
             raise ValueError(f"hf_to_megatron: no Megatron name for {name!r}")
     if pending:
-        missing = {k[0]: sorted(set(("q", "k", "v") if k[1] == "qkv" else ("gate", "up")) - set(v)) for k, v in pending.items()}
+        missing = {
+            k[0]: sorted(set(("q", "k", "v") if k[1] == "qkv" else ("gate", "up")) - set(v)) for k, v in pending.items()
+        }
         raise ValueError(f"hf_to_megatron: incomplete fused tensors {missing}")
     if head is not None and embed is not None and not torch.equal(head, embed):
         raise ValueError("hf_to_megatron: tied embeddings, but lm_head.weight differs from model.embed_tokens.weight")

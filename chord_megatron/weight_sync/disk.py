@@ -6,6 +6,7 @@ safetensors shards of at most the bucket size plus model.safetensors.index.json 
 model's config.json when given), so any HF loader, SGLang's included, reads it. The route
 needs no begin/end_weight_update session. Older version folders beyond `keep_last` are removed.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ import torch
 from .buckets import SyncStats, bucketize, tensor_bytes
 
 
-def write_hf_checkpoint(folder: Path, named: Iterable[Tuple[str, torch.Tensor]], *, max_shard_bytes: int,
-                        config: Optional[Dict[str, Any]] = None, stats: Optional[SyncStats] = None) -> Path:
+def write_hf_checkpoint(
+    folder: Path,
+    named: Iterable[Tuple[str, torch.Tensor]],
+    *,
+    max_shard_bytes: int,
+    config: Optional[Dict[str, Any]] = None,
+    stats: Optional[SyncStats] = None,
+) -> Path:
     """Safetensors shards `model-0000i-of-0000n.safetensors` + the index (+ config.json)."""
     from safetensors.torch import save_file
 
@@ -42,7 +49,8 @@ def write_hf_checkpoint(folder: Path, named: Iterable[Tuple[str, torch.Tensor]],
         weight_map.update({n: new for n in names})
         size += nbytes
     (tmp / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1))
+        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1)
+    )
     if config is not None:
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
@@ -65,8 +73,14 @@ class DiskSync:
     """Callable transport for SGLangEngine(weight_sync=DiskSync(...)). `directory` must be
     visible under the same path to every server."""
 
-    def __init__(self, directory: str | Path, *, bucket_mb: float = 512, config: Optional[Dict[str, Any]] = None,
-                 keep_last: int = 2):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        bucket_mb: float = 512,
+        config: Optional[Dict[str, Any]] = None,
+        keep_last: int = 2,
+    ):
         self.directory = Path(directory)
         self.max_bytes = int(bucket_mb * 2**20)
         self.config = config  # the model's HF config.json contents
@@ -74,15 +88,18 @@ class DiskSync:
 
     def __call__(self, engine, named: Iterable[Tuple[str, torch.Tensor]], version: str) -> SyncStats:
         stats = SyncStats("disk")
-        folder = write_hf_checkpoint(self.directory / f"v{version}", named, max_shard_bytes=self.max_bytes,
-                                     config=self.config, stats=stats)
+        folder = write_hf_checkpoint(
+            self.directory / f"v{version}", named, max_shard_bytes=self.max_bytes, config=self.config, stats=stats
+        )
         engine.run(engine.client.update_weights_from_disk(str(folder), weight_version=version))
         self._prune(keep=folder)
         return stats.finish()
 
     def _prune(self, keep: Path) -> None:
-        folders = sorted((p for p in self.directory.glob("v*") if p.is_dir() and not p.name.endswith(".partial")),
-                         key=lambda p: p.stat().st_mtime)
-        for old in folders[:-self.keep_last]:
+        folders = sorted(
+            (p for p in self.directory.glob("v*") if p.is_dir() and not p.name.endswith(".partial")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in folders[: -self.keep_last]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,5 @@
 """The transport rollout.weight_sync names, built from the config."""
+
 from __future__ import annotations
 
 import os
@@ -21,12 +22,14 @@ def transport_from_config(cfg):
 
         # The servers connect to the trainer's rank 0: torchrun's MASTER_ADDR is that host.
         address = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
-        return NcclSync(address, free_port(""), bucket_mb=r.sync_bucket_mb,
-                        backend="nccl" if torch.cuda.is_available() else "gloo")
+        return NcclSync(
+            address, free_port(""), bucket_mb=r.sync_bucket_mb, backend="nccl" if torch.cuda.is_available() else "gloo"
+        )
     if r.weight_sync == "disk":
         from ..hf.config import hf_config
         from .disk import DiskSync
 
-        return DiskSync(Path(cfg.train.output_dir) / "hf_weights", bucket_mb=r.sync_bucket_mb,
-                        config=hf_config(cfg.model).to_dict())
+        return DiskSync(
+            Path(cfg.train.output_dir) / "hf_weights", bucket_mb=r.sync_bucket_mb, config=hf_config(cfg.model).to_dict()
+        )
     raise ValueError(f"rollout.weight_sync must be tensor, nccl or disk, got {r.weight_sync!r}")

@@ -21,6 +21,7 @@ registered ("The specified group name has already been created") and its rendezv
 still listen on the port. So each reconnect takes a new name (`<group_name>_<n>`) and a port
 nobody listens on, from the job's reserved `port_range` when there is one.
 """
+
 from __future__ import annotations
 
 import socket
@@ -36,13 +37,21 @@ from ..train.compat.process_group import new_process_group
 from .buckets import SyncStats, WeightSyncError, bucketize, check_servers_take, update_session, with_last
 
 
-
-def join_group(master_address: str, master_port: int, world_size: int, rank: int, *, group_name: str,
-               backend: str = "nccl", timeout_s: float = 600.0):
+def join_group(
+    master_address: str,
+    master_port: int,
+    world_size: int,
+    rank: int,
+    *,
+    group_name: str,
+    backend: str = "nccl",
+    timeout_s: float = 600.0,
+):
     """A process group outside the default world, rendezvousing at tcp://address:port with the
     store keys prefixed by `group_name` (SGLang's convention). Blocks until all ranks joined."""
-    return new_process_group(master_address, master_port, world_size, rank, group_name=group_name, backend=backend,
-                             timeout_s=timeout_s)  # fmt: skip
+    return new_process_group(
+        master_address, master_port, world_size, rank, group_name=group_name, backend=backend, timeout_s=timeout_s
+    )
 
 
 def _bindable(port: int) -> bool:
@@ -58,9 +67,19 @@ class NcclSync:
     """Callable transport for SGLangEngine(weight_sync=NcclSync(...)); call it on the trainer
     rank that holds the full tensors (rank 0 of the training job)."""
 
-    def __init__(self, master_address: str, master_port: int, *, bucket_mb: float = 512, backend: str = "nccl",
-                 group_name: str = "weight_update_group", device: Optional[torch.device] = None,
-                 init_timeout_s: float = 600.0, poll_s: float = 0.01, port_range: Optional[Tuple[int, int]] = None):
+    def __init__(
+        self,
+        master_address: str,
+        master_port: int,
+        *,
+        bucket_mb: float = 512,
+        backend: str = "nccl",
+        group_name: str = "weight_update_group",
+        device: Optional[torch.device] = None,
+        init_timeout_s: float = 600.0,
+        poll_s: float = 0.01,
+        port_range: Optional[Tuple[int, int]] = None,
+    ):
         """`port_range` (first, last), inclusive: where the ports of later groups come from
         (the job's reserved ports); without one, any free port of this host."""
         if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
@@ -72,7 +91,9 @@ class NcclSync:
         self._base_group_name = group_name
         self._groups_abandoned = 0
         self._renew = False  # the last group was abandoned: the next one needs a new name and port
-        self.device = device or (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu"))
+        self.device = device or (
+            torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        )
         self.init_timeout_s = init_timeout_s
         self.poll_s = poll_s
         self.group = None
@@ -84,8 +105,10 @@ class NcclSync:
         for port in range(self.port_range[0], self.port_range[1] + 1):
             if port != self.master_port and _bindable(port):
                 return port
-        raise WeightSyncError(f"no free port left in the reserved range {self.port_range[0]}-{self.port_range[1]} "
-                          f"for a new weight-update group")
+        raise WeightSyncError(
+            f"no free port left in the reserved range {self.port_range[0]}-{self.port_range[1]} "
+            f"for a new weight-update group"
+        )
 
     def connect(self, engine) -> None:
         if self._renew:
@@ -99,12 +122,27 @@ class NcclSync:
         for url in client.worker_urls:
             offsets[url] = next_rank
             next_rank += sglang_gpus_per_server(infos[url])  # its ranks in the update group
-        joined = engine.submit(client.init_weights_update_group(
-            self.master_address, self.master_port, next_rank, offsets, group_name=self.group_name,
-            backend=self.backend, timeout_s=self.init_timeout_s))
+        joined = engine.submit(
+            client.init_weights_update_group(
+                self.master_address,
+                self.master_port,
+                next_rank,
+                offsets,
+                group_name=self.group_name,
+                backend=self.backend,
+                timeout_s=self.init_timeout_s,
+            )
+        )
         try:
-            self.group = join_group(self.master_address, self.master_port, next_rank, 0, group_name=self.group_name,
-                                    backend=self.backend, timeout_s=self.init_timeout_s)
+            self.group = join_group(
+                self.master_address,
+                self.master_port,
+                next_rank,
+                0,
+                group_name=self.group_name,
+                backend=self.backend,
+                timeout_s=self.init_timeout_s,
+            )
         except BaseException:
             joined.cancel()
             # The name may be registered and the store may hold the port: the next try renews both.
@@ -121,10 +159,16 @@ class NcclSync:
         with update_session(engine):
             for bucket, last in with_last(bucketize(named, self.max_bytes)):
                 tensors = [t.to(self.device).contiguous() for _, t in bucket]
-                announced = engine.submit(client.update_weights_from_distributed(
-                    [n for n, _ in bucket], [str(t.dtype).replace("torch.", "") for t in tensors],
-                    [list(t.shape) for t in tensors], group_name=self.group_name,
-                    weight_version=version if last else None, flush_cache=last))
+                announced = engine.submit(
+                    client.update_weights_from_distributed(
+                        [n for n, _ in bucket],
+                        [str(t.dtype).replace("torch.", "") for t in tensors],
+                        [list(t.shape) for t in tensors],
+                        group_name=self.group_name,
+                        weight_version=version if last else None,
+                        flush_cache=last,
+                    )
+                )
                 works = [dist.broadcast(t, src=0, group=self.group, async_op=True) for t in tensors]
                 try:
                     self._wait_watching(works, announced)

@@ -8,6 +8,7 @@ server answers -- this module keeps each bucket referenced until then.
 
 Single-node only: the process that calls it must share GPUs with every server it sends to.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,8 +54,9 @@ async def _gather(*coros):
 class TensorSync:
     """Callable transport for SGLangEngine(weight_sync=TensorSync(...))."""
 
-    def __init__(self, bucket_mb: float = 512, serializer: Optional[Serializer] = None,
-                 device: Optional[torch.device] = None):
+    def __init__(
+        self, bucket_mb: float = 512, serializer: Optional[Serializer] = None, device: Optional[torch.device] = None
+    ):
         self.max_bytes = int(bucket_mb * 2**20)
         self.serializer = serializer
         self.device = device  # where tensors must live for the servers (a CUDA device in production)
@@ -75,10 +77,16 @@ class TensorSync:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                 payload = {url: [serialize(bucket) for _ in range(n)] for url, n in tp.items()}
-                engine.run(_gather(*(
-                    client.update_weights_from_tensor(url, payload[url], weight_version=version if last else None,
-                                                      flush_cache=last)
-                    for url in client.worker_urls)))
+                engine.run(
+                    _gather(
+                        *(
+                            client.update_weights_from_tensor(
+                                url, payload[url], weight_version=version if last else None, flush_cache=last
+                            )
+                            for url in client.worker_urls
+                        )
+                    )
+                )
                 stats.add(bucket)
                 del bucket, payload  # the servers have copied: IPC handles may be released
         return stats.finish()

@@ -7,6 +7,7 @@ layer), so after every N pushes the engine samples a fixed probe batch and the t
 the same tokens; a non-finite log-prob, or a token-mean KL above rollout.verify_tolerance
 (precision-aware by default), stops the run.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,20 +16,29 @@ from typing import Dict, Iterable, Iterator, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from ..config import Config
 from ..data import seeding
 from ..data.batch import build_train_batch
-from .buckets import tensor_bytes
-from ..config import Config
 from ..errors import ChordError
 from ..train.parallel import is_rank0
+from .buckets import tensor_bytes
+
 
 class SyncVerificationError(ChordError, RuntimeError):
     """The rollout engine serves log-probs that do not match the trainer's weights."""
 
 
 class WeightSync:
-    def __init__(self, engine, rollout, cfg: Config, *, probe_prompts: Sequence[Sequence[int]] = (),
-                 stop_token_ids: Sequence[int] = (), pad_id: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        engine,
+        rollout,
+        cfg: Config,
+        *,
+        probe_prompts: Sequence[Sequence[int]] = (),
+        stop_token_ids: Sequence[int] = (),
+        pad_id: int = 0,
+    ):
         self.engine, self.rollout, self.cfg = engine, rollout, cfg
         self.probe_prompts = [list(p) for p in probe_prompts]
         self.stop_token_ids = tuple(stop_token_ids)
@@ -46,6 +56,7 @@ class WeightSync:
         nbytes = [0]
         named = self.engine.export_weights()
         if self.rank0:
+
             def counted(items: Iterable[Tuple[str, torch.Tensor]]) -> Iterator[Tuple[str, torch.Tensor]]:
                 for name, t in items:
                     nbytes[0] += tensor_bytes(t)
@@ -53,7 +64,10 @@ class WeightSync:
 
             self.rollout.pause()
             try:
-                self.rollout.update_weights(counted(megatron_to_hf(named, Layout.from_model_config(self.cfg.model, self.cfg.megatron))), str(version))
+                self.rollout.update_weights(
+                    counted(megatron_to_hf(named, Layout.from_model_config(self.cfg.model, self.cfg.megatron))),
+                    str(version),
+                )
             finally:
                 self.rollout.resume()
         else:
@@ -77,7 +91,9 @@ class WeightSync:
         if self.rank0:
             if not self.probe_prompts:
                 raise ValueError("WeightSync.verify needs probe prompts")
-            params = SamplingParams.from_config(self.cfg.rollout, stop_token_ids=self.stop_token_ids, seed=seeding.PROBE)
+            params = SamplingParams.from_config(
+                self.cfg.rollout, stop_token_ids=self.stop_token_ids, seed=seeding.PROBE
+            )
             rollouts = self.rollout.generate(self.probe_prompts, 2, params)
             batch = build_train_batch(rollouts, torch.zeros(len(rollouts)), [], pad_id=self.pad_id)
         if dist.is_initialized() and dist.get_world_size() > 1:

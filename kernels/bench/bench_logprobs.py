@@ -28,6 +28,7 @@ importable and naive. It prints a table sorted by fwd+bwd time, the default conf
 ratio to each baseline, and the fastest configuration as one JSON line; CSV rows carry the
 configuration in `note`. On CPU the peak-RSS figures of a worker's later passes are understated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,29 @@ DEFAULT_CSV = os.path.join(HERE, "results.csv")
 PASSES = ("fwd", "bwd", "fwd+bwd")
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, HBM (SXM parts)
 CSV_FIELDS = [
-    "date", "git_commit", "device", "threads", "torch", "triton", "n", "v", "dtype", "temperature",
-    "variant", "pass", "p20_ms", "p50_ms", "p80_ms", "peak_extra_mb", "peak_extra_x_logits",
-    "baseline", "speedup_vs_baseline", "mem_ratio_vs_baseline", "bandwidth_fraction", "note",
-]  # fmt: skip
+    "date",
+    "git_commit",
+    "device",
+    "threads",
+    "torch",
+    "triton",
+    "n",
+    "v",
+    "dtype",
+    "temperature",
+    "variant",
+    "pass",
+    "p20_ms",
+    "p50_ms",
+    "p80_ms",
+    "peak_extra_mb",
+    "peak_extra_x_logits",
+    "baseline",
+    "speedup_vs_baseline",
+    "mem_ratio_vs_baseline",
+    "bandwidth_fraction",
+    "note",
+]
 
 
 # ---- measurement, inside a worker process ---------------------------------------------------
@@ -259,20 +279,39 @@ def _context(args, device: str, baseline: str) -> dict:
     except ImportError:
         triton_version = ""
     common = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "git_commit": _git_commit(),
-        "device": device_name, "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-        "triton": triton_version, "n": args.n, "v": args.v, "dtype": args.dtype, "temperature": args.temperature,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": _git_commit(),
+        "device": device_name,
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "n": args.n,
+        "v": args.v,
+        "dtype": args.dtype,
+        "temperature": args.temperature,
         "baseline": baseline,
-    }  # fmt: skip
-    print(f"{device_name} | N={args.n} V={args.v} {args.dtype} T={args.temperature} | logits {logits_bytes / 2**20:.0f} MiB"
-          f" | baseline {baseline} | threads {common['threads']} | budget {args.budget_s:.0f} s")  # fmt: skip
+    }
+    print(
+        f"{device_name} | N={args.n} V={args.v} {args.dtype} T={args.temperature} | logits {logits_bytes / 2**20:.0f} MiB"
+        f" | baseline {baseline} | threads {common['threads']} | budget {args.budget_s:.0f} s"
+    )
     return {"common": common, "logits_bytes": logits_bytes, "bw_peak": bw_peak}
 
 
 def _spec(args, device: str, variant: str, passes, launch=None) -> dict:
-    return {"variant": variant, "passes": list(passes), "n": args.n, "v": args.v, "dtype": args.dtype,
-            "temperature": args.temperature, "reps": args.reps, "device": device, "threads": args.threads,
-            "launch": launch, "check": launch is not None}  # fmt: skip
+    return {
+        "variant": variant,
+        "passes": list(passes),
+        "n": args.n,
+        "v": args.v,
+        "dtype": args.dtype,
+        "temperature": args.temperature,
+        "reps": args.reps,
+        "device": device,
+        "threads": args.threads,
+        "launch": launch,
+        "check": launch is not None,
+    }
 
 
 def _row(ctx: dict, variant: str, which: str, res: dict, base: Optional[tuple], note: str) -> dict:
@@ -282,13 +321,20 @@ def _row(ctx: dict, variant: str, which: str, res: dict, base: Optional[tuple], 
     peak_mb = res["peak_bytes"] / 2**20
     bytes_moved = ctx["logits_bytes"] * {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[which]
     bw_peak = ctx["bw_peak"]
-    return dict(ctx["common"], variant=variant, **{"pass": which}, p20_ms=round(p20, 3), p50_ms=round(p50, 3),
-                p80_ms=round(p80, 3), peak_extra_mb=round(peak_mb, 1),
-                peak_extra_x_logits=round(res["peak_bytes"] / ctx["logits_bytes"], 3),
-                speedup_vs_baseline=round(base[0] / p50, 3) if base else "",
-                mem_ratio_vs_baseline=round(peak_mb / base[1], 3) if base and base[1] > 0 else "",
-                bandwidth_fraction=round(bytes_moved / (p50 / 1e3) / bw_peak, 3) if bw_peak else "",
-                note=note)  # fmt: skip
+    return dict(
+        ctx["common"],
+        variant=variant,
+        **{"pass": which},
+        p20_ms=round(p20, 3),
+        p50_ms=round(p50, 3),
+        p80_ms=round(p80, 3),
+        peak_extra_mb=round(peak_mb, 1),
+        peak_extra_x_logits=round(res["peak_bytes"] / ctx["logits_bytes"], 3),
+        speedup_vs_baseline=round(base[0] / p50, 3) if base else "",
+        mem_ratio_vs_baseline=round(peak_mb / base[1], 3) if base and base[1] > 0 else "",
+        bandwidth_fraction=round(bytes_moved / (p50 / 1e3) / bw_peak, 3) if bw_peak else "",
+        note=note,
+    )
 
 
 def _append_csv(path: str, rows: list):
@@ -328,8 +374,10 @@ def run(args) -> list:
     passes = args.passes.split(",")
     budget = Budget(args.budget_s)
     ctx = _context(args, device, baseline)
-    print(f"{'variant':22} {'pass':8} {'p20 ms':>9} {'p50 ms':>9} {'p80 ms':>9} {'speedup':>8} "
-          f"{'extra MiB':>10} {'x logits':>9} {'mem ratio':>9} {'BW frac':>8}")  # fmt: skip
+    print(
+        f"{'variant':22} {'pass':8} {'p20 ms':>9} {'p50 ms':>9} {'p80 ms':>9} {'speedup':>8} "
+        f"{'extra MiB':>10} {'x logits':>9} {'mem ratio':>9} {'BW frac':>8}"
+    )
     rows, base = [], {}
     for variant in variants:
         if variant not in VARIANTS:
@@ -349,9 +397,12 @@ def run(args) -> list:
                 base[which] = (_quantile(res["times_ms"], 0.5), res["peak_bytes"] / 2**20)
             row = _row(ctx, variant, which, res, base.get(which), VARIANTS[variant].note)
             rows.append(row)
-            print(f"{variant:22} {which:8} {row['p20_ms']:9.3f} {row['p50_ms']:9.3f} {row['p80_ms']:9.3f} "
-                  f"{row['speedup_vs_baseline']!s:>8} {row['peak_extra_mb']:10.1f} {row['peak_extra_x_logits']:9.3f} "
-                  f"{row['mem_ratio_vs_baseline']!s:>9} {row['bandwidth_fraction']!s:>8}", flush=True)  # fmt: skip
+            print(
+                f"{variant:22} {which:8} {row['p20_ms']:9.3f} {row['p50_ms']:9.3f} {row['p80_ms']:9.3f} "
+                f"{row['speedup_vs_baseline']!s:>8} {row['peak_extra_mb']:10.1f} {row['peak_extra_x_logits']:9.3f} "
+                f"{row['mem_ratio_vs_baseline']!s:>9} {row['bandwidth_fraction']!s:>8}",
+                flush=True,
+            )
     _append_csv(args.csv, rows)
     return rows
 
@@ -392,7 +443,11 @@ def run_sweep(args) -> list:
     baseline = next(iter(baselines), "")
     ctx["common"]["baseline"] = baseline
     base = {w: (_quantile(r["times_ms"], 0.5), r["peak_bytes"] / 2**20) for w, r in baselines.get(baseline, {}).items()}
-    rows = [_row(ctx, name, w, r, base.get(w), VARIANTS[name].note) for name, res in baselines.items() for w, r in res.items()]
+    rows = [
+        _row(ctx, name, w, r, base.get(w), VARIANTS[name].note)
+        for name, res in baselines.items()
+        for w, r in res.items()
+    ]
     results = []
     for i, (cfg, res) in enumerate(measured):
         if res is None:
@@ -404,9 +459,16 @@ def run_sweep(args) -> list:
         if not check["ok"]:
             print(f"{cfg.note()}: results differ from naive beyond {CHECK_LIMITS}: {check}")
         fb = cfg_rows["fwd+bwd"]
-        results.append({"launch": cfg, "default": i == 0, "ms": {w: r["p50_ms"] for w, r in cfg_rows.items()},
-                        "bw": fb["bandwidth_fraction"] or None, "speedup": fb["speedup_vs_baseline"] or None,
-                        "check": check})  # fmt: skip
+        results.append(
+            {
+                "launch": cfg,
+                "default": i == 0,
+                "ms": {w: r["p50_ms"] for w, r in cfg_rows.items()},
+                "bw": fb["bandwidth_fraction"] or None,
+                "speedup": fb["speedup_vs_baseline"] or None,
+                "check": check,
+            }
+        )
     print(sweep.table(results, baseline or None))
     default = results[0] if results and results[0]["default"] else None
     for name, res in baselines.items():
@@ -414,8 +476,10 @@ def run_sweep(args) -> list:
             print(f"default config: not measured, so no ratio against {name}")
             continue
         ratios = {w: _quantile(res[w]["times_ms"], 0.5) / default["ms"][w] for w in passes}
-        print(f"default {cfgs[0].note()} vs {name} (p50 ratio, >1 = faster): "
-              + ", ".join(f"{w} {r:.2f}x" for w, r in ratios.items()))  # fmt: skip
+        print(
+            f"default {cfgs[0].note()} vs {name} (p50 ratio, >1 = faster): "
+            + ", ".join(f"{w} {r:.2f}x" for w, r in ratios.items())
+        )
     if not baselines:
         print("no baseline was measured (see above)")
     best = sweep.best_json(results)
@@ -432,18 +496,31 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--passes", default=",".join(PASSES))
     p.add_argument("--variants", default="", help=f"comma list; default: all for the device ({', '.join(VARIANTS)})")
-    p.add_argument("--baseline", default="", help="default: megatron_ce+entropy on CUDA (naive if megatron-core is missing), naive on CPU")
+    p.add_argument(
+        "--baseline",
+        default="",
+        help="default: megatron_ce+entropy on CUDA (naive if megatron-core is missing), naive on CPU",
+    )
     p.add_argument("--reps", type=int, default=None, help="timed runs per (variant, pass); default 5 CPU / 50 GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=DEFAULT_CSV, help="append rows here ('' to skip)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per worker")
     p.add_argument("--cpu", action="store_true", help="benchmark CPU paths even when a GPU is present")
     p.add_argument("--quick", action="store_true", help="small shape, 3 reps: a smoke test (with --sweep: 2 configs)")
-    p.add_argument("--budget-s", type=float, default=float("inf"),
-                   help="wall-clock budget for the whole run: no worker starts after it, a running one is killed")
-    p.add_argument("--sweep", action="store_true",
-                   help="time triton_inplace over launch configs (one worker each, all passes) instead of variants")
-    p.add_argument("--grid", default=":", help="with --sweep: START:STOP, part of launch.SWEEP_GRID (the default is always timed)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=float("inf"),
+        help="wall-clock budget for the whole run: no worker starts after it, a running one is killed",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="time triton_inplace over launch configs (one worker each, all passes) instead of variants",
+    )
+    p.add_argument(
+        "--grid", default=":", help="with --sweep: START:STOP, part of launch.SWEEP_GRID (the default is always timed)"
+    )
     p.add_argument("--baselines", default="megatron_ce+entropy,naive", help="with --sweep: comma list ('' for none)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ The orchestration (one worker process per configuration, the time budget, the CS
 bench_logprobs.py with the rest of the harness; this file holds only the sweep's choices and its
 output format.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def table(results: List[dict], baseline: Optional[str]) -> str:
     """results: [{"launch": LaunchConfig, "default": bool, "ms": {pass: p50}, "bw": frac or None,
     "speedup": fwd+bwd speed-up vs the baseline or None, "check": {..., "ok": bool}}], printed
     fastest fwd+bwd first; a configuration whose results were wrong is marked WRONG."""
-    head = (f"{'#':>2} {'launch config':60} {'fwd ms':>8} {'bwd ms':>8} {'fwd+bwd':>8} {'BW frac':>8} "
-            f"{'vs ' + (baseline or 'baseline'):>24} check")  # fmt: skip
+    head = (
+        f"{'#':>2} {'launch config':60} {'fwd ms':>8} {'bwd ms':>8} {'fwd+bwd':>8} {'BW frac':>8} "
+        f"{'vs ' + (baseline or 'baseline'):>24} check"
+    )
     lines = [head]
     ranked = sorted(results, key=lambda r: r["ms"].get("fwd+bwd", float("inf")))
     for i, r in enumerate(ranked, 1):
@@ -54,10 +57,14 @@ def best_json(results: List[dict]) -> Optional[str]:
         return None
     best = min(timed, key=lambda r: r["ms"]["fwd+bwd"])
     default = next((r for r in timed if r["default"]), None)
-    return json.dumps({
-        "best_launch": best["launch"].as_dict(),
-        "p50_ms": best["ms"],
-        "bandwidth_fraction_fwd+bwd": best["bw"],
-        "check_vs_naive": best["check"],
-        "speedup_vs_default_fwd+bwd": round(default["ms"]["fwd+bwd"] / best["ms"]["fwd+bwd"], 3) if default else None,
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "best_launch": best["launch"].as_dict(),
+            "p50_ms": best["ms"],
+            "bandwidth_fraction_fwd+bwd": best["bw"],
+            "check_vs_naive": best["check"],
+            "speedup_vs_default_fwd+bwd": round(default["ms"]["fwd+bwd"] / best["ms"]["fwd+bwd"], 3)
+            if default
+            else None,
+        }
+    )

@@ -5,6 +5,7 @@ at TP=1 and must support backward of sum(g1 * logp + g2 * entropy). Variants may
 logits buffer (in-place backward, Megatron's in-place softmax); the harness restores it before
 every run, outside the timed region.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,8 +48,9 @@ def _build_chord(impl: str, inplace: bool):
         cfg = LaunchConfig(**launch) if launch else None
 
         def fn(x, t, temperature):
-            return vocab_parallel_logprobs(x, t, vocab_start=0, temperature=temperature, impl=impl,
-                                           inplace_backward=inplace, launch=cfg)  # fmt: skip
+            return vocab_parallel_logprobs(
+                x, t, vocab_start=0, temperature=temperature, impl=impl, inplace_backward=inplace, launch=cfg
+            )
 
         return fn
 

@@ -4,6 +4,7 @@ Public entry point: `vocab_parallel_logprobs`; a `LaunchConfig` tunes the Triton
 module is imported only when the Triton path is used, so importing this package needs neither
 Triton nor a GPU.
 """
+
 from .api import IMPLS, vocab_parallel_logprobs
 from .launch import LaunchConfig, default_launch
 

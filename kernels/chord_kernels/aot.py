@@ -17,6 +17,7 @@ TRITON_INTERPRET must be unset in the process that imports the kernels: under th
 @triton.jit returns an InterpretedFunction, which has no compiler front end. The test runs this
 module in a subprocess with the variable removed for that reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,31 @@ def _signatures(dtype: str) -> Iterator[Tuple[str, Dict[str, str]]]:
     """(kernel name, {arg: type}) for both kernels with `dtype` logits, int64 targets."""
     ptr = _TORCH_TO_TRITON[dtype]
     scalars = {"n_rows": "i32", "v_local": "i32", "vocab_start": "i32", "inv_temp": "fp32"}
-    yield "logprob_fwd_kernel", {
-        "x_ptr": ptr, "stride_xn": "i64", "stride_xv": "i32", "tgt_ptr": "*i64", "part_ptr": "*fp32",
-        **scalars,
-    }  # fmt: skip
-    yield "logprob_bwd_kernel", {
-        "x_ptr": ptr, "stride_xn": "i64", "stride_xv": "i32", "gx_ptr": ptr, "stride_gn": "i64",
-        "stride_gv": "i32", "tgt_ptr": "*i64", "stats_ptr": "*fp32", **scalars,
-    }  # fmt: skip
+    yield (
+        "logprob_fwd_kernel",
+        {
+            "x_ptr": ptr,
+            "stride_xn": "i64",
+            "stride_xv": "i32",
+            "tgt_ptr": "*i64",
+            "part_ptr": "*fp32",
+            **scalars,
+        },
+    )
+    yield (
+        "logprob_bwd_kernel",
+        {
+            "x_ptr": ptr,
+            "stride_xn": "i64",
+            "stride_xv": "i32",
+            "gx_ptr": ptr,
+            "stride_gn": "i64",
+            "stride_gv": "i32",
+            "tgt_ptr": "*i64",
+            "stats_ptr": "*fp32",
+            **scalars,
+        },
+    )
 
 
 def _memory_ops(ptx: str) -> dict:
@@ -90,8 +108,13 @@ def _resource_usage(cubin) -> dict:
     return {"registers": int(found["REG"]), "local_bytes": int(found["LOCAL"])} if "REG" in found else {}
 
 
-def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[LaunchConfig] = None,
-                    with_entropy: bool = True, aligned: bool = True) -> Iterator[dict]:
+def compile_kernels(
+    arch: int = 90,
+    dtypes=("fp32", "bf16"),
+    launch: Optional[LaunchConfig] = None,
+    with_entropy: bool = True,
+    aligned: bool = True,
+) -> Iterator[dict]:
     """Compile every kernel x dtype for CUDA sm_<arch>; yields a summary dict per compilation.
 
     launch=None takes the GPU defaults the runtime uses for a large vocabulary. aligned=False
@@ -104,8 +127,12 @@ def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[La
 
     launch = launch or default_launch(1 << 20, interpreted=False)
     target = GPUTarget("cuda", arch, 32)
-    consts = {"ROWS": launch.rows_per_program, "BLOCK_V": launch.block_v, "WITH_ENTROPY": with_entropy,
-              "NUM_STAGES": launch.num_stages}
+    consts = {
+        "ROWS": launch.rows_per_program,
+        "BLOCK_V": launch.block_v,
+        "WITH_ENTROPY": with_entropy,
+        "NUM_STAGES": launch.num_stages,
+    }
     options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
     for dtype in dtypes:
         for name, sig in _signatures(dtype):
@@ -127,7 +154,9 @@ def compile_kernels(arch: int = 90, dtypes=("fp32", "bf16"), launch: Optional[La
                 "arch": arch,
                 "ptx_bytes": len(asm.get("ptx", "")),
                 "cubin_bytes": len(asm.get("cubin", b"")),
-                "ptx_target": next((ln.split()[1] for ln in asm.get("ptx", "").splitlines() if ln.startswith(".target")), None),
+                "ptx_target": next(
+                    (ln.split()[1] for ln in asm.get("ptx", "").splitlines() if ln.startswith(".target")), None
+                ),
                 "shared_bytes": compiled.metadata.shared,
                 "launch": launch.as_dict(),
                 "aligned": aligned,
@@ -139,13 +168,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (H100: 90)")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--launch", default="{}",
-                        help='JSON overrides of the GPU default LaunchConfig, e.g. {"block_v": 2048, "lane_accumulators": true}')
+    parser.add_argument(
+        "--launch",
+        default="{}",
+        help='JSON overrides of the GPU default LaunchConfig, e.g. {"block_v": 2048, "lane_accumulators": true}',
+    )
     parser.add_argument("--sweep-grid", action="store_true", help="compile every launch.SWEEP_GRID entry instead")
     parser.add_argument("--unaligned", action="store_true", help="V_local / row stride not a multiple of 16")
     args = parser.parse_args(argv)
-    launches = SWEEP_GRID if args.sweep_grid else [
-        dataclasses.replace(default_launch(1 << 20, interpreted=False), **json.loads(args.launch))]
+    launches = (
+        SWEEP_GRID
+        if args.sweep_grid
+        else [dataclasses.replace(default_launch(1 << 20, interpreted=False), **json.loads(args.launch))]
+    )
     for launch in launches:
         for info in compile_kernels(args.arch, tuple(args.dtypes.split(",")), launch, aligned=not args.unaligned):
             print(json.dumps(info), flush=True)

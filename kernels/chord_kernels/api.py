@@ -1,4 +1,5 @@
 """The public entry point: shape handling, validation and dispatch to one implementation."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -70,9 +71,13 @@ def vocab_parallel_logprobs(
         from .reference import reference_vocab_parallel_logprobs
 
         return reference_vocab_parallel_logprobs(
-            logits, targets, vocab_start=vocab_start, temperature=temperature,
-            tp_group=tp_group, with_entropy=with_entropy,
-        )  # fmt: skip
+            logits,
+            targets,
+            vocab_start=vocab_start,
+            temperature=temperature,
+            tp_group=tp_group,
+            with_entropy=with_entropy,
+        )
 
     lead = targets.shape
     # A view when possible, so that in-place backward lands in the caller's buffer.

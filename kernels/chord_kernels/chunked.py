@@ -11,6 +11,7 @@ handful of full-width torch ops over `chunk_rows` rows at a time:
     `addcmul` fold the temperature scaling and per-row shifts into passes we make anyway
     (forward: max, shift, exp, sum, multiply-and-sum; backward: shift, exp, affine, multiply).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -138,17 +139,35 @@ class ChunkedVocabParallelLogprobs(torch.autograd.Function):
         chunk_rows: int,
     ):
         part = chunked_shard_partials(logits, targets, vocab_start, temperature, with_entropy, chunk_rows)
-        return finish_forward(ctx, part, logits, targets, vocab_start, tp_group, with_entropy,
-                              (vocab_start, temperature, with_entropy, inplace_backward, chunk_rows))
+        return finish_forward(
+            ctx,
+            part,
+            logits,
+            targets,
+            vocab_start,
+            tp_group,
+            with_entropy,
+            (vocab_start, temperature, with_entropy, inplace_backward, chunk_rows),
+        )
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         vocab_start, temperature, with_entropy, inplace, chunk_rows = ctx.cfg
         logits, targets, row_max, log_sum, entropy, g_logp, g_ent, use_entropy = backward_inputs(
-            ctx, g_logp, g_ent, with_entropy)
+            ctx, g_logp, g_ent, with_entropy
+        )
         out = logits if inplace else torch.empty_like(logits)
         chunked_shard_grad(
-            logits, targets, row_max, log_sum, entropy if use_entropy else None, g_logp,
-            g_ent, vocab_start, temperature, out, chunk_rows,
-        )  # fmt: skip
+            logits,
+            targets,
+            row_max,
+            log_sum,
+            entropy if use_entropy else None,
+            g_logp,
+            g_ent,
+            vocab_start,
+            temperature,
+            out,
+            chunk_rows,
+        )
         return out, None, None, None, None, None, None, None

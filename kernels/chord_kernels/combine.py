@@ -13,6 +13,7 @@ M = max_j z_j, S = sum_j exp(z_j - M), p_j = exp(z_j - M) / S.
 The entropy partial is accumulated on the max-shifted logits (z - m) rather than on z, so that H
 is not the difference of two large numbers when logits are large (|z| ~ 1e3 loses ~4 digits).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -93,8 +94,16 @@ def combine_shard_partials(
 # ----------------------------------------------------------------------------------------------
 # The parts of the autograd Functions that do not depend on how the shard is swept
 # ----------------------------------------------------------------------------------------------
-def finish_forward(ctx, part: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,
-                   tp_group: Optional[dist.ProcessGroup], with_entropy: bool, cfg: tuple):
+def finish_forward(
+    ctx,
+    part: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_start: int,
+    tp_group: Optional[dist.ProcessGroup],
+    with_entropy: bool,
+    cfg: tuple,
+):
     """Combine this shard's partials across the TP group and save what backward needs;
     returns (logp, entropy or an empty tensor)."""
     owned = owned_mask(targets, vocab_start, logits.shape[1])

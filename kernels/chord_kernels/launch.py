@@ -10,6 +10,7 @@ machine. The kernels read the fields as:
                      and reduce across lanes once after the loop, instead of three block-wide
                      reductions per tile
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,10 @@ class LaunchConfig:
 
     def note(self) -> str:
         """Compact label, e.g. 'rows=1 block_v=4096 warps=8 stages=1 lanes=off' (benchmark CSV)."""
-        return (f"rows={self.rows_per_program} block_v={self.block_v} warps={self.num_warps} "
-                f"stages={self.num_stages} lanes={'on' if self.lane_accumulators else 'off'}")  # fmt: skip
+        return (
+            f"rows={self.rows_per_program} block_v={self.block_v} warps={self.num_warps} "
+            f"stages={self.num_stages} lanes={'on' if self.lane_accumulators else 'off'}"
+        )
 
 
 def default_launch(v_local: int, interpreted: bool) -> LaunchConfig:

@@ -5,6 +5,7 @@ shards into the full [N, V] logits (and slices the gradient back out), then runs
 `log_softmax`, `gather` and `-(p * log p).sum()` under torch autograd. It shares no code with the
 fast paths. Memory: several fp32 [N, V] tensors -- not for production use.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

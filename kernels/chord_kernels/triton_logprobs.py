@@ -23,6 +23,7 @@ Masked lanes: the forward loads them as -inf so that they vanish from max and ex
 product with them (0 * -inf) is NaN; every such product is guarded with tl.where. A GPU happens to
 hide some of these NaNs in masked stores, the interpreter does not -- which is why the guards exist.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -227,12 +228,23 @@ def shard_partials(
     if n > 0:
         grid = (triton.cdiv(n, launch.rows_per_program),)
         logprob_fwd_kernel[grid](
-            logits, logits.stride(0), logits.stride(1), targets, part,
-            n, v_local, vocab_start, 1.0 / temperature,
-            ROWS=launch.rows_per_program, BLOCK_V=launch.block_v, WITH_ENTROPY=with_entropy,
-            LANE_ACC=launch.lane_accumulators, NUM_STAGES=launch.num_stages,
-            num_warps=launch.num_warps, num_stages=launch.num_stages,
-        )  # fmt: skip
+            logits,
+            logits.stride(0),
+            logits.stride(1),
+            targets,
+            part,
+            n,
+            v_local,
+            vocab_start,
+            1.0 / temperature,
+            ROWS=launch.rows_per_program,
+            BLOCK_V=launch.block_v,
+            WITH_ENTROPY=with_entropy,
+            LANE_ACC=launch.lane_accumulators,
+            NUM_STAGES=launch.num_stages,
+            num_warps=launch.num_warps,
+            num_stages=launch.num_stages,
+        )
     return ShardPartials(*part.unbind(0))
 
 
@@ -251,11 +263,25 @@ def shard_grad(
     if n > 0:
         grid = (triton.cdiv(n, launch.rows_per_program),)
         logprob_bwd_kernel[grid](
-            logits, logits.stride(0), logits.stride(1), out, out.stride(0), out.stride(1),
-            targets, stats, n, v_local, vocab_start, 1.0 / temperature,
-            ROWS=launch.rows_per_program, BLOCK_V=launch.block_v, WITH_ENTROPY=with_entropy,
-            NUM_STAGES=launch.num_stages, num_warps=launch.num_warps, num_stages=launch.num_stages,
-        )  # fmt: skip
+            logits,
+            logits.stride(0),
+            logits.stride(1),
+            out,
+            out.stride(0),
+            out.stride(1),
+            targets,
+            stats,
+            n,
+            v_local,
+            vocab_start,
+            1.0 / temperature,
+            ROWS=launch.rows_per_program,
+            BLOCK_V=launch.block_v,
+            WITH_ENTROPY=with_entropy,
+            NUM_STAGES=launch.num_stages,
+            num_warps=launch.num_warps,
+            num_stages=launch.num_stages,
+        )
     return out
 
 
@@ -281,14 +307,23 @@ class TritonVocabParallelLogprobs(torch.autograd.Function):
     ):
         launch = launch or default_launch(logits.shape[1], is_interpreted())
         part = shard_partials(logits, targets, vocab_start, temperature, with_entropy, launch)
-        return finish_forward(ctx, part, logits, targets, vocab_start, tp_group, with_entropy,
-                              (vocab_start, temperature, with_entropy, inplace_backward, launch))
+        return finish_forward(
+            ctx,
+            part,
+            logits,
+            targets,
+            vocab_start,
+            tp_group,
+            with_entropy,
+            (vocab_start, temperature, with_entropy, inplace_backward, launch),
+        )
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         vocab_start, temperature, with_entropy, inplace, launch = ctx.cfg
         logits, targets, row_max, log_sum, entropy, g_logp, g_ent, use_entropy = backward_inputs(
-            ctx, g_logp, g_ent, with_entropy)
+            ctx, g_logp, g_ent, with_entropy
+        )
         zeros = torch.zeros_like(log_sum)
         ent, g_ent = (entropy, g_ent) if use_entropy else (zeros, zeros)
         stats = torch.stack([row_max, log_sum, ent, g_logp, g_ent])

@@ -8,6 +8,7 @@ take). It runs in a subprocess because the test session has TRITON_INTERPRET=1 s
 Two Triton versions: the project pins 3.7.1 (this venv); the GPU machine we are lent has 3.6.0,
 which is installed once into a cache folder and put first on PYTHONPATH for the subprocess.
 """
+
 import json
 import os
 import subprocess
@@ -25,8 +26,9 @@ def _aot(*args, pythonpath=None):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.run([sys.executable, "-m", "chord_kernels.aot", *args],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "chord_kernels.aot", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
@@ -43,8 +45,12 @@ def _triton_dir(version: str) -> str:
         return final
     os.makedirs(CACHE, exist_ok=True)
     tmp = f"{final}.tmp{os.getpid()}"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", tmp,
-                           f"triton=={version}"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", tmp, f"triton=={version}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"pip could not install triton=={version}:\n{proc.stderr[-3000:]}"
     try:
         os.rename(tmp, final)

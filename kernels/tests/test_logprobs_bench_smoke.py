@@ -1,4 +1,5 @@
 """Smoke tests of the benchmark script: a tiny shape, a few variants or launch configs, rows land in a CSV."""
+
 import csv
 import json
 import os
@@ -15,10 +16,25 @@ BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bench_logpr
 def test_bench_quick_writes_csv(tmp_path):
     out = tmp_path / "results.csv"
     proc = subprocess.run(
-        [sys.executable, BENCH, "--quick", "--threads", "1", "--passes", "fwd+bwd", "--reps", "2",
-         "--variants", "naive,chunked_inplace", "--csv", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            BENCH,
+            "--quick",
+            "--threads",
+            "1",
+            "--passes",
+            "fwd+bwd",
+            "--reps",
+            "2",
+            "--variants",
+            "naive,chunked_inplace",
+            "--csv",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["variant"] for r in rows] == ["naive", "chunked_inplace"], proc.stdout
@@ -39,15 +55,33 @@ def test_sweep_quick_under_interpreter(tmp_path):
     out = tmp_path / "sweep.csv"
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, BENCH, "--sweep", "--quick", "--threads", "1", "--reps", "2", "--budget-s", "240",
-         "--csv", str(out)], capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            BENCH,
+            "--sweep",
+            "--quick",
+            "--threads",
+            "1",
+            "--reps",
+            "2",
+            "--budget-s",
+            "240",
+            "--csv",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     sweep_rows = [r for r in rows if r["variant"] == "triton_inplace"]
     notes = sorted({r["note"] for r in sweep_rows})
-    assert notes == ["sweep: rows=32 block_v=1024 warps=1 stages=2 lanes=on",
-                     "sweep: rows=32 block_v=2048 warps=1 stages=1 lanes=off (default)"], notes  # fmt: skip
+    assert notes == [
+        "sweep: rows=32 block_v=1024 warps=1 stages=2 lanes=on",
+        "sweep: rows=32 block_v=2048 warps=1 stages=1 lanes=off (default)",
+    ], notes
     assert sorted(r["pass"] for r in sweep_rows) == sorted(["fwd", "bwd", "fwd+bwd"] * 2)
     assert {r["variant"] for r in rows} - {"triton_inplace"} >= {"naive"}
     for r in rows:
@@ -67,8 +101,9 @@ def test_sweep_correctness_check_catches_wrong_results():
     import bench_logprobs as bench
 
     x, t, g1, g2 = bench._make_inputs(bench.CHECK_ROWS, 1000, torch.bfloat16, "cpu")
-    kernel = bench.VARIANTS["triton_inplace"].build(launch={"rows_per_program": 32, "block_v": 256, "num_warps": 1,
-                                                             "num_stages": 2, "lane_accumulators": True})  # fmt: skip
+    kernel = bench.VARIANTS["triton_inplace"].build(
+        launch={"rows_per_program": 32, "block_v": 256, "num_warps": 1, "num_stages": 2, "lane_accumulators": True}
+    )
     good = bench.check_vs_naive(kernel, x, t, g1, g2, 1.0)
     assert good["ok"] and good["logp_abs"] < 1e-4 and good["grad_rel"] < 2**-7, good
 
@@ -86,8 +121,13 @@ def test_sweep_budget_spent_before_start(tmp_path):
     """A spent --budget-s starts no worker, says so, and exits cleanly with nothing to write."""
     out = tmp_path / "sweep.csv"
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, BENCH, "--sweep", "--quick", "--budget-s", "0", "--csv", str(out)],
-                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--sweep", "--quick", "--budget-s", "0", "--csv", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--budget-s of 0 s is spent" in proc.stdout
     assert "no configuration was measured with correct results" in proc.stdout

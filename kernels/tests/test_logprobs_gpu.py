@@ -3,6 +3,7 @@
 The CPU suite runs the same kernels under the interpreter; these add what only hardware shows:
 compiled numerics at realistic sizes, the GPU launch configuration, and the memory claim.
 """
+
 import pytest
 import torch
 
@@ -39,8 +40,9 @@ def test_gpu_parity(dtype, inplace, launch):
     logits, targets, g1, g2 = _case(1000, 50257, dtype)  # V not a multiple of any tile
     kw = dict(vocab_start=0, temperature=0.7)
     want = _run(reference_vocab_parallel_logprobs, logits, targets, g1, g2, **kw)
-    got = _run(vocab_parallel_logprobs, logits, targets, g1, g2, impl="triton", inplace_backward=inplace,
-                launch=launch, **kw)
+    got = _run(
+        vocab_parallel_logprobs, logits, targets, g1, g2, impl="triton", inplace_backward=inplace, launch=launch, **kw
+    )
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=2e-5)
     # fp32: the gradient at the target, g(1 - p_t), inherits the log-prob's own rounding (held to

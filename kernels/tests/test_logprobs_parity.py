@@ -5,6 +5,7 @@ Tolerances: fp32 within 1e-5; bf16 logits give fp32 log-probs (same tolerance, t
 and bf16 gradients that may differ by one bf16 ulp: the Triton interpreter rounds fp32 -> bf16
 by truncation where a GPU (and torch) round to nearest even.
 """
+
 import subprocess
 import sys
 
@@ -70,8 +71,9 @@ def test_reference_matches_stock_torch(temperature):
     assert (logp[:5] == 0).all()
 
     # Gradient of the combined loss, through stock torch ops.
-    _, _, grad = run_loss(reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent,
-                          vocab_start=0, temperature=temperature)  # fmt: skip
+    _, _, grad = run_loss(
+        reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent, vocab_start=0, temperature=temperature
+    )
     x = logits.clone().requires_grad_()
     want_lp, want_h = torch_full_vocab(x, targets, temperature)
     ((g_logp * want_lp).sum() + (g_ent * want_h).sum()).backward()
@@ -265,8 +267,13 @@ def test_chunk_size_does_not_matter():
     logits, targets, g_logp, g_ent = make_case(50, 300, torch.bfloat16, seed=8)
     want = run_loss(reference_vocab_parallel_logprobs, logits, targets, g_logp, g_ent, vocab_start=0)
     for rows in (1, 7, 64):
-        got = run_loss(lambda x, t: ChunkedVocabParallelLogprobs.apply(x, t, 0, 1.0, None, True, False, rows),
-                       logits, targets, g_logp, g_ent)  # fmt: skip
+        got = run_loss(
+            lambda x, t: ChunkedVocabParallelLogprobs.apply(x, t, 0, 1.0, None, True, False, rows),
+            logits,
+            targets,
+            g_logp,
+            g_ent,
+        )
         torch.testing.assert_close(got[0], want[0], **FP32_TOL)
         torch.testing.assert_close(got[1], want[1], **FP32_TOL)
         assert_grad_close(got[2], want[2], torch.bfloat16)
@@ -275,8 +282,9 @@ def test_chunk_size_does_not_matter():
 def test_auto_uses_chunked_on_cpu(monkeypatch):
     calls = []
     real = chord_kernels.chunked.ChunkedVocabParallelLogprobs.apply
-    monkeypatch.setattr(chord_kernels.chunked.ChunkedVocabParallelLogprobs, "apply",
-                        lambda *a: calls.append(1) or real(*a))  # fmt: skip
+    monkeypatch.setattr(
+        chord_kernels.chunked.ChunkedVocabParallelLogprobs, "apply", lambda *a: calls.append(1) or real(*a)
+    )
     logits, targets, _, _ = make_case(4, 50, torch.float32)
     vocab_parallel_logprobs(logits, targets, vocab_start=0)
     assert calls == [1]
@@ -296,8 +304,9 @@ def test_rejects_bad_arguments():
 
 def test_empty_batch():
     for impl in IMPLS:
-        logp, ent = vocab_parallel_logprobs(torch.zeros(0, 10), torch.zeros(0, dtype=torch.long),
-                                            vocab_start=0, impl=impl)  # fmt: skip
+        logp, ent = vocab_parallel_logprobs(
+            torch.zeros(0, 10), torch.zeros(0, dtype=torch.long), vocab_start=0, impl=impl
+        )
         assert logp.shape == (0,) and ent.shape == (0,)
 
 

@@ -4,6 +4,7 @@ Each rank builds the same full logits from a seed, keeps its vocabulary shard (e
 splits), runs every implementation with the world group as tp_group, and compares its log-probs,
 entropies and shard gradient with a single-process computation on the full vocabulary.
 """
+
 import socket
 from datetime import timedelta
 
@@ -39,8 +40,9 @@ def _case(dtype):
 
 
 def _worker(rank, world, port):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
         from chord_kernels import vocab_parallel_logprobs
 
@@ -55,9 +57,14 @@ def _worker(rank, world, port):
                         where = f"rank {rank} {dtype} {split} {impl} inplace={inplace}"
                         shard = logits[:, start:stop].clone().requires_grad_()
                         logp, ent = vocab_parallel_logprobs(
-                            shard, targets, vocab_start=start, temperature=TEMPERATURE,
-                            tp_group=group, impl=impl, inplace_backward=inplace,
-                        )  # fmt: skip
+                            shard,
+                            targets,
+                            vocab_start=start,
+                            temperature=TEMPERATURE,
+                            tp_group=group,
+                            impl=impl,
+                            inplace_backward=inplace,
+                        )
                         ((g_logp * logp).sum() + (g_ent * ent).sum()).backward()
                         torch.testing.assert_close(logp, truth[0], **TOL, msg=lambda m: f"{where} logp: {m}")
                         torch.testing.assert_close(ent, truth[1], **TOL, msg=lambda m: f"{where} entropy: {m}")
@@ -65,8 +72,13 @@ def _worker(rank, world, port):
                         if dtype == torch.float32:
                             torch.testing.assert_close(shard.grad, want_grad, **TOL, msg=lambda m: f"{where} grad: {m}")
                         else:  # one bf16 ulp (the interpreter truncates where torch rounds)
-                            torch.testing.assert_close(shard.grad.float(), want_grad.to(dtype).float(),
-                                                       rtol=2**-7, atol=1e-6, msg=lambda m: f"{where} grad: {m}")  # fmt: skip
+                            torch.testing.assert_close(
+                                shard.grad.float(),
+                                want_grad.to(dtype).float(),
+                                rtol=2**-7,
+                                atol=1e-6,
+                                msg=lambda m: f"{where} grad: {m}",
+                            )
                         assert logp[6] == 0, "ignore_index target must give logp 0"
         # Shards that do not tile the vocabulary are an error for the oracle.
         with pytest.raises(ValueError, match="tile"):

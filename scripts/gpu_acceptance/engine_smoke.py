@@ -14,6 +14,7 @@ Checks, each recorded with its numbers (DIR/engine_smoke.json, see report.py):
                          the same loss, weights and Adam state as the uninterrupted third update
   peak_memory            torch.cuda.max_memory_allocated over the run and over one update
 """
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,31 @@ from scripts.gpu_acceptance import world1  # noqa: E402
 
 VOCAB, ROWS, SEQ = 2048, 8, 64
 MODEL = [
-    "model.num_layers=4", "model.hidden_size=256", "model.ffn_hidden_size=512", "model.num_attention_heads=4",
-    "model.num_query_groups=2", f"model.vocab_size={VOCAB}", "model.max_seq_length=128", "model.rotary_base=1000000.0",
-    "model.qkv_bias=true", "model.tie_embeddings=false", "model.dtype=bf16",
-]  # fmt: skip
+    "model.num_layers=4",
+    "model.hidden_size=256",
+    "model.ffn_hidden_size=512",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    f"model.vocab_size={VOCAB}",
+    "model.max_seq_length=128",
+    "model.rotary_base=1000000.0",
+    "model.qkv_bias=true",
+    "model.tie_embeddings=false",
+    "model.dtype=bf16",
+]
 TRAIN = [
-    "parallel.distributed_optimizer=true", "train.micro_batch_size=4", "train.seed=5", "rollout.temperature=0.9",
-    "optim.lr=0.001", "optim.grad_clip=1.0", "algorithm.mu.peak=0.3", "algorithm.mu.valley=0.3",
-    "data.max_prompt_tokens=32", "data.max_response_tokens=64", "rollout.max_new_tokens=64",
-]  # fmt: skip
+    "parallel.distributed_optimizer=true",
+    "train.micro_batch_size=4",
+    "train.seed=5",
+    "rollout.temperature=0.9",
+    "optim.lr=0.001",
+    "optim.grad_clip=1.0",
+    "algorithm.mu.peak=0.3",
+    "algorithm.mu.valley=0.3",
+    "data.max_prompt_tokens=32",
+    "data.max_response_tokens=64",
+    "rollout.max_new_tokens=64",
+]
 PACK = ["train.pack_sequences=true", f"train.pack_length={SEQ}"]
 # bf16 tolerances for plain vs packed rows: the same math in differently shaped matmuls.
 PACK_TOL = {"loss_rel": 2e-2, "grad_norm_rel": 5e-2, "grads_rel_l2": 5e-2}
@@ -47,8 +64,10 @@ def config(rep, *extra):
     from chord_megatron.config import load_config
 
     impl = "local" if world1.te_pytorch_error() or rep.dry_run else "transformer_engine"
-    return load_config(None, MODEL + TRAIN + [f"parallel.backend={world1.backend(rep.dry_run)}",
-                                              f"model.transformer_impl={impl}", *extra])  # fmt: skip
+    return load_config(
+        None,
+        MODEL + TRAIN + [f"parallel.backend={world1.backend(rep.dry_run)}", f"model.transformer_impl={impl}", *extra],
+    )
 
 
 def make_batch(seed: int):
@@ -157,15 +176,21 @@ def run(rep) -> None:
         state.update(cfg=cfg, engine=engine, W0=weights(engine))
         te_error = world1.te_pytorch_error()
         rep.record(
-            "build", param_dtypes == ["torch.bfloat16"] and type(inner[0]).__name__ == "DistributedOptimizer",
-            layer_spec=cfg.model.transformer_impl, transformer_engine_pytorch_error=te_error,
+            "build",
+            param_dtypes == ["torch.bfloat16"] and type(inner[0]).__name__ == "DistributedOptimizer",
+            layer_spec=cfg.model.transformer_impl,
+            transformer_engine_pytorch_error=te_error,
             attention=type(gpt.decoder.layers[0].self_attention.core_attention).__name__,
-            params=sum(p.numel() for p in gpt.parameters()), param_dtypes=param_dtypes,
-            optimizer=[type(o).__name__ for o in inner], adam=[type(o.optimizer).__name__ for o in inner],
-            backend=engine.par.backend, device=str(engine.par.device),
+            params=sum(p.numel() for p in gpt.parameters()),
+            param_dtypes=param_dtypes,
+            optimizer=[type(o).__name__ for o in inner],
+            adam=[type(o.optimizer).__name__ for o in inner],
+            backend=engine.par.backend,
+            device=str(engine.par.device),
             gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            torch=torch.__version__, seconds=round(time.monotonic() - t0, 2),
-        )  # fmt: skip
+            torch=torch.__version__,
+            seconds=round(time.monotonic() - t0, 2),
+        )
     if "engine" not in state:
         return  # nothing else can run without a model
 
@@ -178,24 +203,45 @@ def run(rep) -> None:
             for s in range(3):
                 t = time.monotonic()
                 steps.append(engine.train_step(make_batch(s), s))
-                step_seconds.append(round(time.monotonic() - t, 3))  # the first one compiles (GPU: fused SwiGLU, kernel)
+                step_seconds.append(
+                    round(time.monotonic() - t, 3)
+                )  # the first one compiles (GPU: fused SwiGLU, kernel)
                 if s == 0:
                     state["plain"] = {"metrics": steps[0], "grads": grads(engine)}
         state["straight"] = {"metrics": steps[2], "weights": weights(engine), "adam": adam_state(engine)}
         keys = ("loss", "grad_norm", "lr", "update_successful")
         numbers = {k: [s[k] for s in steps] for k in keys}
-        ok = all(math.isfinite(s["loss"]) and math.isfinite(s["grad_norm"]) and s["grad_norm"] > 0
-                 and s["update_successful"] == 1.0 for s in steps)  # fmt: skip
-        rep.record("finite_steps", ok, **numbers, rl_tokens=steps[0]["rl_tokens"], sft_tokens=steps[0]["sft_tokens"],
-                   step_seconds=step_seconds, seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+        ok = all(
+            math.isfinite(s["loss"])
+            and math.isfinite(s["grad_norm"])
+            and s["grad_norm"] > 0
+            and s["update_successful"] == 1.0
+            for s in steps
+        )
+        rep.record(
+            "finite_steps",
+            ok,
+            **numbers,
+            rl_tokens=steps[0]["rl_tokens"],
+            sft_tokens=steps[0]["sft_tokens"],
+            step_seconds=step_seconds,
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
     with rep.check("logits_dtype_at_kernel"):
         seen = state["kernel"]
         dtypes = sorted({d for d, _, _ in seen})
-        rep.record("logits_dtype_at_kernel", bool(seen) and dtypes == ["bfloat16"], dtypes=dtypes, calls=len(seen),
-                   devices=sorted({dev for _, dev, _ in seen}), first_shape=list(seen[0][2]) if seen else None,
-                   expected="bfloat16", impl=state["cfg"].train.log_prob_impl,
-                   kernel="triton" if "cuda" in {dev for _, dev, _ in seen} else "chunked")  # auto: triton on CUDA  # fmt: skip
+        rep.record(
+            "logits_dtype_at_kernel",
+            bool(seen) and dtypes == ["bfloat16"],
+            dtypes=dtypes,
+            calls=len(seen),
+            devices=sorted({dev for _, dev, _ in seen}),
+            first_shape=list(seen[0][2]) if seen else None,
+            expected="bfloat16",
+            impl=state["cfg"].train.log_prob_impl,
+            kernel="triton" if "cuda" in {dev for _, dev, _ in seen} else "chunked",
+        )  # auto: triton on CUDA
 
     with rep.check("packed_equals_plain"):
         t0 = time.monotonic()
@@ -204,16 +250,27 @@ def run(rep) -> None:
         g = grads(packed)
         want = state["plain"]
         nums = dict(
-            loss=m["loss"], loss_plain=want["metrics"]["loss"], loss_rel=rel(m["loss"], want["metrics"]["loss"]),
-            grad_norm=m["grad_norm"], grad_norm_plain=want["metrics"]["grad_norm"],
-            grad_norm_rel=rel(m["grad_norm"], want["metrics"]["grad_norm"]), grads_rel_l2=rel_l2(g, want["grads"]),
-            micro_batches=m["micro_batches"], micro_batches_plain=want["metrics"]["micro_batches"],
-            padding_frac=m["padding_frac"], padding_frac_plain=want["metrics"]["padding_frac"],
-        )  # fmt: skip
+            loss=m["loss"],
+            loss_plain=want["metrics"]["loss"],
+            loss_rel=rel(m["loss"], want["metrics"]["loss"]),
+            grad_norm=m["grad_norm"],
+            grad_norm_plain=want["metrics"]["grad_norm"],
+            grad_norm_rel=rel(m["grad_norm"], want["metrics"]["grad_norm"]),
+            grads_rel_l2=rel_l2(g, want["grads"]),
+            micro_batches=m["micro_batches"],
+            micro_batches_plain=want["metrics"]["micro_batches"],
+            padding_frac=m["padding_frac"],
+            padding_frac_plain=want["metrics"]["padding_frac"],
+        )
         within = all(nums[k] <= tol for k, tol in PACK_TOL.items())
         del packed
-        rep.record("packed_equals_plain", within and nums["padding_frac"] < nums["padding_frac_plain"], **nums,
-                   tolerances=PACK_TOL, seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+        rep.record(
+            "packed_equals_plain",
+            within and nums["padding_frac"] < nums["padding_frac_plain"],
+            **nums,
+            tolerances=PACK_TOL,
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
     with rep.check("resume_equals_uninterrupted"):
         t0 = time.monotonic()
@@ -234,18 +291,33 @@ def run(rep) -> None:
         want_main, want_moments, want_steps = want["adam"]
         w = weights(fresh)
         nums = dict(
-            loaded_step=step, data_state=data_state, loss=m["loss"], loss_uninterrupted=want["metrics"]["loss"],
-            loss_rel=rel(m["loss"], want["metrics"]["loss"]), grad_norm_rel=rel(m["grad_norm"], want["metrics"]["grad_norm"]),
-            weights_max_abs=max_abs(w, want["weights"]), main_params_max_abs=float((got_main - want_main).abs().max()),
-            adam_moments_max_abs=float((got_moments - want_moments).abs().max()), adam_steps=got_steps,
+            loaded_step=step,
+            data_state=data_state,
+            loss=m["loss"],
+            loss_uninterrupted=want["metrics"]["loss"],
+            loss_rel=rel(m["loss"], want["metrics"]["loss"]),
+            grad_norm_rel=rel(m["grad_norm"], want["metrics"]["grad_norm"]),
+            weights_max_abs=max_abs(w, want["weights"]),
+            main_params_max_abs=float((got_main - want_main).abs().max()),
+            adam_moments_max_abs=float((got_moments - want_moments).abs().max()),
+            adam_steps=got_steps,
             adam_steps_uninterrupted=want_steps,
-            bit_exact=bool(m["loss"] == want["metrics"]["loss"] and all(torch.equal(w[n], want["weights"][n]) for n in w)
-                           and torch.equal(got_main, want_main) and torch.equal(got_moments, want_moments)),
-        )  # fmt: skip
+            bit_exact=bool(
+                m["loss"] == want["metrics"]["loss"]
+                and all(torch.equal(w[n], want["weights"][n]) for n in w)
+                and torch.equal(got_main, want_main)
+                and torch.equal(got_moments, want_moments)
+            ),
+        )
         # Same device, same kernels: exact is expected; the bounds leave room only for
         # non-deterministic reductions, far below what a lost Adam state or step count moves.
-        ok = (step == 2 and nums["loss_rel"] <= 1e-5 and nums["main_params_max_abs"] <= 1e-6
-              and nums["adam_moments_max_abs"] <= 1e-6 and got_steps == want_steps)  # fmt: skip
+        ok = (
+            step == 2
+            and nums["loss_rel"] <= 1e-5
+            and nums["main_params_max_abs"] <= 1e-6
+            and nums["adam_moments_max_abs"] <= 1e-6
+            and got_steps == want_steps
+        )
         del fresh
         shutil.rmtree(root, ignore_errors=True)
         rep.record("resume_equals_uninterrupted", ok, **nums, seconds=round(time.monotonic() - t0, 2))
@@ -260,11 +332,15 @@ def run(rep) -> None:
             step_peak = world1.peak_memory()
         logits_bytes = 4 * SEQ * VOCAB * 2  # one micro-batch's bf16 logits [4, 64, 2048]
         ok = run_peak["peak_allocated_bytes"] is None or run_peak["peak_allocated_bytes"] > 0
-        rep.record("peak_memory", ok, run_peak_allocated_bytes=run_peak["peak_allocated_bytes"],
-                   run_peak_reserved_bytes=run_peak["peak_reserved_bytes"],
-                   one_update_peak_allocated_bytes=step_peak["peak_allocated_bytes"],
-                   micro_batch_bf16_logits_bytes=logits_bytes,
-                   note=None if torch.cuda.is_available() else "no CUDA (dry run): not measured")  # fmt: skip
+        rep.record(
+            "peak_memory",
+            ok,
+            run_peak_allocated_bytes=run_peak["peak_allocated_bytes"],
+            run_peak_reserved_bytes=run_peak["peak_reserved_bytes"],
+            one_update_peak_allocated_bytes=step_peak["peak_allocated_bytes"],
+            micro_batch_bf16_logits_bytes=logits_bytes,
+            note=None if torch.cuda.is_available() else "no CUDA (dry run): not measured",
+        )
 
 
 def main() -> None:

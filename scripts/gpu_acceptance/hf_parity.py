@@ -14,6 +14,7 @@ a tensor in the wrong place shows): GQA 4 / 2 heads, QKV bias, untied embeddings
   export_from_checkpoint the `chord export-hf` path: one update, save a training checkpoint,
                          run_export_hf -> exactly the trained weights
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,15 +38,30 @@ def make_checkpoint(folder: Path):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6,
-                      tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # transformers initialises biases to 0 and norm gains to 1: draw them too
         for name, p in model.named_parameters():
-            p.copy_((1.0 + 0.1 * torch.randn(p.shape, generator=g)) if "norm" in name else 0.1 * torch.randn(p.shape, generator=g))
+            p.copy_(
+                (1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                if "norm" in name
+                else 0.1 * torch.randn(p.shape, generator=g)
+            )
     model.save_pretrained(str(folder))
     return model.eval()
 
@@ -55,13 +71,21 @@ def engine_config(rep, folder: Path, dtype: str):
     from chord_megatron.hf.config import model_config_from_hf
 
     impl = "local" if world1.te_pytorch_error() or rep.dry_run else "transformer_engine"
-    cfg = load_config(None, [f"parallel.backend={world1.backend(rep.dry_run)}", "train.micro_batch_size=4",
-                             "data.max_prompt_tokens=16", "data.max_response_tokens=32", "rollout.max_new_tokens=32",
-                             "rollout.temperature=1.0",
-                             # Parity of the weights, not of the fusions (engine_smoke runs those):
-                             # the fused SwiGLU is torch.compile'd on the GPU, a compile per dtype
-                             # and per pass that this step's 45 s budget need not pay.
-                             "megatron.bias_activation_fusion=false"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"parallel.backend={world1.backend(rep.dry_run)}",
+            "train.micro_batch_size=4",
+            "data.max_prompt_tokens=16",
+            "data.max_response_tokens=32",
+            "rollout.max_new_tokens=32",
+            "rollout.temperature=1.0",
+            # Parity of the weights, not of the fusions (engine_smoke runs those):
+            # the fused SwiGLU is torch.compile'd on the GPU, a compile per dtype
+            # and per pass that this step's 45 s budget need not pay.
+            "megatron.bias_activation_fusion=false",
+        ],
+    )
     # The model section is the checkpoint's, as `chord config from-hf FOLDER` prints it.
     model = model_config_from_hf(folder, dtype=dtype, transformer_impl=impl)
     cfg = dataclasses.replace(cfg, model=model)
@@ -88,8 +112,14 @@ def make_batch():
     labels = torch.roll(ids, -1, 1)
     mask = torch.ones(ROWS, SEQ)
     mask[:, -1] = 0  # the last position has no next token
-    return TrainBatch(input_ids=ids, labels=labels, loss_mask=mask, is_expert=torch.zeros(ROWS, dtype=torch.bool),
-                      advantages=torch.zeros(ROWS), old_logp=None)  # fmt: skip
+    return TrainBatch(
+        input_ids=ids,
+        labels=labels,
+        loss_mask=mask,
+        is_expert=torch.zeros(ROWS, dtype=torch.bool),
+        advantages=torch.zeros(ROWS),
+        old_logp=None,
+    )
 
 
 def hf_logprobs(model, batch, dtype):
@@ -110,9 +140,18 @@ def gaps(logp, ref, mask) -> dict:
 
 def same_tensors(got: dict, want: dict) -> dict:
     names = sorted(got) == sorted(want)
-    differ = [n for n in want if n in got and not (got[n].dtype == want[n].dtype and __import__("torch").equal(got[n], want[n]))]
-    return {"same_names": names, "tensors": len(want), "differing": differ[:5],
-            "missing": sorted(set(want) - set(got))[:5], "extra": sorted(set(got) - set(want))[:5]}  # fmt: skip
+    differ = [
+        n
+        for n in want
+        if n in got and not (got[n].dtype == want[n].dtype and __import__("torch").equal(got[n], want[n]))
+    ]
+    return {
+        "same_names": names,
+        "tensors": len(want),
+        "differing": differ[:5],
+        "missing": sorted(set(want) - set(got))[:5],
+        "extra": sorted(set(got) - set(want))[:5],
+    }
 
 
 def run(rep) -> None:
@@ -140,10 +179,19 @@ def run(rep) -> None:
         g = gaps(engine.compute_logprobs(batch), ref, mask)
         spread = float(ref[mask].std())
         # A spread of log-probs well above the tolerance: a wrong tensor cannot hide in noise.
-        rep.record("logprobs_fp32", g["max"] <= FP32_TOL and spread > 0.3, gap_max=g["max"], gap_mean=g["mean"],
-                   tolerance=FP32_TOL, ref_logp_std=spread, ref_logp_mean=float(ref[mask].mean()),
-                   tokens=int(mask.sum()), layer_spec=cfg.model.transformer_impl, device=str(engine.par.device),
-                   seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+        rep.record(
+            "logprobs_fp32",
+            g["max"] <= FP32_TOL and spread > 0.3,
+            gap_max=g["max"],
+            gap_mean=g["mean"],
+            tolerance=FP32_TOL,
+            ref_logp_std=spread,
+            ref_logp_mean=float(ref[mask].mean()),
+            tokens=int(mask.sum()),
+            layer_spec=cfg.model.transformer_impl,
+            device=str(engine.par.device),
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
     with rep.check("export_round_trip"):
         out = export_hf(state["engine32"].export_weights(), state["cfg32"], work / "export-fp32")
@@ -158,9 +206,18 @@ def run(rep) -> None:
         theirs = gaps(hf_logprobs(source, batch, torch.bfloat16), ref, mask)
         allowed = {k: BF16_RATIO * theirs[k] + BF16_FLOOR for k in ("max", "mean")}
         ok = all(mine[k] <= allowed[k] for k in allowed)
-        rep.record("logprobs_bf16", ok, gap_max=mine["max"], gap_mean=mine["mean"], transformers_bf16_gap_max=theirs["max"],
-                   transformers_bf16_gap_mean=theirs["mean"], allowed_max=allowed["max"], allowed_mean=allowed["mean"],
-                   param_dtype=str(next(engine.model[0].parameters()).dtype), seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+        rep.record(
+            "logprobs_bf16",
+            ok,
+            gap_max=mine["max"],
+            gap_mean=mine["mean"],
+            transformers_bf16_gap_max=theirs["max"],
+            transformers_bf16_gap_mean=theirs["mean"],
+            allowed_max=allowed["max"],
+            allowed_mean=allowed["mean"],
+            param_dtype=str(next(engine.model[0].parameters()).dtype),
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
     with rep.check("export_round_trip_bf16"):
         out = export_hf(state["engine16"].export_weights(), state["cfg16"], work / "export-bf16")
@@ -182,8 +239,13 @@ def run(rep) -> None:
         run_export_hf(cfg, ckpt, str(work / "export-ckpt"))  # builds its own engine, as `chord export-hf` does
         r = same_tensors(read_hf_checkpoint(work / "export-ckpt"), trained)
         moved = any(not torch.equal(trained[n], source_sd[n]) for n in source_sd)
-        rep.record("export_from_checkpoint", r["same_names"] and not r["differing"] and moved, **r, moved=moved,
-                   seconds=round(time.monotonic() - t0, 2))  # fmt: skip
+        rep.record(
+            "export_from_checkpoint",
+            r["same_names"] and not r["differing"] and moved,
+            **r,
+            moved=moved,
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ must be 64-bit) and the last row. The in-place gradient is also checked on EVERY
 row of d(g1·logp + g2·H)/dz sums to zero, while a row the kernel failed to write still holds
 logits (row sums in the hundreds), and nothing may be NaN or inf.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ def run_dtype(rep, dtype, n, v, device):
     # The fused path on the whole tensor, gradient written over the logits (as in training).
     x = logits.requires_grad_()
     torch.cuda.synchronize() if device == "cuda" else None
-    logp, ent = vocab_parallel_logprobs(x, targets, vocab_start=0, temperature=TEMPERATURE, impl="triton",
-                                        inplace_backward=True)  # fmt: skip
+    logp, ent = vocab_parallel_logprobs(
+        x, targets, vocab_start=0, temperature=TEMPERATURE, impl="triton", inplace_backward=True
+    )
     ((g1 * logp).sum() + (g2 * ent).sum()).backward()
     logp, ent, grad = logp.detach(), ent.detach(), x.grad
     assert grad.data_ptr() == logits.data_ptr(), "in-place backward did not write over the logits"
@@ -70,7 +72,8 @@ def run_dtype(rep, dtype, n, v, device):
     g_rows = grad[rows_t]
     grad_tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 gradient: rounding to 8 bits per element
     nums = {
-        "rows_checked": len(rows), "first_row_past_2^31": first_past if first_past < n else None,
+        "rows_checked": len(rows),
+        "first_row_past_2^31": first_past if first_past < n else None,
         "logp_max_abs_vs_f64": float((logp[rows_t].double() - t_logp).abs().max()),
         "entropy_max_abs_vs_f64": float((ent[rows_t].double() - t_ent).abs().max()),
         "logp_max_abs_vs_chunked": float((logp[rows_t] - c_logp).abs().max()),
@@ -79,10 +82,15 @@ def run_dtype(rep, dtype, n, v, device):
         "grad_rel_err_vs_chunked": rel_err(g_rows, s.grad),
         "ignore_index_logp": float(logp[2]),
     }
-    ok = (nums["logp_max_abs_vs_f64"] < 2e-4 and nums["entropy_max_abs_vs_f64"] < 2e-4
-          and nums["logp_max_abs_vs_chunked"] < 2e-4 and nums["entropy_max_abs_vs_chunked"] < 2e-4
-          and nums["grad_rel_err_vs_f64"] < grad_tol and nums["grad_rel_err_vs_chunked"] < grad_tol
-          and nums["ignore_index_logp"] == 0.0)  # fmt: skip
+    ok = (
+        nums["logp_max_abs_vs_f64"] < 2e-4
+        and nums["entropy_max_abs_vs_f64"] < 2e-4
+        and nums["logp_max_abs_vs_chunked"] < 2e-4
+        and nums["entropy_max_abs_vs_chunked"] < 2e-4
+        and nums["grad_rel_err_vs_f64"] < grad_tol
+        and nums["grad_rel_err_vs_chunked"] < grad_tol
+        and nums["ignore_index_logp"] == 0.0
+    )
     rep.record(f"{tag}_sampled_rows", ok, **nums)
 
     finite = bool(torch.isfinite(logp).all() and torch.isfinite(ent).all() and torch.isfinite(grad).all())
@@ -91,8 +99,13 @@ def run_dtype(rep, dtype, n, v, device):
     # Rounding each element to bf16 (the target's entry is O(1)) leaves row sums ~1e-2; a row still
     # holding logits sums to ~±2·sqrt(V), hundreds.
     sum_tol = 1e-3 if dtype == torch.float32 else 0.1
-    rep.record(f"{tag}_every_row_written", finite and float(row_sums.max()) < sum_tol, all_finite=finite,
-               max_abs_row_sum=float(row_sums.max()), worst_row=worst)  # fmt: skip
+    rep.record(
+        f"{tag}_every_row_written",
+        finite and float(row_sums.max()) < sum_tol,
+        all_finite=finite,
+        max_abs_row_sum=float(row_sums.max()),
+        worst_row=worst,
+    )
     del x, grad, logits, logp, ent
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ the kernel's two all-reduces (MAX, then a packed SUM) go through gloo, everythin
 compiled GPU path. Each rank keeps its shard (even and uneven splits) of the same logits and
 must reproduce the one-process (TP=1) log-probs, entropies and gradient shard.
 """
+
 from __future__ import annotations
 
 import socket
@@ -29,8 +30,9 @@ def _fused(logits, targets, g1, g2, start, group):
     from chord_kernels import vocab_parallel_logprobs
 
     x = logits.clone().requires_grad_()
-    logp, ent = vocab_parallel_logprobs(x, targets, vocab_start=start, temperature=TEMPERATURE, tp_group=group,
-                                        impl="triton", inplace_backward=True)  # fmt: skip
+    logp, ent = vocab_parallel_logprobs(
+        x, targets, vocab_start=start, temperature=TEMPERATURE, tp_group=group, impl="triton", inplace_backward=True
+    )
     ((g1 * logp).sum() + (g2 * ent).sum()).backward()
     return logp.detach(), ent.detach(), x.grad
 
@@ -39,8 +41,9 @@ def _worker(rank, world, port, n, v, splits, device, queue):
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
     out = {}
     try:
         for dtype in (torch.float32, torch.bfloat16):

@@ -6,6 +6,7 @@ the CPU in fp32 and receives every update through the tensor transport; every sy
 served-weights KL at each sync, the rollout/trainer mismatch and the held-out accuracy: the
 loop's first numbers on a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,20 @@ from pathlib import Path
 from scripts.gpu_acceptance.report import StepReport
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["base.steps=40", "base.problems=4000", "data.arith_rl_prompts=200", "data.arith_expert_rows=100",
-         "data.arith_eval_prompts=16", "train.eval_samples=2", "rollout.prompts_per_step=4",
-         "rollout.samples_per_prompt=4", "train.micro_batch_size=8", "rollout.max_new_tokens=32",
-         "train.eval_every=0", "--no-progress"]  # fmt: skip
+SHORT = [
+    "base.steps=40",
+    "base.problems=4000",
+    "data.arith_rl_prompts=200",
+    "data.arith_expert_rows=100",
+    "data.arith_eval_prompts=16",
+    "train.eval_samples=2",
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "train.micro_batch_size=8",
+    "rollout.max_new_tokens=32",
+    "train.eval_every=0",
+    "--no-progress",
+]
 
 
 def main():
@@ -34,8 +45,17 @@ def main():
         rep.skip("no CUDA")
     run = rep.out / "loop_smoke_run"
     steps = 3 if rep.dry_run else 8
-    argv = [sys.executable, "-m", "chord_megatron.cli", "train", str(ROOT / "configs/demo.yaml"), *SHORT,
-            f"train.steps={steps}", f"train.output_dir={run}", f"base.cache_dir={rep.out / 'base-cache'}"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "chord_megatron.cli",
+        "train",
+        str(ROOT / "configs/demo.yaml"),
+        *SHORT,
+        f"train.steps={steps}",
+        f"train.output_dir={run}",
+        f"base.cache_dir={rep.out / 'base-cache'}",
+    ]
     # The child's output streams into the step's log as it comes. Past the step's budget (less a
     # margin) it gets SIGABRT, on which Python's faulthandler prints every thread's stack: a slow
     # or stuck loop then says where it was.
@@ -50,8 +70,13 @@ def main():
             proc.send_signal(signal.SIGABRT)
             proc.wait(timeout=30)
             rc = None
-        rep.record("chord_train", rc == 0, exit_code=rc, seconds=round(time.monotonic() - t0, 1),
-                   note=None if rc is not None else f"still running after {limit:.0f} s: aborted (stacks in the log)")  # fmt: skip
+        rep.record(
+            "chord_train",
+            rc == 0,
+            exit_code=rc,
+            seconds=round(time.monotonic() - t0, 1),
+            note=None if rc is not None else f"still running after {limit:.0f} s: aborted (stacks in the log)",
+        )
     metrics = run / "metrics.jsonl"
     if metrics.exists():
         with rep.check("metrics"):
@@ -60,13 +85,18 @@ def main():
             secs = [r["step/seconds"] for r in train if "step/seconds" in r]
             finite = all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
             later = secs[1:] or secs  # the first step compiles kernels
-            rep.record("metrics", len(train) == steps and finite, steps=len(train), all_finite=finite,
-                       steps_per_s=round(len(later) / sum(later), 3) if later else None,
-                       step_seconds=[round(s, 3) for s in secs],
-                       sync_verify_kl=[r.get("sync/verify_kl") for r in train if "sync/verify_kl" in r],
-                       mismatch_kl=[r.get("mismatch/kl") for r in train if "mismatch/kl" in r],
-                       mismatch_max=[r.get("mismatch/max") for r in train if "mismatch/max" in r],
-                       eval_accuracy=[r["eval/accuracy"] for r in records if "eval/accuracy" in r])  # fmt: skip
+            rep.record(
+                "metrics",
+                len(train) == steps and finite,
+                steps=len(train),
+                all_finite=finite,
+                steps_per_s=round(len(later) / sum(later), 3) if later else None,
+                step_seconds=[round(s, 3) for s in secs],
+                sync_verify_kl=[r.get("sync/verify_kl") for r in train if "sync/verify_kl" in r],
+                mismatch_kl=[r.get("mismatch/kl") for r in train if "mismatch/kl" in r],
+                mismatch_max=[r.get("mismatch/max") for r in train if "mismatch/max" in r],
+                eval_accuracy=[r["eval/accuracy"] for r in records if "eval/accuracy" in r],
+            )
     rep.finish()
 
 

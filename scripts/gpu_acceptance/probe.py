@@ -5,6 +5,7 @@ bandwidth fraction is read against.
 `versions()` uses only the standard library and optional imports, so that the same function can
 answer for any Python environment (the trainer's, SGLang's) by running this file there.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,8 +17,20 @@ import sys
 
 from scripts.gpu_acceptance.report import StepReport
 
-PACKAGES = ("torch", "triton", "transformers", "megatron-core", "transformer-engine", "apex", "sglang",
-            "sglang-router", "nvidia-nccl-cu13", "nvidia-nccl-cu12", "flash-attn", "numpy")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "triton",
+    "transformers",
+    "megatron-core",
+    "transformer-engine",
+    "apex",
+    "sglang",
+    "sglang-router",
+    "nvidia-nccl-cu13",
+    "nvidia-nccl-cu12",
+    "flash-attn",
+    "numpy",
+)
 
 
 def _dist_version(name: str):
@@ -37,8 +50,11 @@ def _import_error(module: str):
 
 
 def versions() -> dict:
-    v = {"python": platform.python_version(), "executable": sys.executable,
-         "packages": {p: _dist_version(p) for p in PACKAGES}}  # fmt: skip
+    v = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "packages": {p: _dist_version(p) for p in PACKAGES},
+    }
     # transformer_engine's top-level import succeeds even when its torch part is broken (it
     # swallows the ImportError), so the part Megatron needs is what gets imported here.
     v["import_errors"] = {m: _import_error(m) for m in ("megatron.core", "transformer_engine.pytorch", "apex")}
@@ -54,8 +70,12 @@ def versions() -> dict:
     except ImportError as e:
         v["torch_error"] = str(e)
     if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)  # fmt: skip
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         v["nvidia_smi"] = q.stdout.strip().splitlines()
     return v
 
@@ -92,8 +112,15 @@ def main():
 
     with rep.check("device"):
         p = torch.cuda.get_device_properties(0)
-        rep.record("device", True, name=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
-                   memory_gib=round(p.total_memory / 2**30, 1), count=torch.cuda.device_count())  # fmt: skip
+        rep.record(
+            "device",
+            True,
+            name=p.name,
+            capability=f"{p.major}.{p.minor}",
+            sms=p.multi_processor_count,
+            memory_gib=round(p.total_memory / 2**30, 1),
+            count=torch.cuda.device_count(),
+        )
     with rep.check("copy_bandwidth"):
         bw = copy_bandwidth("cuda")
         rep.record("copy_bandwidth", bw > 0, bytes_per_s=round(bw), tb_per_s=round(bw / 1e12, 2))

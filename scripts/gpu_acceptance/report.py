@@ -6,6 +6,7 @@ and ends with DIR/<step>.json = {"status", "reason", "checks", "seconds"} and an
 runner reads: 0 pass, 1 fail, 2 skip. --dry-run walks the same code on CPU at toy sizes, so that
 CI keeps the step from rotting between the rare GPU runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,12 @@ class StepReport:
             failed = [k for k, v in self.checks.items() if not v["ok"]]
             status = "fail" if failed else ("pass" if self.checks else "skip")
             reason = reason or (f"failed: {', '.join(failed)}" if failed else "")
-        result = {"status": status, "reason": reason, "checks": self.checks, "seconds": round(time.monotonic() - self.t0, 2)}
+        result = {
+            "status": status,
+            "reason": reason,
+            "checks": self.checks,
+            "seconds": round(time.monotonic() - self.t0, 2),
+        }
         (self.out / f"{self.name}.json").write_text(json.dumps(result, indent=1, default=str))
         print(f"{self.name}: {status}{' - ' + reason if reason else ''}", flush=True)
         # A process that hangs on its way out (a thread or communicator that never ends) would

@@ -13,6 +13,7 @@ Without a GPU it exits 2 with one line, never a pass. --dry-run walks every step
 at toy sizes (Triton interpreted, the GPU hidden even where one exists), so that CI keeps this
 script from rotting between the rare GPU runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,9 +68,13 @@ def _bench(sweep: bool):
     csv = "kernel_sweep.csv" if sweep else "kernel_bench.csv"
 
     def command(out, work, dry, budget_s):
-        argv = [PY, str(ROOT / "kernels/bench/bench_logprobs.py"), "--csv", str(out / csv)] + (["--sweep"] if sweep else [])
+        argv = [PY, str(ROOT / "kernels/bench/bench_logprobs.py"), "--csv", str(out / csv)] + (
+            ["--sweep"] if sweep else []
+        )
         if dry:
-            return argv + ["--quick", "--cpu"] + ([] if sweep else ["--variants", "naive,chunked_inplace,triton_inplace"])
+            return (
+                argv + ["--quick", "--cpu"] + ([] if sweep else ["--variants", "naive,chunked_inplace,triton_inplace"])
+            )
         variants = [] if sweep else ["--variants", "megatron_ce+entropy,triton_inplace,naive,triton"]
         return argv + GPU_SHAPE + variants + ["--budget-s", str(budget_s - 12)]
 
@@ -86,7 +91,13 @@ STEPS = [
     Step("kernel_sweep", 100, "launch configurations at that shape", _bench(True)),
     Step("engine_smoke", 50, "bf16 engine, world size 1 on NCCL", _script("engine_smoke")),
     Step("hf_parity", 45, "random tiny Qwen2 vs transformers", _script("hf_parity")),
-    Step("te_sglang", 10, "pytest -m gpu tests/gpu (TE THD packing, SGLang)", _pytest(["tests/gpu"], "te_sglang"), pytest=True),
+    Step(
+        "te_sglang",
+        10,
+        "pytest -m gpu tests/gpu (TE THD packing, SGLang)",
+        _pytest(["tests/gpu"], "te_sglang"),
+        pytest=True,
+    ),
     Step("loop_smoke", 75, "chord train, the demo shortened, on the GPU", _script("loop_smoke")),
 ]
 
@@ -96,8 +107,11 @@ def _junit(path: Path) -> dict:
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     reasons = sorted({s.get("message", "") for s in root.iter("skipped")})
-    failed = [f"{c.get('classname')}.{c.get('name')}" for c in root.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]  # fmt: skip
+    failed = [
+        f"{c.get('classname')}.{c.get('name')}"
+        for c in root.iter("testcase")
+        if c.find("failure") is not None or c.find("error") is not None
+    ]
     return {"counts": counts, "skip_reasons": reasons, "failed": failed}
 
 
@@ -108,7 +122,9 @@ def _outcome(step: Step, rc, work: Path, dry: bool, budget_s: int) -> dict:
         done = work / f"{step.name}.json"
         if done.exists():  # its checks ran to the end, but the process did not exit
             res = json.loads(done.read_text())
-            killed.update(reason=f"checks {res['status']}, then did not exit: killed at its {budget_s} s budget", result=res)
+            killed.update(
+                reason=f"checks {res['status']}, then did not exit: killed at its {budget_s} s budget", result=res
+            )
         return killed
     if step.pytest and not dry:
         xml = work / f"{step.name}.xml"
@@ -118,7 +134,11 @@ def _outcome(step: Step, rc, work: Path, dry: bool, budget_s: int) -> dict:
         c = r["counts"]
         ran = c["tests"] - c["skipped"]
         if c["failures"] or c["errors"] or rc not in (0, 5):
-            return {"status": "fail", "reason": f"{len(r['failed'])} failed: {', '.join(r['failed'])[:300]}", "result": r}
+            return {
+                "status": "fail",
+                "reason": f"{len(r['failed'])} failed: {', '.join(r['failed'])[:300]}",
+                "result": r,
+            }
         if ran == 0:
             return {"status": "skip", "reason": "; ".join(r["skip_reasons"])[:300] or "no test selected", "result": r}
         return {"status": "pass", "reason": f"{ran} passed, {c['skipped']} skipped", "result": r}
@@ -126,8 +146,11 @@ def _outcome(step: Step, rc, work: Path, dry: bool, budget_s: int) -> dict:
     if result_file.exists():
         res = json.loads(result_file.read_text())
         if rc != STEP_EXIT[res["status"]]:  # e.g. stuck on its way out, then ended by faulthandler
-            return {"status": "fail", "reason": f"checks {res['status']}, but exit code {rc} (hung at exit? stacks in log.txt)",
-                    "result": res}
+            return {
+                "status": "fail",
+                "reason": f"checks {res['status']}, but exit code {rc} (hung at exit? stacks in log.txt)",
+                "result": res,
+            }
         return {"status": res["status"], "reason": res.get("reason", ""), "result": res}
     # Script steps always write their result file, skips included: without one, it crashed.
     if rc == 0 and (step.pytest or step.name.startswith("kernel_bench") or step.name == "kernel_sweep"):
@@ -151,8 +174,13 @@ def run_step(step: Step, out: Path, work: Path, dry: bool, env: dict, log, budge
         proc.wait()
         rc = None
     seconds = round(time.monotonic() - t0, 1)
-    res = {"name": step.name, "what": step.what, "budget_s": budget_s, "seconds": seconds,
-           **_outcome(step, rc, work, dry, budget_s)}
+    res = {
+        "name": step.name,
+        "what": step.what,
+        "budget_s": budget_s,
+        "seconds": seconds,
+        **_outcome(step, rc, work, dry, budget_s),
+    }
     log.write(f"===== {step.name}: {res['status']} in {seconds} s {res['reason']}\n")
     log.flush()
     return res
@@ -173,8 +201,10 @@ def table(results: List[dict]) -> str:
         lines.append(f"{r['name']:14} {r['status']:6} {r['seconds']:6.1f} {r['budget_s']:6d}  {r['reason'][:44]}")
     total = sum(r["seconds"] for r in results)
     counts = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "skip")}
-    lines.append(f"{'total':14} {'':6} {total:6.1f} {sum(r['budget_s'] for r in results):6d}  "
-                 f"{counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip")  # fmt: skip
+    lines.append(
+        f"{'total':14} {'':6} {total:6.1f} {sum(r['budget_s'] for r in results):6d}  "
+        f"{counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip"
+    )
     return "\n".join(lines)
 
 
@@ -183,8 +213,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="results folder (default: gpu-acceptance-<UTC time>)")
     p.add_argument("--only", default="", help="comma list of steps")
     p.add_argument("--skip", default="", help="comma list of steps")
-    p.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS",
-                   help="another budget for one step (a rerun of what was cut short)")
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        help="another budget for one step (a rerun of what was cut short)",
+    )
     p.add_argument("--dry-run", action="store_true", help="walk every step on CPU at toy sizes")
     args = p.parse_args(argv)
     names = [s.name for s in STEPS]
@@ -198,7 +233,9 @@ def main(argv=None) -> int:
         if name not in names or not seconds.isdigit():
             p.error(f"--budget {item}: expected STEP=SECONDS with STEP one of {', '.join(names)}")
         budgets[name] = int(seconds)
-    steps = [s for s in STEPS if (not args.only or s.name in args.only.split(",")) and s.name not in args.skip.split(",")]
+    steps = [
+        s for s in STEPS if (not args.only or s.name in args.only.split(",")) and s.name not in args.skip.split(",")
+    ]
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.dry_run:

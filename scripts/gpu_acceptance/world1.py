@@ -4,6 +4,7 @@ GPU over NCCL or, with --dry-run, on the CPU over gloo with any GPU hidden -- th
 `prepare(dry_run)` must run before anything initialises CUDA; it returns a skip reason (or
 None): no GPU without --dry-run, or no importable megatron-core.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,10 @@ def peak_memory() -> dict:
 
     if not torch.cuda.is_available():
         return {"peak_allocated_bytes": None, "peak_reserved_bytes": None}
-    return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(),
-            "peak_reserved_bytes": torch.cuda.max_memory_reserved()}  # fmt: skip
+    return {
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+    }
 
 
 def shutdown() -> None:

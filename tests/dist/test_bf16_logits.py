@@ -8,6 +8,7 @@ The kernel's entry point (step.token_logprobs) is wrapped to record the dtype it
 the train step and in the forward-only log-prob pass. The kernel computes in fp32 either way,
 so both updates must agree within bf16 tolerance.
 """
+
 import pytest
 import torch
 
@@ -19,10 +20,9 @@ BF16 = ["model.dtype=bf16", "model.tie_embeddings=false", "model.qkv_bias=true",
 
 
 def _run(cfg, par, W0, fp32_copy: bool):
-    from tests.support import chord_step as T
-
     from chord_megatron.train import step as step_mod
     from chord_megatron.train.engine import MegatronEngine
+    from tests.support import chord_step as T
 
     seen = []
     real_logprobs, real_kwargs = step_mod.token_logprobs, step_mod.forward_kwargs
@@ -45,10 +45,9 @@ def _run(cfg, par, W0, fp32_copy: bool):
 
 
 def _job():
-    from tests.support import chord_step as T
-
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.train.parallel import init_parallel
+    from tests.support import chord_step as T
 
     cfg = T.config(*BF16)
     par = init_parallel(cfg.parallel, seed=7)

@@ -7,13 +7,12 @@ megatron-core is made to build and checkpoint the stand-in exactly as it does TE
 DP=2 with the distributed optimizer: 3 uninterrupted updates against 2, save, a disturbing
 update, a fresh engine that loads the checkpoint, and the third update.
 """
-import os
 
 import pytest
 import torch
+from test_train_checkpoint import batch, config, weights
 
 from tests.support.dist_harness import run_job
-from test_train_checkpoint import batch, config, weights
 
 pytestmark = pytest.mark.dist
 
@@ -44,8 +43,11 @@ class GroupStepAdam(torch.optim.Optimizer):
 
 
 def _group_steps(engine):
-    return [g["step"] for opt in getattr(engine.optimizer, "chained_optimizers", [engine.optimizer])
-            for g in opt.optimizer.param_groups]  # fmt: skip
+    return [
+        g["step"]
+        for opt in getattr(engine.optimizer, "chained_optimizers", [engine.optimizer])
+        for g in opt.optimizer.param_groups
+    ]
 
 
 def _job(root):
@@ -62,8 +64,12 @@ def _job(root):
     par = init_parallel(cfg.parallel, seed=cfg.train.seed)
     W0 = weights(MegatronEngine(cfg, par=par))
     straight = MegatronEngine(cfg, par=par, full_state_dict=W0)
-    assert isinstance(straight.optimizer.chained_optimizers[0].optimizer if hasattr(straight.optimizer, "chained_optimizers")
-                      else straight.optimizer.optimizer, GroupStepAdam)  # fmt: skip
+    assert isinstance(
+        straight.optimizer.chained_optimizers[0].optimizer
+        if hasattr(straight.optimizer, "chained_optimizers")
+        else straight.optimizer.optimizer,
+        GroupStepAdam,
+    )
     straight_metrics = [straight.train_step(batch(s), s) for s in range(3)]
 
     resumed = MegatronEngine(cfg, par=par, full_state_dict=W0)
@@ -75,9 +81,15 @@ def _job(root):
     fresh.load(root)
     steps_after_load = _group_steps(fresh)
     last = fresh.train_step(batch(2), 2)
-    return {"straight": straight_metrics[-1], "resumed": last, "steps_after_load": steps_after_load,
-            "straight_weights": weights(straight), "resumed_weights": weights(fresh),
-            "straight_steps": _group_steps(straight), "resumed_steps": _group_steps(fresh)}  # fmt: skip
+    return {
+        "straight": straight_metrics[-1],
+        "resumed": last,
+        "steps_after_load": steps_after_load,
+        "straight_weights": weights(straight),
+        "resumed_weights": weights(fresh),
+        "straight_steps": _group_steps(straight),
+        "resumed_steps": _group_steps(fresh),
+    }
 
 
 @pytest.fixture(scope="module")

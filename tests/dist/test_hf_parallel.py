@@ -8,6 +8,7 @@ lazily read checkpoint through MegatronEngine(cfg, full_state_dict=...), then
   * export_weights -> export_hf writes exactly the source checkpoint's tensors.
 TP=1 and the transformers round trip are tests/unit/test_hf_io.py.
 """
+
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,6 @@ def _job(folders, ids, out_root):
     import torch.distributed as dist
 
     from chord_megatron.hf.export import export_hf
-
     from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.disk import read_hf_checkpoint

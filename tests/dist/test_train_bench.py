@@ -1,4 +1,5 @@
 """`bench_train_step` (behind `chord bench train-step`) on a tiny config, in a world of one."""
+
 import ast
 
 import pytest
@@ -8,15 +9,20 @@ from tests.support.dist_harness import run_job
 pytestmark = pytest.mark.dist
 
 OVERRIDES = [
-    "model.max_seq_length=32", "data.max_prompt_tokens=8", "data.max_response_tokens=8",
-    "rollout.max_new_tokens=16", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4",
-    "algorithm.expert_data_ratio=0.2", "train.micro_batch_size=4",
-]  # fmt: skip
+    "model.max_seq_length=32",
+    "data.max_prompt_tokens=8",
+    "data.max_response_tokens=8",
+    "rollout.max_new_tokens=16",
+    "rollout.prompts_per_step=2",
+    "rollout.samples_per_prompt=4",
+    "algorithm.expert_data_ratio=0.2",
+    "train.micro_batch_size=4",
+]
 
 
 def bench_job(*extra):
-    from chord_megatron.config import load_config
     from chord_megatron.commands.bench import bench_train_step
+    from chord_megatron.config import load_config
 
     return bench_train_step(load_config(None, OVERRIDES + list(extra)), steps=2)
 
@@ -35,8 +41,8 @@ def test_bench_train_step_reports_throughput_and_memory():
 
 
 def test_bench_batch_has_ragged_responses_that_packing_fits_into_fewer_rows():
-    from chord_megatron.config import load_config
     from chord_megatron.commands.bench import random_batch
+    from chord_megatron.config import load_config
 
     lengths = random_batch(load_config(None, OVERRIDES)).loss_mask.sum(1)
     assert lengths.min() >= 4 and lengths.max() <= 16 and len(set(lengths.tolist())) > 3
@@ -50,8 +56,20 @@ def test_chord_bench_vs_prints_both_runs_and_their_ratios(tmp_path):
 
     config = tmp_path / "tiny.yaml"
     config.write_text("train:\n  seed: 3\n")
-    cmd = [sys.executable, "-m", "chord_megatron.cli", "bench", "train-step", str(config), *OVERRIDES, "--steps", "1",
-           "--vs", "train.pack_sequences=true", "train.micro_batch_size=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "chord_megatron.cli",
+        "bench",
+        "train-step",
+        str(config),
+        *OVERRIDES,
+        "--steps",
+        "1",
+        "--vs",
+        "train.pack_sequences=true",
+        "train.micro_batch_size=1",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

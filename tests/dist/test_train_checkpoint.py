@@ -12,6 +12,7 @@ One 2-process job (gloo):
             optimizer sharded over its 2 ranks) resumes bit-exactly from its own checkpoint;
             a `fully_reshardable` optimizer state written at DP=2 resumes at TP=2 and PP=2.
 """
+
 import os
 
 import pytest
@@ -22,13 +23,29 @@ from tests.support.dist_harness import run_job
 pytestmark = pytest.mark.dist
 
 BASE = [
-    "model.num_layers=4", "model.hidden_size=32", "model.ffn_hidden_size=48", "model.num_attention_heads=4",
-    "model.num_query_groups=2", "model.vocab_size=64", "model.max_seq_length=32",
-    "optim.lr=0.01", "optim.lr_schedule=cosine", "optim.lr_warmup_steps=1", "optim.min_lr=0.001",
-    "optim.weight_decay=0.01", "train.steps=6", "train.micro_batch_size=2", "checkpoint.keep_last=2",
-    "algorithm.mu.warmup=2", "algorithm.mu.decay=4", "algorithm.mu.peak=0.5", "algorithm.mu.valley=0.1",
-    "data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8",
-]  # fmt: skip
+    "model.num_layers=4",
+    "model.hidden_size=32",
+    "model.ffn_hidden_size=48",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.vocab_size=64",
+    "model.max_seq_length=32",
+    "optim.lr=0.01",
+    "optim.lr_schedule=cosine",
+    "optim.lr_warmup_steps=1",
+    "optim.min_lr=0.001",
+    "optim.weight_decay=0.01",
+    "train.steps=6",
+    "train.micro_batch_size=2",
+    "checkpoint.keep_last=2",
+    "algorithm.mu.warmup=2",
+    "algorithm.mu.decay=4",
+    "algorithm.mu.peak=0.5",
+    "algorithm.mu.valley=0.1",
+    "data.max_prompt_tokens=8",
+    "data.max_response_tokens=8",
+    "rollout.max_new_tokens=8",
+]
 
 
 def config(*overrides):
@@ -48,10 +65,13 @@ def batch(step: int):
     mask[:, 4:11] = 1
     is_expert = torch.arange(B) % 3 == 1
     return TrainBatch(
-        input_ids=ids, labels=torch.roll(ids, -1, 1), loss_mask=mask, is_expert=is_expert,
+        input_ids=ids,
+        labels=torch.roll(ids, -1, 1),
+        loss_mask=mask,
+        is_expert=is_expert,
         advantages=torch.randn(B, generator=g) * (~is_expert),
         old_logp=-4.1 + 0.3 * torch.randn(B, S, generator=g),
-    )  # fmt: skip
+    )
 
 
 def optimizer_snapshot(engine):
@@ -101,14 +121,21 @@ def resume_part(root):
     resumed_metrics += [fresh.train_step(batch(s), s) for s in (2, 3)]
     fresh.save(root, {"next_step": 4}, step=4)
     return {
-        "straight": straight_metrics, "resumed": resumed_metrics,
-        "straight_weights": weights(straight), "resumed_weights": weights(fresh),
-        "straight_optim": optimizer_snapshot(straight), "resumed_optim": optimizer_snapshot(fresh),
-        "straight_sched": straight.scheduler.num_steps, "resumed_sched": fresh.scheduler.num_steps,
-        "loaded": (step, data_state), "rng_restored": rng_restored, "differs_before_load": differs_before_load,
-        "no_children": no_children, "listing_after_save": listing_after_save,
+        "straight": straight_metrics,
+        "resumed": resumed_metrics,
+        "straight_weights": weights(straight),
+        "resumed_weights": weights(fresh),
+        "straight_optim": optimizer_snapshot(straight),
+        "resumed_optim": optimizer_snapshot(fresh),
+        "straight_sched": straight.scheduler.num_steps,
+        "resumed_sched": fresh.scheduler.num_steps,
+        "loaded": (step, data_state),
+        "rng_restored": rng_restored,
+        "differs_before_load": differs_before_load,
+        "no_children": no_children,
+        "listing_after_save": listing_after_save,
         "listing_final": sorted(os.listdir(root)),
-    }  # fmt: skip
+    }
 
 
 def reshard_part(root):
@@ -165,11 +192,21 @@ def reshard_part(root):
     across["fresh"] = (fresh.train_step(batch(2), 2), weights(fresh))
     return {
         "across": across,
-        "at_cp2": at_cp2, "cp2_metrics": cp2_metrics, "after_cp2": after_cp2, "cp2_next": cp2_next,
-        "cp2_resumed_next": cp2_resumed_next, "cp2_final": weights(cp2), "cp2_resumed_final": weights(cp2_resumed),
-        "saved_tp2": saved_tp2, "at_pp2": at_pp2, "at_dp2": at_dp2, "pp2_loaded": pp2_loaded,
-        "pp2_metrics": pp2_metrics, "saved_pp2": saved_pp2, "at_tp2_again": weights(tp2_again),
-    }  # fmt: skip
+        "at_cp2": at_cp2,
+        "cp2_metrics": cp2_metrics,
+        "after_cp2": after_cp2,
+        "cp2_next": cp2_next,
+        "cp2_resumed_next": cp2_resumed_next,
+        "cp2_final": weights(cp2),
+        "cp2_resumed_final": weights(cp2_resumed),
+        "saved_tp2": saved_tp2,
+        "at_pp2": at_pp2,
+        "at_dp2": at_dp2,
+        "pp2_loaded": pp2_loaded,
+        "pp2_metrics": pp2_metrics,
+        "saved_pp2": saved_pp2,
+        "at_tp2_again": weights(tp2_again),
+    }
 
 
 def checkpoint_job(root):
@@ -251,6 +288,8 @@ def test_optimizer_state_saved_fully_reshardable_resumes_on_other_layouts(result
             for key in ("loss", "grad_norm", "lr"):
                 assert metrics[key] == pytest.approx(r["writer_next"][key], rel=1e-5), (rank, layout, key)
             for name, w in want.items():
-                torch.testing.assert_close(final[name], w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{rank} {layout} {name}: {m}")
+                torch.testing.assert_close(
+                    final[name], w, rtol=1e-5, atol=1e-6, msg=lambda m: f"{rank} {layout} {name}: {m}"
+                )
         _, fresh = r["fresh"]
         assert max(float((fresh[n] - w).abs().max()) for n, w in want.items()) > 1e-3

@@ -15,6 +15,7 @@ every layout against TP=1: loss, metrics, full gradients and the parameters afte
 Batch kinds: mixed rows (7 rows, so DP shards and micro-batches need padding rows), on-policy
 rows only, expert rows only.
 """
+
 import math
 
 import pytest
@@ -61,8 +62,11 @@ def _model_shapes(engine, batch):
 
     layer = unwrap(engine.model[0]).decoder.layers[0]
     mbs = engine.micro_batches(batch)
-    return {"attention": type(layer.self_attention.core_attention).__name__,
-            "input": [tuple(mb.input_ids.shape) for mb in mbs], "rows": [mb.rows.rows for mb in mbs]}  # fmt: skip
+    return {
+        "attention": type(layer.self_attention.core_attention).__name__,
+        "input": [tuple(mb.input_ids.shape) for mb in mbs],
+        "rows": [mb.rows.rows for mb in mbs],
+    }
 
 
 def reference_job():

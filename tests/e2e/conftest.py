@@ -1,4 +1,5 @@
 """Fixtures of the end-to-end tests (their helpers are tests/support/chord_cli.py)."""
+
 import pytest
 
 

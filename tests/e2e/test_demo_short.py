@@ -1,10 +1,10 @@
 """The demo, shortened: a few steps of the real loop, checking that the numbers move as they should."""
+
 import math
 
 import pytest
 
 from chord_megatron.metrics.logger import read_metrics
-
 from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = pytest.mark.slow
@@ -13,9 +13,21 @@ pytestmark = pytest.mark.slow
 def test_short_demo_runs_and_learns(tmp_path, base_cache):
     out = tmp_path / "run"
     # mu = 1 for the first steps (pure SFT on the expert scratchpads), then CHORD.
-    result = chord("train", DEMO, *SHORT, f"train.output_dir={out}", f"base.cache_dir={base_cache}",
-                   "train.steps=8", "train.eval_every=4", "algorithm.mu.peak=1.0", "algorithm.mu.valley=0.1",
-                   "algorithm.mu.decay=8", "algorithm.token_weight=none", "optim.lr=2e-3", "--no-progress")  # fmt: skip
+    result = chord(
+        "train",
+        DEMO,
+        *SHORT,
+        f"train.output_dir={out}",
+        f"base.cache_dir={base_cache}",
+        "train.steps=8",
+        "train.eval_every=4",
+        "algorithm.mu.peak=1.0",
+        "algorithm.mu.valley=0.1",
+        "algorithm.mu.decay=8",
+        "algorithm.token_weight=none",
+        "optim.lr=2e-3",
+        "--no-progress",
+    )
     assert "final evaluation: eval/accuracy=" in result.stdout
     records = read_metrics(out / "metrics.jsonl")
     steps = [r for r in records if "loss/total" in r]
@@ -52,8 +64,16 @@ def test_malformed_data_file_stops_with_file_and_line(tmp_path):
     prompts.write_text('{"prompt": "12+30=", "answer": "42"}\n{"prompt": "1+2=", "answer": }\n')
     expert = tmp_path / "expert.jsonl"
     expert.write_text('{"prompt": "11+30=", "response": "1+0+0=01,1+3+0=04|41"}\n')
-    common = [DEMO, "data.task=jsonl", f"data.prompt_path={prompts}", f"data.expert_path={expert}",
-              "base.steps=0", "train.steps=1", f"train.output_dir={tmp_path / 'run'}", "--no-progress"]  # fmt: skip
+    common = [
+        DEMO,
+        "data.task=jsonl",
+        f"data.prompt_path={prompts}",
+        f"data.expert_path={expert}",
+        "base.steps=0",
+        "train.steps=1",
+        f"train.output_dir={tmp_path / 'run'}",
+        "--no-progress",
+    ]
     out = chord("train", *common, check=False)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(f"chord: data error: {prompts}:2: not valid JSON")

@@ -1,15 +1,22 @@
 """The demo on 2 processes through `chord train --nproc 2` matches the 1-process run: with TP=2,
 and with context parallelism (CP=2) on packed rows."""
+
 import pytest
 
 from chord_megatron.metrics.logger import read_metrics
-
 from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
-ARGS = [*SHORT, "train.steps=4", "train.eval_every=4", "algorithm.mu.peak=0.5", "algorithm.mu.valley=0.1",
-        "algorithm.mu.decay=4", "--no-progress"]  # fmt: skip
+ARGS = [
+    *SHORT,
+    "train.steps=4",
+    "train.eval_every=4",
+    "algorithm.mu.peak=0.5",
+    "algorithm.mu.valley=0.1",
+    "algorithm.mu.decay=4",
+    "--no-progress",
+]
 LAYOUTS = {
     "tp2": ["parallel.tensor=2"],
     "cp2_packed": ["parallel.context=2", "train.pack_sequences=true", "train.pack_length=64"],
@@ -25,8 +32,16 @@ def one_process(tmp_path_factory, base_cache):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_process_demo_matches_one_process(tmp_path, base_cache, one_process, layout):
-    chord("train", DEMO, *ARGS, f"base.cache_dir={base_cache}", f"train.output_dir={tmp_path}", *LAYOUTS[layout],
-          "--nproc", "2")  # fmt: skip
+    chord(
+        "train",
+        DEMO,
+        *ARGS,
+        f"base.cache_dir={base_cache}",
+        f"train.output_dir={tmp_path}",
+        *LAYOUTS[layout],
+        "--nproc",
+        "2",
+    )
     one, two = one_process, read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):

@@ -1,4 +1,5 @@
 """SIGKILL mid-training, then --resume: the run ends exactly as an uninterrupted one (CPU, same seeds)."""
+
 import signal
 import subprocess
 import time
@@ -6,7 +7,6 @@ import time
 import pytest
 
 from chord_megatron.metrics.logger import read_metrics
-
 from tests.support.chord_cli import DEMO, SHORT, chord
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,17 @@ def comparable(records):
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, base_cache):
-    args = [*SHORT, f"base.cache_dir={base_cache}", "train.steps=6", "train.eval_every=3", "checkpoint.save_every=2",
-            "algorithm.mu.peak=0.5", "algorithm.mu.valley=0.1", "algorithm.mu.decay=6", "--no-progress"]  # fmt: skip
+    args = [
+        *SHORT,
+        f"base.cache_dir={base_cache}",
+        "train.steps=6",
+        "train.eval_every=3",
+        "checkpoint.save_every=2",
+        "algorithm.mu.peak=0.5",
+        "algorithm.mu.valley=0.1",
+        "algorithm.mu.decay=6",
+        "--no-progress",
+    ]
     straight = tmp_path / "straight"
     chord("train", DEMO, *args, f"train.output_dir={straight}")
 

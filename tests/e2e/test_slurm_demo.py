@@ -16,6 +16,7 @@ before starting anything; launch/bench_kernels.sbatch at --quick.
 Skipped, with the reason, where slurm is not installed or the user is not root; CI installs it
 with `apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge`.
 """
+
 import os
 import re
 import shutil
@@ -28,16 +29,24 @@ from pathlib import Path
 import pytest
 
 from chord_megatron.config import load_config
-from chord_megatron.net import free_port
 from chord_megatron.metrics.logger import read_metrics
-
+from chord_megatron.net import free_port
 from tests.support.chord_cli import DEMO, ROOT, SHORT
 
 pytestmark = pytest.mark.slow
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged")
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}  # fmt: skip
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 MUNGE_INIT = "/etc/init.d/munge"
 MUNGE_PID = Path("/run/munge/munged.pid")
 
@@ -45,8 +54,10 @@ MUNGE_PID = Path("/run/munge/munged.pid")
 def _why_not() -> str:
     missing = [d for d in DAEMONS if shutil.which(d) is None and not Path("/usr/sbin", d).exists()]
     if missing:
-        return (f"slurm is not installed (missing: {', '.join(missing)}); "
-                "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge")  # fmt: skip
+        return (
+            f"slurm is not installed (missing: {', '.join(missing)}); "
+            "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
+        )
     if os.geteuid() != 0:
         return "starting slurmd needs root"
     if not Path(MUNGE_INIT).exists():
@@ -108,11 +119,14 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
             subprocess.run([MUNGE_INIT, "start"], check=True, capture_output=True, timeout=30)
             self.started_munge = True
-        for name, argv in (("slurmctld", [_exe("slurmctld"), "-D", "-f", str(self.conf)]),
-                           ("slurmd", [_exe("slurmd"), "-D", "-N", "localhost", "-f", str(self.conf)])):
+        for name, argv in (
+            ("slurmctld", [_exe("slurmctld"), "-D", "-f", str(self.conf)]),
+            ("slurmd", [_exe("slurmd"), "-D", "-N", "localhost", "-f", str(self.conf)]),
+        ):
             log = open(self.root / "log" / f"{name}.stdout", "wb")
-            self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)  # fmt: skip
+            self.procs[name] = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
@@ -139,12 +153,19 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 pass
 
     def logs(self) -> str:
-        return "\n".join(f"--- {f.name}\n" + f.read_text(errors="replace")[-3000:]
-                         for f in sorted((self.root / "log").glob("*")))  # fmt: skip
+        return "\n".join(
+            f"--- {f.name}\n" + f.read_text(errors="replace")[-3000:] for f in sorted((self.root / "log").glob("*"))
+        )
 
     def sbatch(self, script: str, *args, env=None, cwd: Path, options=()) -> str:
-        out = subprocess.run(["sbatch", "--parsable", *options, str(ROOT / script), *map(str, args)], cwd=cwd,
-                             env=dict(self.env, **(env or {})), capture_output=True, text=True, timeout=30)  # fmt: skip
+        out = subprocess.run(
+            ["sbatch", "--parsable", *options, str(ROOT / script), *map(str, args)],
+            cwd=cwd,
+            env=dict(self.env, **(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0, f"sbatch failed: {out.stderr}"
         return out.stdout.strip().split(";")[0]
 
@@ -161,7 +182,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 return info
             time.sleep(0.5)
         self._run("scancel", job_id, check=False)
-        raise AssertionError(f"job {job_id} still {self.job(job_id).get('JobState')} after {timeout_s} s\n{self.logs()}")
+        raise AssertionError(
+            f"job {job_id} still {self.job(job_id).get('JobState')} after {timeout_s} s\n{self.logs()}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +226,19 @@ def _describe(out: Path, log_dir: Path) -> str:
 def test_cpu_demo_tp2_runs_under_slurm(slurm, submit_dir, base_cache):
     """colocated.sbatch, CHORD_CPU=1: 2 processes on 1 node, TP=2 over gloo, a few steps."""
     run = submit_dir / "run"
-    job = slurm.sbatch("launch/colocated.sbatch", DEMO, *SHORT, "parallel.tensor=2", "train.steps=3",
-                       "train.eval_every=3", f"train.output_dir={run}", f"base.cache_dir={base_cache}",
-                       env=_job_env(), cwd=submit_dir,
-                       options=["--nodes=1", f"--cpus-per-task={os.cpu_count()}"])  # fmt: skip
+    job = slurm.sbatch(
+        "launch/colocated.sbatch",
+        DEMO,
+        *SHORT,
+        "parallel.tensor=2",
+        "train.steps=3",
+        "train.eval_every=3",
+        f"train.output_dir={run}",
+        f"base.cache_dir={base_cache}",
+        env=_job_env(),
+        cwd=submit_dir,
+        options=["--nodes=1", f"--cpus-per-task={os.cpu_count()}"],
+    )
     info = slurm.wait(job, timeout_s=240)
     out, log_dir = _job_files(submit_dir, info)
     detail = _describe(out, log_dir)
@@ -229,12 +261,22 @@ def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
     run = submit_dir / "run"
     fake = f"env PYTHONPATH={ROOT} {sys.executable} -m tests.e2e.slurm.fake_sglang_server"
     vocab = load_config(DEMO).model.vocab_size  # the fake samples token ids below --vocab
-    job = slurm.sbatch("launch/colocated.sbatch", DEMO, *SHORT, "base.steps=0", "train.steps=2",
-                       "train.eval_every=2", f"train.output_dir={run}", "rollout.engine=sglang",
-                       "sglang.model_path=/tmp", f"sglang.vocab={vocab}",  # fake-worker flags (sglang: pass-through)
-                       "rollout.verify_every=0",  # the fake's log-probs are made up
-                       env=_job_env(SGLANG_SERVER_CMD=fake), cwd=submit_dir,
-                       options=["--nodes=1", f"--cpus-per-task={os.cpu_count()}"])  # fmt: skip
+    job = slurm.sbatch(
+        "launch/colocated.sbatch",
+        DEMO,
+        *SHORT,
+        "base.steps=0",
+        "train.steps=2",
+        "train.eval_every=2",
+        f"train.output_dir={run}",
+        "rollout.engine=sglang",
+        "sglang.model_path=/tmp",
+        f"sglang.vocab={vocab}",  # fake-worker flags (sglang: pass-through)
+        "rollout.verify_every=0",  # the fake's log-probs are made up
+        env=_job_env(SGLANG_SERVER_CMD=fake),
+        cwd=submit_dir,
+        options=["--nodes=1", f"--cpus-per-task={os.cpu_count()}"],
+    )
     info = slurm.wait(job, timeout_s=240)
     out, log_dir = _job_files(submit_dir, info)
     detail = _describe(out, log_dir)
@@ -260,9 +302,15 @@ def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
 
 
 def test_a_server_that_dies_at_start_fails_the_job_without_waiting(slurm, submit_dir):
-    job = slurm.sbatch("launch/colocated.sbatch", DEMO, "rollout.engine=sglang", "sglang.model_path=/tmp",
-                       env=_job_env(SGLANG_SERVER_CMD="/bin/false", STARTUP_TIMEOUT_S="600"), cwd=submit_dir,
-                       options=["--nodes=1"])  # fmt: skip
+    job = slurm.sbatch(
+        "launch/colocated.sbatch",
+        DEMO,
+        "rollout.engine=sglang",
+        "sglang.model_path=/tmp",
+        env=_job_env(SGLANG_SERVER_CMD="/bin/false", STARTUP_TIMEOUT_S="600"),
+        cwd=submit_dir,
+        options=["--nodes=1"],
+    )
     start = time.monotonic()
     info = slurm.wait(job, timeout_s=120)
     out, log_dir = _job_files(submit_dir, info)
@@ -275,8 +323,14 @@ def test_a_server_that_dies_at_start_fails_the_job_without_waiting(slurm, submit
 
 
 def test_disaggregated_job_on_one_node_is_refused_before_starting_anything(slurm, submit_dir):
-    job = slurm.sbatch("launch/disaggregated.sbatch", DEMO, "sglang.model_path=/tmp", env=_job_env(),
-                       cwd=submit_dir, options=["--nodes=1"])  # fmt: skip
+    job = slurm.sbatch(
+        "launch/disaggregated.sbatch",
+        DEMO,
+        "sglang.model_path=/tmp",
+        env=_job_env(),
+        cwd=submit_dir,
+        options=["--nodes=1"],
+    )
     info = slurm.wait(job, timeout_s=120)
     out, log_dir = _job_files(submit_dir, info)
     detail = _describe(out, log_dir)

@@ -5,6 +5,7 @@ here, runs a few CHORD steps with rollouts from it, and relies on the loop's own
 (rollout.verify_every=1): after every weight sync the served log-probs of a probe batch must
 equal the trainer's, or the run stops. Skipped, and reported as skipped, without a GPU.
 """
+
 import json
 import pathlib
 import subprocess
@@ -27,13 +28,25 @@ def test_chord_train_with_a_real_sglang_server(tmp_path):
     build_hf_model(cfg.model, seed=0, eos_token_id=2).save_pretrained(model_dir)
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "chord_megatron.cli", "train", str(ROOT / "configs/demo.yaml"),
-        "rollout.engine=sglang", f"sglang.model_path={model_dir}", "sglang.skip_tokenizer_init=true",
-        "sglang.mem_fraction_static=0.3", "rollout.weight_sync=tensor", "rollout.verify_every=1",
+        sys.executable,
+        "-m",
+        "chord_megatron.cli",
+        "train",
+        str(ROOT / "configs/demo.yaml"),
+        "rollout.engine=sglang",
+        f"sglang.model_path={model_dir}",
+        "sglang.skip_tokenizer_init=true",
+        "sglang.mem_fraction_static=0.3",
+        "rollout.weight_sync=tensor",
+        "rollout.verify_every=1",
         "rollout.verify_tolerance=1e-2",  # token-mean KL, bf16 serving vs the fp32 trainer
-        "base.steps=20", "train.steps=3", "train.eval_every=3", "data.arith_eval_prompts=16",
-        f"train.output_dir={run}", "--no-progress",
-    ]  # fmt: skip
+        "base.steps=20",
+        "train.steps=3",
+        "train.eval_every=3",
+        "data.arith_eval_prompts=16",
+        f"train.output_dir={run}",
+        "--no-progress",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-4000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

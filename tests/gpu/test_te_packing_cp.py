@@ -6,6 +6,7 @@ with transformer-engine, packed rows travel in the THD format and context parall
 own; these tests hold them to the same standard: the same update as plain rows on one rank.
 Skipped, and reported as skipped, without CUDA and transformer-engine (CP: without 2 GPUs).
 """
+
 import pytest
 import torch
 
@@ -16,10 +17,9 @@ TOL = dict(rtol=1e-4, atol=1e-5)  # fused attention kernels reorder fp32 sums
 
 
 def _job(overrides, W0):
-    from tests.support import chord_step as T
-
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.train.parallel import init_parallel
+    from tests.support import chord_step as T
 
     cfg = T.config(*TE, *overrides)
     par = init_parallel(cfg.parallel, seed=7)

@@ -7,6 +7,7 @@ Qwen2 with tied embeddings and QKV bias and for Llama with untied embeddings; af
 optimiser step and a re-sync they must follow the new weights. The Megatron part runs in a
 child process because it initialises torch.distributed for the whole process.
 """
+
 import json
 import subprocess
 import sys
@@ -19,9 +20,9 @@ pytestmark = pytest.mark.slow
 def _child() -> dict:
     import torch
 
-    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.config import load_config
     from chord_megatron.data import ExpertRow
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.rollout.engine import SamplingParams
     from chord_megatron.rollout.inprocess import InProcessEngine, build_hf_model
     from chord_megatron.train.engine import MegatronEngine
@@ -30,8 +31,16 @@ def _child() -> dict:
     results = {}
     prompts = [[3, 4, 5, 6], [7, 8, 9], [10, 11]]
     for tied in (True, False):
-        cfg = load_config(None, [f"model.tie_embeddings={str(tied).lower()}", f"model.qkv_bias={str(tied).lower()}",
-                                 "rollout.temperature=0.8", "train.micro_batch_size=8", "optim.lr=0.01"])
+        cfg = load_config(
+            None,
+            [
+                f"model.tie_embeddings={str(tied).lower()}",
+                f"model.qkv_bias={str(tied).lower()}",
+                "rollout.temperature=0.8",
+                "train.micro_batch_size=8",
+                "optim.lr=0.01",
+            ],
+        )
         layout = Layout.from_model_config(cfg.model)
         trainer = MegatronEngine(cfg)
         rollout = InProcessEngine(build_hf_model(cfg.model, seed=12345))  # different random weights
@@ -59,8 +68,12 @@ def _child() -> dict:
         sync("2")
         rs2 = rollout.generate(prompts, 2, sp)
         results["tied" if tied else "untied"] = {
-            "covers_all_params": names == before_names, "round_trip_exact": exact, "gap_after_sync": gap1,
-            "gap_stale": stale, "gap_after_resync": mismatch(rs2), "versions": sorted({r.weight_version for r in rs2}),
+            "covers_all_params": names == before_names,
+            "round_trip_exact": exact,
+            "gap_after_sync": gap1,
+            "gap_stale": stale,
+            "gap_after_resync": mismatch(rs2),
+            "versions": sorted({r.weight_version for r in rs2}),
         }
     return results
 

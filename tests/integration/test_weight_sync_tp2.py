@@ -28,6 +28,7 @@ Checked, for tied embeddings (Qwen2-style, QKV bias) and untied (Llama-style):
   * after one optimizer step the old receiver weights no longer match (> 1e-3), and after sync
     "2" over the same group they match again within 1e-5, served as version "2".
 """
+
 from __future__ import annotations
 
 import json
@@ -43,17 +44,28 @@ import pytest
 from chord_megatron.net import free_port
 from tests.support.fake_sglang import child_env
 
-
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 BASE = [
-    "model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=176", "model.num_attention_heads=4",
-    "model.num_query_groups=2", "model.vocab_size=64",
-]  # fmt: skip
+    "model.num_layers=2",
+    "model.hidden_size=64",
+    "model.ffn_hidden_size=176",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.vocab_size=64",
+]
 # verify_every=0: WeightSync.verify samples a probe from /generate, which the receiver only fakes;
 # this test compares the served model's log-probs itself.
-TRAIN = ["parallel.tensor=2", "parallel.backend=gloo", "rollout.temperature=0.8", "train.micro_batch_size=8",
-         "optim.lr=0.01", "train.seed=3", "rollout.weight_sync=nccl", "rollout.verify_every=0"]  # fmt: skip
+TRAIN = [
+    "parallel.tensor=2",
+    "parallel.backend=gloo",
+    "rollout.temperature=0.8",
+    "train.micro_batch_size=8",
+    "optim.lr=0.01",
+    "train.seed=3",
+    "rollout.weight_sync=nccl",
+    "rollout.verify_every=0",
+]
 VARIANTS = {
     "tied_qwen2": ["model.tie_embeddings=true", "model.qkv_bias=true"],
     "untied_llama": ["model.tie_embeddings=false", "model.qkv_bias=false"],
@@ -64,7 +76,9 @@ TOL = 1e-5
 
 
 def _post(url: str, path: str, body: dict, timeout_s: float = 30.0) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - loopback test server
         return json.loads(r.read())
 
@@ -78,8 +92,8 @@ def _token_batch():
     """6 expert rows of random tokens (prompts 3-6, responses 5-9 tokens), right-padded."""
     import torch
 
-    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.data import ExpertRow
+    from chord_megatron.data.batch import build_train_batch
 
     g = torch.Generator().manual_seed(5)
     rows = []
@@ -98,9 +112,9 @@ def _trainer_job(url: str, ports: dict) -> dict:
     from chord_megatron.config import load_config
     from chord_megatron.rollout.sglang.client import SGLangClient
     from chord_megatron.rollout.sglang.engine import SGLangEngine
-    from chord_megatron.weight_sync.verified import WeightSync
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.nccl import NcclSync
+    from chord_megatron.weight_sync.verified import WeightSync
 
     rank = int(os.environ["RANK"])
     batch = _token_batch()
@@ -125,34 +139,51 @@ def _trainer_job(url: str, ports: dict) -> dict:
 
                 def recorded(items):
                     for name, t in items:
-                        sent[name] = [str(t.dtype).replace("torch.", ""), list(t.shape), float(t.double().sum()),
-                                      t.flatten()[:4].tolist()]
+                        sent[name] = [
+                            str(t.dtype).replace("torch.", ""),
+                            list(t.shape),
+                            float(t.double().sum()),
+                            t.flatten()[:4].tolist(),
+                        ]
                         yield name, t
 
                 sent.clear()
                 return nccl(engine, recorded(named), version)
 
-            eng = SGLangEngine(SGLangClient([url], [url], backoff_s=0.05, timeout_s=60, control_timeout_s=60),
-                               weight_sync=transport)
+            eng = SGLangEngine(
+                SGLangClient([url], [url], backoff_s=0.05, timeout_s=60, control_timeout_s=60), weight_sync=transport
+            )
         # The loop's sync: every rank walks export_weights() (collective), rank 0 converts the
         # stream to HF names and hands it to the engine (rollout.pause .. resume around it).
         weight_sync = WeightSync(trainer, eng, cfg)
         try:
+
             def push(version):
                 weight_sync.push(version)
                 if rank != 0:
                     return None
                 s = eng.last_sync
-                return {"tensors": s.tensors, "buckets": s.buckets, "bytes": s.bytes, "seconds": s.seconds,
-                        "sent": dict(sent)}
+                return {
+                    "tensors": s.tensors,
+                    "buckets": s.buckets,
+                    "bytes": s.bytes,
+                    "seconds": s.seconds,
+                    "sent": dict(sent),
+                }
 
             def gap():
                 mine = trainer.compute_logprobs(batch)  # collective over the TP group
                 if rank != 0:
                     return None
-                served = _post(url, "/_receiver/logprobs", {"input_ids": batch.input_ids.tolist(),
-                                                            "labels": batch.labels.tolist(),
-                                                            "temperature": TEMPERATURE})
+                served = _post(
+                    url,
+                    "/_receiver/logprobs",
+                    {
+                        "input_ids": batch.input_ids.tolist(),
+                        "labels": batch.labels.tolist(),
+                        "temperature": TEMPERATURE,
+                    },
+                )
                 theirs = torch.tensor(served["logprobs"], dtype=torch.float32)
                 assert theirs.shape == mine.shape, (theirs.shape, mine.shape)
                 served["gap"] = float((mine - theirs).abs().max())  # every position of every row
@@ -225,9 +256,13 @@ def test_nccl_sync_from_tp2_megatron_serves_the_trainers_logprobs(tmp_path):
         receiver.stop()
 
     assert set(results) == set(VARIANTS)
-    summary = {v: {k: (r[k]["gap"] if isinstance(r[k], dict) and "gap" in r[k] else r[k])
-                   for k in ("before", "after1", "stale", "after2", "t_built", "t_ready", "t_done")}
-               for v, r in results.items()}
+    summary = {
+        v: {
+            k: (r[k]["gap"] if isinstance(r[k], dict) and "gap" in r[k] else r[k])
+            for k in ("before", "after1", "stale", "after2", "t_built", "t_ready", "t_done")
+        }
+        for v, r in results.items()
+    }
     print(json.dumps({"wall_s": time.monotonic() - t0, **summary}))
     for variant, r in results.items():
         tied = "untied" not in variant
@@ -245,19 +280,23 @@ def test_nccl_sync_from_tp2_megatron_serves_the_trainers_logprobs(tmp_path):
             assert set(sync["sent"]) == model_params, (where, set(sync["sent"]) ^ model_params)
             assert ("lm_head.weight" in sync["sent"]) is (not tied)
             loaded = [name for bucket in after["applied"] for name in bucket]
-            assert loaded[-len(sync["sent"]):] == list(sync["sent"]), where + "not loaded in the order of names"
+            assert loaded[-len(sync["sent"]) :] == list(sync["sent"]), where + "not loaded in the order of names"
             assert sync["tensors"] == len(sync["sent"]) and sync["buckets"] > 3, (where, sync)
             # The session and the version protocol.
             updates = [u for u in st["weight_updates"] if u["route"] == "/update_weights_from_distributed"]
             assert len(updates) == n * sync["buckets"]
-            assert [u["weight_version"] for u in updates[-sync["buckets"]:]] == [None] * (sync["buckets"] - 1) + [version]
+            assert [u["weight_version"] for u in updates[-sync["buckets"] :]] == [None] * (sync["buckets"] - 1) + [
+                version
+            ]
             assert not st["session_open"]
             paths = [p for p, _ in st["requests"]]
             last = len(paths) - 1 - paths[::-1].index("/pause_generation")
             this_sync = [p for p in paths[last:] if p != "/init_weights_update_group"]  # joined in sync 1
-            assert this_sync == (["/pause_generation", "/begin_weight_update"]
-                                 + ["/update_weights_from_distributed"] * sync["buckets"]
-                                 + ["/end_weight_update", "/continue_generation"]), (where, this_sync)
+            assert this_sync == (
+                ["/pause_generation", "/begin_weight_update"]
+                + ["/update_weights_from_distributed"] * sync["buckets"]
+                + ["/end_weight_update", "/continue_generation"]
+            ), (where, this_sync)
             assert list(r[f"served{n}"].values()) == [version] and after["weight_version"] == version
             # The served model is the trainer's model.
             assert after["gap"] < TOL, where + f"sync {version}: receiver log-probs differ by {after['gap']:.3g}"
@@ -265,8 +304,10 @@ def test_nccl_sync_from_tp2_megatron_serves_the_trainers_logprobs(tmp_path):
         inits = [b for p, b in r["stats2"]["requests"] if p == "/init_weights_update_group"]
         assert len(inits) == 1, where + "the group is joined once and reused by the second sync"
         assert (inits[0]["rank_offset"], inits[0]["world_size"], inits[0]["backend"]) == (1, 2, "gloo")
-        assert r["after2"]["joined_with"] in ("sglang.init_custom_process_group",
-                                             "chord_megatron.weight_sync.nccl.join_group")
+        assert r["after2"]["joined_with"] in (
+            "sglang.init_custom_process_group",
+            "chord_megatron.weight_sync.nccl.join_group",
+        )
         # The optimizer step changed the policy, and the second sync carried the change over.
         assert r["stale"]["gap"] > 1e-3, where + f"the optimizer step barely moved the policy ({r['stale']['gap']})"
         assert r["sync2"]["sent"] != r["sync1"]["sent"]

@@ -1,4 +1,5 @@
 """Run `chord` as a user would, in a subprocess; the demo config and a shortened demo."""
+
 import os
 import pathlib
 import subprocess
@@ -9,10 +10,17 @@ DEMO = ROOT / "configs" / "demo.yaml"
 
 # A shortened demo: a small base stage, a few steps, a small held-out set.
 SHORT = [
-    "base.steps=40", "base.problems=4000", "data.arith_rl_prompts=200", "data.arith_expert_rows=100",
-    "data.arith_eval_prompts=16", "train.eval_samples=2", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-    "train.micro_batch_size=8", "rollout.max_new_tokens=32",
-]  # fmt: skip
+    "base.steps=40",
+    "base.problems=4000",
+    "data.arith_rl_prompts=200",
+    "data.arith_expert_rows=100",
+    "data.arith_eval_prompts=16",
+    "train.eval_samples=2",
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "train.micro_batch_size=8",
+    "rollout.max_new_tokens=32",
+]
 
 
 def chord(*args, check=True, timeout=600, **popen):

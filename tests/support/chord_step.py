@@ -1,15 +1,31 @@
 """The small CHORD step the layout tests run on every layout: its config, its 7-row batches of
 three kinds, and one training step from given weights (tests/dist/test_train_layouts.py,
 tests/gpu/test_te_packing_cp.py)."""
+
 import torch
 
 BASE = [
-    "model.num_layers=4", "model.hidden_size=32", "model.ffn_hidden_size=48", "model.num_attention_heads=4",
-    "model.num_query_groups=2", "model.vocab_size=64", "model.max_seq_length=32", "model.rotary_base=500.0",
-    "rollout.temperature=0.7", "algorithm.mu.peak=0.3", "algorithm.mu.valley=0.3", "algorithm.clip_high=0.28",
-    "algorithm.dual_clip=3.0", "optim.lr=0.05", "optim.adam_eps=0.1", "optim.grad_clip=0.5", "train.seed=7",
-    "data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8",
-]  # fmt: skip
+    "model.num_layers=4",
+    "model.hidden_size=32",
+    "model.ffn_hidden_size=48",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.vocab_size=64",
+    "model.max_seq_length=32",
+    "model.rotary_base=500.0",
+    "rollout.temperature=0.7",
+    "algorithm.mu.peak=0.3",
+    "algorithm.mu.valley=0.3",
+    "algorithm.clip_high=0.28",
+    "algorithm.dual_clip=3.0",
+    "optim.lr=0.05",
+    "optim.adam_eps=0.1",
+    "optim.grad_clip=0.5",
+    "train.seed=7",
+    "data.max_prompt_tokens=8",
+    "data.max_response_tokens=8",
+    "rollout.max_new_tokens=8",
+]
 KINDS = ("mixed", "rl_only", "sft_only")
 
 
@@ -38,11 +54,14 @@ def make_batch(kind: str, *, with_rollout_logp: bool = False):
     old = -4.1 + 0.4 * torch.randn(B, S, generator=g)
     old[is_expert] = float("nan")  # expert rows have no behaviour policy
     return TrainBatch(
-        input_ids=ids, labels=labels, loss_mask=loss_mask, is_expert=is_expert,
+        input_ids=ids,
+        labels=labels,
+        loss_mask=loss_mask,
+        is_expert=is_expert,
         advantages=torch.randn(B, generator=g) * (~is_expert),
         old_logp=old,
         rollout_logp=(-4.0 + 0.1 * torch.randn(B, S, generator=g)) if with_rollout_logp else None,
-    )  # fmt: skip
+    )
 
 
 def one_step(cfg, par, W0, kind):

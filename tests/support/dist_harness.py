@@ -7,6 +7,7 @@ LOCAL_RANK), one intra-op thread (the machines have 2 cores), and returns its re
 a file. A worker that raises fails the job with its traceback; a job that outlives `timeout`
 is killed (only the processes it started) and fails.
 """
+
 from __future__ import annotations
 
 import os

@@ -20,6 +20,7 @@ seeded request: a test can tell which prompt a response answers. Faults, for the
 /end_weight_update answers. The process exits by itself after
 --max-lifetime-s so that no test can leave it behind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -141,30 +142,60 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/health", "/health_generate", "/ready"):
             return self._send(503 if s.starting() else 200, raw=b"")
         if path in ("/model_info", "/get_model_info"):
-            return self._send(200, {
-                "model_path": s.args.model_path, "served_model_name": s.args.model_path,
-                "tokenizer_path": s.args.model_path, "is_generation": True,
-                "preferred_sampling_params": None, "weight_version": s.weight_version,
-                "load_format": None, "reasoning_parser": None, "tool_call_parser": None,
-                "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
-            })
+            return self._send(
+                200,
+                {
+                    "model_path": s.args.model_path,
+                    "served_model_name": s.args.model_path,
+                    "tokenizer_path": s.args.model_path,
+                    "is_generation": True,
+                    "preferred_sampling_params": None,
+                    "weight_version": s.weight_version,
+                    "load_format": None,
+                    "reasoning_parser": None,
+                    "tool_call_parser": None,
+                    "model_type": "qwen2",
+                    "architectures": ["Qwen2ForCausalLM"],
+                },
+            )
         if path in ("/server_info", "/get_server_info"):
-            return self._send(200, {
-                "model_path": s.args.model_path, "served_model_name": s.args.model_path,
-                "tokenizer_path": s.args.model_path, "max_context_length": 4096, "version": "0.5.23",
-                "internal_states": [{}], "host": s.args.host, "port": s.args.port, "frontend": "python",
-                "tp_size": s.args.tp_size, "dp_size": s.args.dp_size, "pp_size": s.args.pp_size,
-            })
+            return self._send(
+                200,
+                {
+                    "model_path": s.args.model_path,
+                    "served_model_name": s.args.model_path,
+                    "tokenizer_path": s.args.model_path,
+                    "max_context_length": 4096,
+                    "version": "0.5.23",
+                    "internal_states": [{}],
+                    "host": s.args.host,
+                    "port": s.args.port,
+                    "frontend": "python",
+                    "tp_size": s.args.tp_size,
+                    "dp_size": s.args.dp_size,
+                    "pp_size": s.args.pp_size,
+                },
+            )
         if path == "/flush_cache":
             return self._flush()
         if path == "/_fake/stats":
             with s.lock:
-                return self._send(200, {
-                    "generate_received": s.generate_received, "generate_served": s.generate_served,
-                    "generate_disconnected": s.generate_disconnected, "in_flight": s.in_flight, "paused": s.paused, "session_open": s.session_open,
-                    "weight_version": s.weight_version, "weight_updates": s.weight_updates,
-                    "requests": s.requests, "group": s.group, "received": s.received,
-                })
+                return self._send(
+                    200,
+                    {
+                        "generate_received": s.generate_received,
+                        "generate_served": s.generate_served,
+                        "generate_disconnected": s.generate_disconnected,
+                        "in_flight": s.in_flight,
+                        "paused": s.paused,
+                        "session_open": s.session_open,
+                        "weight_version": s.weight_version,
+                        "weight_updates": s.weight_updates,
+                        "requests": s.requests,
+                        "group": s.group,
+                        "received": s.received,
+                    },
+                )
         return self._send(404, {"detail": "Not Found"})
 
     def do_POST(self):
@@ -236,9 +267,15 @@ class Handler(BaseHTTPRequestHandler):
             if path.endswith("distributed") and s.group_pg is not None:
                 self._receive(body)
             with s.lock:
-                s.weight_updates.append({"route": path, "weight_version": body.get("weight_version"),
-                                         "names": body.get("names"), "flush_cache": body.get("flush_cache"),
-                                         "payloads": len(body.get("serialized_named_tensors") or [])})
+                s.weight_updates.append(
+                    {
+                        "route": path,
+                        "weight_version": body.get("weight_version"),
+                        "names": body.get("names"),
+                        "flush_cache": body.get("flush_cache"),
+                        "payloads": len(body.get("serialized_named_tensors") or []),
+                    }
+                )
                 if body.get("weight_version") is not None:
                     s.weight_version = body["weight_version"]
             return self._ok("Succeeded to update parameter online.")
@@ -249,8 +286,9 @@ class Handler(BaseHTTPRequestHandler):
                 s.weight_updates.append({"route": path, "weight_version": body.get("weight_version")})
                 if body.get("weight_version") is not None:
                     s.weight_version = body["weight_version"]
-            return self._send(200, {"success": True, "message": "Succeeded to update model weights.",
-                                    "num_paused_requests": 0})
+            return self._send(
+                200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0}
+            )
         if path == "/init_weights_update_group":
             missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
             if missing:
@@ -262,8 +300,10 @@ class Handler(BaseHTTPRequestHandler):
                 s.group_pg = sglang_init_custom_process_group()(
                     backend=body.get("backend", "nccl"),
                     init_method=f"tcp://{body['master_address']}:{body['master_port']}",
-                    world_size=body["world_size"], rank=body["rank_offset"],
-                    group_name=body.get("group_name", "weight_update_group"))
+                    world_size=body["world_size"],
+                    rank=body["rank_offset"],
+                    group_name=body.get("group_name", "weight_update_group"),
+                )
             with s.lock:
                 s.group = body.get("group_name", "weight_update_group")
             return self._ok("Succeeded to initialize custom process group.")
@@ -310,8 +350,9 @@ class Handler(BaseHTTPRequestHandler):
             busy = s.in_flight > 0 or s.flush_busy_left > 0
             s.flush_busy_left = max(0, s.flush_busy_left - 1)
         if busy:
-            return self._send(400, raw=b"Flush cache failed: there are running or waiting requests.\n",
-                              content_type="text/plain")
+            return self._send(
+                400, raw=b"Flush cache failed: there are running or waiting requests.\n", content_type="text/plain"
+            )
         return self._send(200, raw=b"Cache flushed.\n", content_type="text/plain")
 
     def _generate(self, body):
@@ -373,15 +414,20 @@ class Handler(BaseHTTPRequestHandler):
                 # A seeded request draws the sample its seed names (SGLang's sampling_seed
                 # with deterministic inference): the same seed, the same sample.
                 draw = j if p.get("sampling_seed") is None else p["sampling_seed"] % 1009
-                toks, finish = sample_tokens(prompt, draw, p.get("max_new_tokens", 128),
-                                             p.get("stop_token_ids") or [], s.args.vocab)
+                toks, finish = sample_tokens(
+                    prompt, draw, p.get("max_new_tokens", 128), p.get("stop_token_ids") or [], s.args.vocab
+                )
                 if aborted:
                     toks = toks[: len(toks) // 2]
                     finish = {"type": "abort", "message": "Abort request", "status_code": 200, "err_type": None}
                 meta = {
-                    "id": f"{s.args.port}-{i}-{j}", "finish_reason": finish, "prompt_tokens": len(prompt),
-                    "weight_version": s.weight_version, "completion_tokens": len(toks),
-                    "cached_tokens": 0, "e2e_latency": s.args.delay_s,
+                    "id": f"{s.args.port}-{i}-{j}",
+                    "finish_reason": finish,
+                    "prompt_tokens": len(prompt),
+                    "weight_version": s.weight_version,
+                    "completion_tokens": len(toks),
+                    "cached_tokens": 0,
+                    "e2e_latency": s.args.delay_s,
                 }
                 if body.get("return_logprob"):
                     meta["output_token_logprobs"] = [[token_logprob(t, k), t, None] for k, t in enumerate(toks)]
@@ -403,7 +449,9 @@ def launch_fake_workers(n, log_dir, args_per_worker=None, timeout_s=20.0):
             port = free_port()
             extra = list((args_per_worker or {}).get(i, []))
             argv = [sys.executable, "-m", __name__, "--port", str(port), *extra]
-            w = ManagedProcess(f"fake-sglang-{i}", argv, Path(log_dir) / f"fake-sglang-{i}.log", env=child_env()).start()
+            w = ManagedProcess(
+                f"fake-sglang-{i}", argv, Path(log_dir) / f"fake-sglang-{i}.log", env=child_env()
+            ).start()
             w.url = f"http://127.0.0.1:{port}"
             workers.append(w)
         deadline = time.monotonic() + timeout_s
@@ -429,7 +477,9 @@ def running(n, log_dir, args_per_worker=None, lifetime_s=60):
     """launch_fake_workers(n, ...) for a with-block: each exits by itself after `lifetime_s` and
     is stopped (by PID) when the block ends."""
     extra = args_per_worker or {}
-    ws = launch_fake_workers(n, log_dir, {i: ["--max-lifetime-s", str(lifetime_s), *extra.get(i, [])] for i in range(n)})
+    ws = launch_fake_workers(
+        n, log_dir, {i: ["--max-lifetime-s", str(lifetime_s), *extra.get(i, [])] for i in range(n)}
+    )
     try:
         yield ws
     finally:
@@ -472,17 +522,36 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--dp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--pp-size", type=int, default=1, help="reported in /server_info")
-    p.add_argument("--refuse-distributed-after-s", type=float, default=None,
-                   help="answer every /update_weights_from_distributed with an error after this long")
-    p.add_argument("--refuse-distributed-times", type=int, default=0,
-                   help="with --refuse-distributed-after-s: refuse only the first N (0 = every one)")
-    p.add_argument("--abort-generates", type=int, default=0,
-                   help="answer the first N /generate with finish_reason abort (half the tokens)")
+    p.add_argument(
+        "--refuse-distributed-after-s",
+        type=float,
+        default=None,
+        help="answer every /update_weights_from_distributed with an error after this long",
+    )
+    p.add_argument(
+        "--refuse-distributed-times",
+        type=int,
+        default=0,
+        help="with --refuse-distributed-after-s: refuse only the first N (0 = every one)",
+    )
+    p.add_argument(
+        "--abort-generates",
+        type=int,
+        default=0,
+        help="answer the first N /generate with finish_reason abort (half the tokens)",
+    )
     p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
-    p.add_argument("--drop-end-answers", type=int, default=0,
-                   help="end the session on the first N /end_weight_update but close the connection unanswered")
-    p.add_argument("--join-groups", action="store_true",
-                   help="really join /init_weights_update_group's process group and receive broadcasts (imports torch)")
+    p.add_argument(
+        "--drop-end-answers",
+        type=int,
+        default=0,
+        help="end the session on the first N /end_weight_update but close the connection unanswered",
+    )
+    p.add_argument(
+        "--join-groups",
+        action="store_true",
+        help="really join /init_weights_update_group's process group and receive broadcasts (imports torch)",
+    )
     p.add_argument("--max-lifetime-s", type=float, default=300.0, help="exit by itself after this long")
     args = p.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -27,6 +27,7 @@ It plays the server's side of the NCCL transport (weight_sync/nccl.py) the way S
 
 Loopback only; the process exits by itself after --max-lifetime-s.
 """
+
 from __future__ import annotations
 
 import threading
@@ -76,14 +77,25 @@ class ReceiverHandler(fake_sglang.Handler):
         backend = body.get("backend", "nccl")
         if sglang_contract.available():  # what a real server runs on this route
             pg = sglang_contract.sglang_init_custom_process_group()(
-                backend=backend, init_method=f"tcp://{body['master_address']}:{body['master_port']}",
-                world_size=body["world_size"], rank=body["rank_offset"], group_name=group_name)
+                backend=backend,
+                init_method=f"tcp://{body['master_address']}:{body['master_port']}",
+                world_size=body["world_size"],
+                rank=body["rank_offset"],
+                group_name=group_name,
+            )
             joined_with = "sglang.init_custom_process_group"
         else:
             from chord_megatron.weight_sync.nccl import join_group
 
-            pg = join_group(body["master_address"], body["master_port"], body["world_size"], body["rank_offset"],
-                            group_name=group_name, backend=backend, timeout_s=60)
+            pg = join_group(
+                body["master_address"],
+                body["master_port"],
+                body["world_size"],
+                body["rank_offset"],
+                group_name=group_name,
+                backend=backend,
+                timeout_s=60,
+            )
             joined_with = "chord_megatron.weight_sync.nccl.join_group"
         with s.lock:
             s.group_pg, s.group = pg, group_name
@@ -114,8 +126,14 @@ class ReceiverHandler(fake_sglang.Handler):
             cls.joined_with = None
             cls.state = fake_sglang.State(self.state.args)
         model = cls.engine.model
-        return self._send(200, {"success": True, "model": type(model).__name__,
-                                "tie_word_embeddings": bool(model.config.tie_word_embeddings)})
+        return self._send(
+            200,
+            {
+                "success": True,
+                "model": type(model).__name__,
+                "tie_word_embeddings": bool(model.config.tie_word_embeddings),
+            },
+        )
 
     def _receive(self, body):
         """The announced tensors, by broadcast from rank 0 in the order of `names`; then load
@@ -151,8 +169,16 @@ class ReceiverHandler(fake_sglang.Handler):
             names = sorted(n for n, _ in self.engine.model.named_parameters())
         with self.state.lock:
             version = self.state.weight_version
-        return self._send(200, {"logprobs": logp.tolist(), "weight_version": version, "param_names": names,
-                                "applied": self.applied, "joined_with": self.joined_with})
+        return self._send(
+            200,
+            {
+                "logprobs": logp.tolist(),
+                "weight_version": version,
+                "param_names": names,
+                "applied": self.applied,
+                "joined_with": self.joined_with,
+            },
+        )
 
     def handle_one_request(self):
         try:

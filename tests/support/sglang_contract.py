@@ -13,6 +13,7 @@ them would pull CUDA torch and friends, so this module reads them instead:
 Control-route bodies are checked more strictly than the server does: SGLang ignores unknown keys
 there, which would turn a misspelt field into a silently ignored one.
 """
+
 from __future__ import annotations
 
 import ast
@@ -152,7 +153,9 @@ class _Names(dict):
 
 
 def _eval_annotation(src: str):
-    ns = _Names({k: getattr(typing, k) for k in ("List", "Dict", "Optional", "Union", "Literal", "Any", "Tuple", "Annotated")})
+    ns = _Names(
+        {k: getattr(typing, k) for k in ("List", "Dict", "Optional", "Union", "Literal", "Any", "Tuple", "Annotated")}
+    )
     ns.update({k: getattr(builtins, k) for k in ("int", "float", "str", "bool", "bytes", "list", "dict")})
     ns["Base64Bytes"] = lambda: "base64"  # only a marker in Annotated[...]
     return eval(src, {"__builtins__": {}}, ns)  # noqa: S307 - the source is SGLang's own file

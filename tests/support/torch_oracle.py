@@ -5,6 +5,7 @@ RoPE, grouped-query attention with Megatron's per-group QKV packing, SwiGLU) and
 state dict by Megatron names; the CHORD loss is written out from chord-spec.md; Adam with
 global-norm clipping is written out from its definition.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,14 +1,15 @@
 """Samples cut by an abort (finish reason "abort": a pause, /abort_request, a server dropping
 them) are regenerated before scoring, counted in the metrics, and never scored or trained on as
 complete answers. Against a fake SGLang worker that answers its first /generate as aborted."""
+
 import contextlib
 
 import pytest
 
-from tests.support import fake_sglang
 from chord_megatron.rollout.engine import RolloutError, SamplingParams, generate_complete
 from chord_megatron.rollout.sglang.client import SGLangClient
 from chord_megatron.rollout.sglang.engine import SGLangEngine
+from tests.support import fake_sglang
 
 SP = SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=(fake_sglang.EOS,))
 PROMPTS = [[i + 1, 7, 3 * i] for i in range(3)]
@@ -50,8 +51,15 @@ def test_scoring_refuses_aborted_samples():
     from chord_megatron.rewards.scoring import score
     from chord_megatron.types import Rollout
 
-    cut = Rollout(prompt_ids=[1], response_ids=[5], logprobs=[-0.1], finish_reason="abort", weight_version=None,
-                  prompt_index=0, sample_index=0)
+    cut = Rollout(
+        prompt_ids=[1],
+        response_ids=[5],
+        logprobs=[-0.1],
+        finish_reason="abort",
+        weight_version=None,
+        prompt_index=0,
+        sample_index=0,
+    )
     with pytest.raises(ValueError, match="aborted samples"):
         score(lambda jobs: [1.0] * len(jobs), "exact_match", None, [cut], [None])
 
@@ -61,8 +69,15 @@ def test_collect_regenerates_and_reports_rollout_aborted(worker, tmp_path):
     from chord_megatron.rewards.scoring import Scorer
     from chord_megatron.services import Services
 
-    cfg = load_config(None, [f"train.output_dir={tmp_path}", "rollout.prompts_per_step=2",
-                             "rollout.samples_per_prompt=2", "rollout.max_new_tokens=6"])
+    cfg = load_config(
+        None,
+        [
+            f"train.output_dir={tmp_path}",
+            "rollout.prompts_per_step=2",
+            "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=6",
+        ],
+    )
     services = Services(cfg)
     w = worker("--abort-generates", "1", "--vocab", "16")
     with engine_for(w) as eng, Scorer(services.task.reward_name) as scorer:

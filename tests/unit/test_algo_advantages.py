@@ -1,4 +1,5 @@
 """GRPO advantages against numpy re-derivations and a hand-worked case."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """chord_loss against an independent per-token re-derivation (plain Python floats), by hand
 cases for every branch of the clipped surrogate, and the empty-kind / NaN guarantees."""
+
 import math
 
 import pytest
@@ -64,8 +65,14 @@ def test_random_cases_match_reference(seed, dual_clip):
     mu = 0.3
     loss, grad, _ = run(logp, old, adv, mask, is_expert, mu, dual_clip=dual_clip, clip_high=0.28)
     ref_loss, ref_grad = reference(
-        logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), is_expert.tolist(), mu,
-        clip_high=0.28, dual_clip=dual_clip,
+        logp.tolist(),
+        old.tolist(),
+        adv.tolist(),
+        mask.tolist(),
+        is_expert.tolist(),
+        mu,
+        clip_high=0.28,
+        dual_clip=dual_clip,
     )
     assert loss.item() == pytest.approx(ref_loss, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(grad, torch.tensor(ref_grad), rtol=1e-5, atol=1e-7)

@@ -1,12 +1,26 @@
 """chord_megatron/algo stays pure: no Megatron, no torch.distributed, no I/O, no host syncs."""
+
 import ast
 import pathlib
 import subprocess
 import sys
 
 ALGO = pathlib.Path(__file__).resolve().parents[2] / "chord_megatron" / "algo"
-FORBIDDEN_MODULES = ("megatron", "torch.distributed", "os", "io", "pathlib", "json", "yaml", "subprocess",
-                     "socket", "requests", "aiohttp", "chord_megatron.train", "chord_megatron.rollout")
+FORBIDDEN_MODULES = (
+    "megatron",
+    "torch.distributed",
+    "os",
+    "io",
+    "pathlib",
+    "json",
+    "yaml",
+    "subprocess",
+    "socket",
+    "requests",
+    "aiohttp",
+    "chord_megatron.train",
+    "chord_megatron.rollout",
+)
 
 
 def _imports(tree):

@@ -1,4 +1,5 @@
 """mu(step) against the spec's piecewise formula, evaluated independently with numpy."""
+
 import math
 
 import numpy as np
@@ -17,7 +18,14 @@ def spec_mu(step, warmup, decay, peak, valley):
 
 @pytest.mark.parametrize(
     "warmup,decay,peak,valley",
-    [(200, 400, 0.5, 0.02), (0, 200, 0.9, 0.05), (0, 20, 0.6, 0.0), (0, 0, 0.1, 0.1), (7, 0, 0.3, 0.1), (3, 5, 1.0, 0.0)],
+    [
+        (200, 400, 0.5, 0.02),
+        (0, 200, 0.9, 0.05),
+        (0, 20, 0.6, 0.0),
+        (0, 0, 0.1, 0.1),
+        (7, 0, 0.3, 0.1),
+        (3, 5, 1.0, 0.0),
+    ],
 )
 def test_matches_spec_formula_everywhere(warmup, decay, peak, valley):
     steps = np.arange(0, warmup + decay + 50)

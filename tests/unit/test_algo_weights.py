@@ -1,4 +1,5 @@
 """phi weights: values by hand, detachment, and the cutoff's equivalence to the reference clamp."""
+
 import math
 
 import pytest

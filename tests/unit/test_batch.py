@@ -1,4 +1,5 @@
 """TrainBatch assembly: label alignment, masks, padding and the expert share."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The `chord` command line: config show and its one-line config errors."""
+
 import pathlib
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def test_config_error_is_one_line_and_exit_2(capsys):
 def test_console_script_is_installed():
     out = subprocess.run(
         [sys.executable, "-m", "chord_megatron.cli", "config", "show", str(ROOT / "configs/demo.yaml")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "tiny-llama" in out.stdout
 
@@ -62,17 +65,33 @@ def test_every_error_chord_reports_has_the_one_root():
     from chord_megatron.rollout.sglang.router import DeploymentError
     from chord_megatron.weight_sync.verified import SyncVerificationError
 
-    errors = (ConfigError, DataError, LayoutError, HFCheckpointError, RewardError, RolloutError, SGLangError,
-              DeploymentError, SyncVerificationError)  # fmt: skip
+    errors = (
+        ConfigError,
+        DataError,
+        LayoutError,
+        HFCheckpointError,
+        RewardError,
+        RolloutError,
+        SGLangError,
+        DeploymentError,
+        SyncVerificationError,
+    )
     assert all(issubclass(e, ChordError) for e in errors)
-    assert {e: e.exit_code for e in errors if e.exit_code == 2} == {ConfigError: 2, DataError: 2, LayoutError: 2,
-                                                                   HFCheckpointError: 2}  # fmt: skip
+    assert {e: e.exit_code for e in errors if e.exit_code == 2} == {
+        ConfigError: 2,
+        DataError: 2,
+        LayoutError: 2,
+        HFCheckpointError: 2,
+    }
 
 
 def test_a_chord_error_is_one_line_with_its_exit_code(tmp_path, capsys):
     assert main(["config", "from-hf", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"chord: HFCheckpointError: {tmp_path}: no config.json (model.hf_path must be a local Hugging Face folder)"
+    assert (
+        err
+        == f"chord: HFCheckpointError: {tmp_path}: no config.json (model.hf_path must be a local Hugging Face folder)"
+    )
 
 
 def test_other_errors_keep_their_traceback(monkeypatch):

@@ -6,6 +6,7 @@ small git tree and check: a `dist` folder is collected; a folder that collects n
 whole-suite run by name; the CPU mode hides the GPU from every test; `gpu` tests are skipped, not
 passed, where they cannot run.
 """
+
 import os
 import shutil
 import subprocess

@@ -1,5 +1,6 @@
 """`chord compare`: the variants' commands (with per-variant overrides) and the report, with the
 training processes replaced by a stand-in that writes the metrics a run would."""
+
 import json
 import pathlib
 import subprocess
@@ -38,12 +39,24 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
     monkeypatch.setattr(subprocess, "call", fake_train)
     # run_compare validates the per-variant keys by loading the config: there is no file here.
     monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
-    report = run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "cmp", ["grpo", "sft"], progress=False,
-                         per_variant={"grpo": ["optim.lr=0.125"]})
+    report = run_compare(
+        "none.yaml",
+        OVERRIDES,
+        cfg,
+        tmp_path / "cmp",
+        ["grpo", "sft"],
+        progress=False,
+        per_variant={"grpo": ["optim.lr=0.125"]},
+    )
     grpo, sft = calls
     table = variants(cfg)
-    assert grpo[grpo.index("none.yaml") + 1 :] == [*OVERRIDES, *table["grpo"], "optim.lr=0.125",
-                                                  f"train.output_dir={tmp_path / 'cmp' / 'grpo'}", "--no-progress"]
+    assert grpo[grpo.index("none.yaml") + 1 :] == [
+        *OVERRIDES,
+        *table["grpo"],
+        "optim.lr=0.125",
+        f"train.output_dir={tmp_path / 'cmp' / 'grpo'}",
+        "--no-progress",
+    ]
     assert "optim.lr=0.125" not in sft
     text = report.read_text()
     assert "- grpo: also optim.lr=0.125" in text and "sft: also" not in text
@@ -54,5 +67,11 @@ def test_run_compare_refuses_a_bad_per_variant_key_before_training(tmp_path, mon
     monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail("nothing may train"))
     monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
     with pytest.raises(ConfigError, match="optim.nope"):
-        run_compare("none.yaml", OVERRIDES, load_config(None, OVERRIDES), tmp_path, ["grpo", "sft"],
-                    per_variant={"sft": ["optim.nope=1"]})
+        run_compare(
+            "none.yaml",
+            OVERRIDES,
+            load_config(None, OVERRIDES),
+            tmp_path,
+            ["grpo", "sft"],
+            per_variant={"sft": ["optim.nope=1"]},
+        )

@@ -5,6 +5,7 @@ never changes) still contains the CUDA assumption the patch removes -- so a mega
 release that moves or fixes it fails here instead of running silently unpatched code -- and
 the patched behaviour works on CPU while torch itself stays untouched.
 """
+
 import importlib
 import inspect
 

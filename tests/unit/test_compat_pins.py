@@ -10,12 +10,13 @@ test_compat_cpu_patches.py, the CPU patches' own pins, which run only without CU
 * finalize_grads.py: finalize_model_grads divides by num_tokens only when given them.
 * process_group.py: torch's private c10d helpers keep the signature we call.
 """
+
 import inspect
 
 import torch
 
-from chord_megatron.train.cp_attention import zigzag_positions
 from chord_megatron.train.compat.cpu_patches import PINNED_MEGATRON_CORE, apply_cpu_patches, installed_megatron_version
+from chord_megatron.train.cp_attention import zigzag_positions
 
 
 class _Group:
@@ -40,8 +41,16 @@ def test_local_attention_still_refuses_context_parallelism_and_reads_only_sizes_
     # the stand-in hands the parent a config copy saying CP = 1; nothing else may read CP there
     assert init.count("context_parallel_size") == 1
     forward = inspect.signature(DotProductAttention.forward)
-    assert list(forward.parameters)[:8] == ["self", "query", "key", "value", "attention_mask", "attn_mask_type",
-                                            "attention_bias", "packed_seq_params"]  # fmt: skip
+    assert list(forward.parameters)[:8] == [
+        "self",
+        "query",
+        "key",
+        "value",
+        "attention_mask",
+        "attn_mask_type",
+        "attention_bias",
+        "packed_seq_params",
+    ]
 
 
 def test_rope_slices_positions_in_the_zigzag_layout_we_split_by():
@@ -106,7 +115,11 @@ def test_finalize_model_grads_divides_only_when_given_a_token_count():
 
     assert installed_megatron_version() == PINNED_MEGATRON_CORE
     assert list(inspect.signature(finalize_model_grads).parameters) == [
-        "model", "num_tokens", "pg_collection", "force_all_reduce"]  # fmt: skip
+        "model",
+        "num_tokens",
+        "pg_collection",
+        "force_all_reduce",
+    ]
     src = inspect.getsource(finalize_model_grads)
     assert "if num_tokens is not None:" in src and "scaling = 1.0 / num_tokens" in src
 
@@ -116,7 +129,15 @@ def test_private_process_group_helpers_keep_their_signature():
     from torch.distributed import distributed_c10d as c10d
 
     params = list(inspect.signature(c10d._new_process_group_helper).parameters)
-    assert params[:8] == ["group_size", "group_rank", "global_ranks_in_group", "backend", "store", "group_name",
-                          "backend_options", "timeout"]  # fmt: skip
+    assert params[:8] == [
+        "group_size",
+        "group_rank",
+        "global_ranks_in_group",
+        "backend",
+        "store",
+        "group_name",
+        "backend_options",
+        "timeout",
+    ]
     assert isinstance(c10d._world.pg_group_ranks, dict)
     assert callable(c10d.rendezvous) and callable(c10d.PrefixStore)

@@ -1,4 +1,5 @@
 """Config loading: YAML + overrides into typed sections, and one-line errors naming key and source."""
+
 import pathlib
 
 import pytest
@@ -93,8 +94,11 @@ def test_wrong_types(tmp_path, line, key, expect):
         (["parallel.pipeline=3"], "parallel.pipeline", "does not divide model.num_layers=2"),
         (["algorithm.expert_data_ratio=1.5"], "algorithm.expert_data_ratio", "must be in [0, 1]"),
         (["algorithm.expert_data_ratio=-0.1"], "algorithm.expert_data_ratio", "must be in [0, 1]"),
-        (["algorithm.mu.decay=100", "algorithm.mu.peak=0.01", "algorithm.mu.valley=0.1"],
-         "algorithm.mu.peak", "is below algorithm.mu.valley=0.1"),
+        (
+            ["algorithm.mu.decay=100", "algorithm.mu.peak=0.01", "algorithm.mu.valley=0.1"],
+            "algorithm.mu.peak",
+            "is below algorithm.mu.valley=0.1",
+        ),
         (["algorithm.mu.peak=1.2"], "algorithm.mu.peak", "must be in [0, 1]"),
         (["algorithm.token_weight=p2"], "algorithm.token_weight", "must be one of none, p, p1mp"),
         (["algorithm.dual_clip=0.5"], "algorithm.dual_clip", "must be > 1"),

@@ -1,10 +1,11 @@
 """The toy task: expert scratchpads are correct arithmetic, splits are disjoint, rewards score."""
+
 import random
 
 import pytest
 
-from chord_megatron.demo.arith import Problem, arith_reward, make_splits, parse_answer, pretrain_problems
 from chord_megatron.data.tokenizer import CharTokenizer
+from chord_megatron.demo.arith import Problem, arith_reward, make_splits, parse_answer, pretrain_problems
 
 
 def check_scratchpad(p: Problem):

@@ -1,4 +1,5 @@
 """JSONL loading: every kind of bad row names file and line, or is skipped and counted."""
+
 import json
 
 import pytest
@@ -60,7 +61,10 @@ def test_bad_prompt_rows(tmp_path, bad, fragment, reason):
 @pytest.mark.parametrize(
     "bad,fragment",
     [
-        ('{"prompt": "1+2=", "response": "' + "3" * 40 + '"}', "expert response has 41 tokens, more than data.max_response_tokens=32"),
+        (
+            '{"prompt": "1+2=", "response": "' + "3" * 40 + '"}',
+            "expert response has 41 tokens, more than data.max_response_tokens=32",
+        ),
         ('{"prompt": "1+2=", "response": ""}', "field 'response' is empty"),
         ('{"messages": [{"role": "user", "content": "1+2="}]}', "the last message must be the assistant's"),
         ('{"messages": "1+2=3"}', "must be a non-empty list"),

@@ -6,6 +6,7 @@ finish_reasons[], correctness_count, messages[]. ToolACE (data.json, a JSON arra
 function list as JSON after "Here is a list of functions in JSON format that you can invoke:"),
 conversations [{"from": user|assistant|tool, "value": ...}], calls in bracket syntax.
 """
+
 import json
 import subprocess
 import sys
@@ -15,18 +16,38 @@ import pytest
 GOOD = "<think>\nLet me add: 2 + 3 = {a}.\nSo the answer is {a}.\n</think>\n\nThe sum is {a}, so the answer is $\\boxed{{{a}}}$."
 
 
-def openr1_row(i, answer, generations, *, problem=None, question_type="math-word-problem", finish=None, verified=None,
-               complete=None):  # fmt: skip
+def openr1_row(
+    i,
+    answer,
+    generations,
+    *,
+    problem=None,
+    question_type="math-word-problem",
+    finish=None,
+    verified=None,
+    complete=None,
+):
     n = len(generations)
     problem = problem or f"Problem {i}: what is {answer}?"
     return {
-        "problem": problem, "solution": "...", "answer": answer, "problem_type": "Algebra",
-        "question_type": question_type, "source": "olympiads", "uuid": f"u{i}",
-        "is_reasoning_complete": complete or [True] * n, "generations": generations,
-        "correctness_math_verify": verified or [True] * n, "correctness_llama": None,
-        "finish_reasons": finish or ["stop"] * n, "correctness_count": n,
-        "messages": [{"role": "user", "content": problem}, {"role": "assistant", "content": generations[0] if n else ""}],
-    }  # fmt: skip
+        "problem": problem,
+        "solution": "...",
+        "answer": answer,
+        "problem_type": "Algebra",
+        "question_type": question_type,
+        "source": "olympiads",
+        "uuid": f"u{i}",
+        "is_reasoning_complete": complete or [True] * n,
+        "generations": generations,
+        "correctness_math_verify": verified or [True] * n,
+        "correctness_llama": None,
+        "finish_reasons": finish or ["stop"] * n,
+        "correctness_count": n,
+        "messages": [
+            {"role": "user", "content": problem},
+            {"role": "assistant", "content": generations[0] if n else ""},
+        ],
+    }
 
 
 def openr1_rows():
@@ -47,7 +68,7 @@ def openr1_rows():
         openr1_row(37, "1,000", [GOOD.format(a="1000")]),  # "1,000" is an integer answer
     ]
     # two traces, the shorter usable one is chosen; the opening <think> is restored when missing
-    rows.append(openr1_row(40, "$40$", ["x" * 50 + GOOD.format(a=40), GOOD.format(a=40)[len("<think>"):]]))
+    rows.append(openr1_row(40, "$40$", ["x" * 50 + GOOD.format(a=40), GOOD.format(a=40)[len("<think>") :]]))
     return rows
 
 
@@ -95,9 +116,18 @@ def test_prep_openr1_recipe(tmp_path):
     all_in = prep_openr1.prepare([src], tmp_path / "all", n_sft=50, n_rl=50)
     assert all_in["rows"] == {"sft": 10, "rl": 7}
     trace_reasons = {k: v for k, v in all_in["dropped"].items() if k.startswith("trace_")}
-    assert trace_reasons == {f"trace_{r}": 1 for r in ("not_finished", "marked_incorrect", "no_reasoning_block",
-                                                       "no_boxed_answer", "language_mixing", "repetitive",
-                                                       "wrong_answer")}  # fmt: skip
+    assert trace_reasons == {
+        f"trace_{r}": 1
+        for r in (
+            "not_finished",
+            "marked_incorrect",
+            "no_reasoning_block",
+            "no_boxed_answer",
+            "language_mixing",
+            "repetitive",
+            "wrong_answer",
+        )
+    }
 
 
 def test_prep_openr1_length_filter_and_jsonl_input(tmp_path):
@@ -113,8 +143,16 @@ def test_prep_openr1_length_filter_and_jsonl_input(tmp_path):
 def test_integer_answers():
     from chord_megatron.data.prep_openr1 import integer_answer
 
-    for text, want in [("12", 12), ("-3", -3), ("1,000", 1000), ("$7$", 7), ("\\boxed{8}", 8), (" 9 ", 9), (5, 5),
-                       ("1{,}000", 1000)]:  # fmt: skip
+    for text, want in [
+        ("12", 12),
+        ("-3", -3),
+        ("1,000", 1000),
+        ("$7$", 7),
+        ("\\boxed{8}", 8),
+        (" 9 ", 9),
+        (5, 5),
+        ("1{,}000", 1000),
+    ]:
         assert integer_answer(text) == want, text
     for text in ("\\frac{1}{2}", "3.5", "x=2", "12,34", "", "B", True, None, "1e3"):
         assert integer_answer(text) is None, text
@@ -122,34 +160,68 @@ def test_integer_answers():
 
 # ----------------------------------------------------------------------------------------------
 def toolace_system(tools):
-    return ("You are an expert in composing functions. You are given a question and a set of possible functions.\n"
-            "Here is a list of functions in JSON format that you can invoke:\n" + json.dumps(tools) + ".\n"
-            "Should you decide to return the function call(s), put it in the format of [func1(params_name=params_value, "
-            "params_name2=params_value2...), func2(params)]\nNO other text MUST be included.")  # fmt: skip
+    return (
+        "You are an expert in composing functions. You are given a question and a set of possible functions.\n"
+        "Here is a list of functions in JSON format that you can invoke:\n" + json.dumps(tools) + ".\n"
+        "Should you decide to return the function call(s), put it in the format of [func1(params_name=params_value, "
+        "params_name2=params_value2...), func2(params)]\nNO other text MUST be included."
+    )
 
 
-WEATHER = {"name": "Weather Forecast", "description": "forecast", "parameters": {"type": "dict", "properties": {
-    "city": {"type": "string"}, "days": {"type": "int"}}, "required": ["city"]}}  # fmt: skip
-STOCK = {"name": "stock.price", "description": "price", "parameters": {"type": "dict", "properties": {
-    "symbol": {"type": "string"}}, "required": ["symbol"]}}  # fmt: skip
+WEATHER = {
+    "name": "Weather Forecast",
+    "description": "forecast",
+    "parameters": {
+        "type": "dict",
+        "properties": {"city": {"type": "string"}, "days": {"type": "int"}},
+        "required": ["city"],
+    },
+}
+STOCK = {
+    "name": "stock.price",
+    "description": "price",
+    "parameters": {"type": "dict", "properties": {"symbol": {"type": "string"}}, "required": ["symbol"]},
+}
 
 
 def toolace_rows(n=12):
     rows = []
     for i in range(n):
-        rows.append({"system": toolace_system([WEATHER, STOCK]), "conversations": [
-            {"from": "user", "value": f"Weather in city {i} for 3 days, and the price of S{i}?"},
-            {"from": "assistant", "value": f"[Weather Forecast(city='C{i}', days=3), stock.price(symbol='S{i}')]"},
-            {"from": "tool", "value": json.dumps([{"name": "Weather Forecast", "results": {"t": 20}}])},
-            {"from": "assistant", "value": "It will be 20 degrees."},
-            {"from": "user", "value": "And the price of T?"},
-            {"from": "assistant", "value": "[stock.price(symbol='T')]"},
-        ]})  # fmt: skip
-    rows.append({"system": toolace_system([STOCK]), "conversations": [  # a function that is not listed
-        {"from": "user", "value": "weather?"}, {"from": "assistant", "value": "[Weather Forecast(city='X')]"}]})
+        rows.append(
+            {
+                "system": toolace_system([WEATHER, STOCK]),
+                "conversations": [
+                    {"from": "user", "value": f"Weather in city {i} for 3 days, and the price of S{i}?"},
+                    {
+                        "from": "assistant",
+                        "value": f"[Weather Forecast(city='C{i}', days=3), stock.price(symbol='S{i}')]",
+                    },
+                    {"from": "tool", "value": json.dumps([{"name": "Weather Forecast", "results": {"t": 20}}])},
+                    {"from": "assistant", "value": "It will be 20 degrees."},
+                    {"from": "user", "value": "And the price of T?"},
+                    {"from": "assistant", "value": "[stock.price(symbol='T')]"},
+                ],
+            }
+        )
+    rows.append(
+        {
+            "system": toolace_system([STOCK]),
+            "conversations": [  # a function that is not listed
+                {"from": "user", "value": "weather?"},
+                {"from": "assistant", "value": "[Weather Forecast(city='X')]"},
+            ],
+        }
+    )
     rows.append({"system": "no tools here", "conversations": [{"from": "user", "value": "hi"}]})
-    rows.append({"system": toolace_system([STOCK]), "conversations": [  # a call we cannot parse
-        {"from": "user", "value": "price?"}, {"from": "assistant", "value": "[stock.price('AAPL')]"}]})
+    rows.append(
+        {
+            "system": toolace_system([STOCK]),
+            "conversations": [  # a call we cannot parse
+                {"from": "user", "value": "price?"},
+                {"from": "assistant", "value": "[stock.price('AAPL')]"},
+            ],
+        }
+    )
     rows.append(dict(rows[0]))  # the same conversation twice: its prompts may land in both sets
     return rows
 
@@ -160,9 +232,28 @@ def test_prep_toolace_recipe(tmp_path):
     src = tmp_path / "data.json"
     src.write_text(json.dumps(toolace_rows()))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "chord_megatron.cli", "data", "prep-toolace", str(src), str(out),
-                           "--rl", "14", "--sft", "6", "--eval", "20", "--seed", "3"], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chord_megatron.cli",
+            "data",
+            "prep-toolace",
+            str(src),
+            str(out),
+            "--rl",
+            "14",
+            "--sft",
+            "6",
+            "--eval",
+            "20",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     sft = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
     rl = [json.loads(line) for line in (out / "rl.jsonl").read_text().splitlines()]
@@ -181,7 +272,11 @@ def test_prep_toolace_recipe(tmp_path):
     assert not sft_prompts & {json.dumps(r["messages"], sort_keys=True) for r in rl}
     for r in rl:
         system = r["messages"][0]
-        assert system["role"] == "system" and "<tool_call>" in system["content"] and "Weather Forecast" in system["content"]
+        assert (
+            system["role"] == "system"
+            and "<tool_call>" in system["content"]
+            and "Weather Forecast" in system["content"]
+        )
         assert r["messages"][-1]["role"] == "user"
         calls = json.loads(r["answer"])
         assert calls and all(set(c) == {"name", "arguments"} for c in calls)
@@ -190,8 +285,12 @@ def test_prep_toolace_recipe(tmp_path):
         wrong = [dict(c, arguments={**c["arguments"], "x": 1}) for c in calls]
         assert tool_call_reward("", "<tool_call>" + json.dumps(wrong) + "</tool_call>", r) == 0.0
     second_turn = [r for r in rl if len(r["messages"]) > 2]
-    assert second_turn and all(m["content"].startswith("<tool_call>[") for r in second_turn
-                               for m in r["messages"] if m["role"] == "assistant" and "[" in m["content"][:12])  # fmt: skip
+    assert second_turn and all(
+        m["content"].startswith("<tool_call>[")
+        for r in second_turn
+        for m in r["messages"]
+        if m["role"] == "assistant" and "[" in m["content"][:12]
+    )
     assert {m["role"] for r in second_turn for m in r["messages"]} == {"system", "user", "assistant", "tool"}
     for r in sft:
         expert = r["messages"][-1]

@@ -1,5 +1,6 @@
 """Loading prepared data: Parquet files, a Hugging Face tokenizer with its chat template, and the
 removal of RL prompts that are also expert problems."""
+
 import json
 
 import pytest
@@ -30,7 +31,9 @@ def test_hf_tokenizer_adapter(tok_dir):
     assert tok.encode_prompt("what is 3") == [1] + tok.encode("what is 3")
     assert tok.encode_prompt("<s> what is 3") == tok.encode("<s> what is 3")  # already there: not doubled
     assert tok.decode(ids + [6] + tok.encode("the")) == "what is 3 + 4"  # stops at <|end|> (generation_config eos)
-    text = tok.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "what is 3"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|user|>what is 3<|end|><|assistant|>"
 
 
@@ -42,8 +45,10 @@ def test_parquet_prompts_and_expert_rows(tmp_path, tok_dir):
     from chord_megatron.data.hf_tokenizer import HFTokenizer
 
     tok = HFTokenizer.from_pretrained(tok_dir)
-    rows = [{"prompt": "what is 3", "messages": None, "answer": "3"},
-            {"prompt": None, "messages": [{"role": "user", "content": "what is 4"}], "answer": "4"}]  # fmt: skip
+    rows = [
+        {"prompt": "what is 3", "messages": None, "answer": "3"},
+        {"prompt": None, "messages": [{"role": "user", "content": "what is 4"}], "answer": "4"},
+    ]
     pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "p.parquet"))
     prompts, skipped = load_prompts(tmp_path / "p.parquet", tok, max_prompt_tokens=32)
     assert [p.prompt for p in prompts] == ["what is 3", "<|user|>what is 4<|end|><|assistant|>"]
@@ -61,13 +66,27 @@ def test_load_task_uses_the_hf_tokenizer_and_drops_rl_prompts_in_the_expert_set(
     from chord_megatron.data.task import load_task
 
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
-    write_jsonl(tmp_path / "rl.jsonl", [{"messages": user("what is 3"), "answer": "3"},
-                                        {"messages": user("What  is 4 "), "answer": "4"},  # = an expert problem
-                                        {"messages": user("what is 5"), "answer": "5"}])  # fmt: skip
+    write_jsonl(
+        tmp_path / "rl.jsonl",
+        [
+            {"messages": user("what is 3"), "answer": "3"},
+            {"messages": user("What  is 4 "), "answer": "4"},  # = an expert problem
+            {"messages": user("what is 5"), "answer": "5"},
+        ],
+    )
     write_jsonl(tmp_path / "sft.jsonl", [{"messages": user("what is 4") + [{"role": "assistant", "content": "4"}]}])
-    cfg = load_config(None, ["data.task=jsonl", f"data.prompt_path={tmp_path / 'rl.jsonl'}",
-                             f"data.expert_path={tmp_path / 'sft.jsonl'}", f"data.tokenizer={tok_dir}",
-                             "model.vocab_size=96", "data.reward=math", "base.steps=0"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "data.task=jsonl",
+            f"data.prompt_path={tmp_path / 'rl.jsonl'}",
+            f"data.expert_path={tmp_path / 'sft.jsonl'}",
+            f"data.tokenizer={tok_dir}",
+            "model.vocab_size=96",
+            "data.reward=math",
+            "base.steps=0",
+        ],
+    )
     task = load_task(cfg)
     assert isinstance(task.tokenizer, HFTokenizer)
     assert [p.answer for p in task.prompts] == ["3", "5"]

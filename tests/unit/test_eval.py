@@ -6,6 +6,7 @@
 * a training checkpoint: run_export_hf writes exactly the trained weights, and run_eval with
   --checkpoint serves them (its samples equal those of the exported folder, not the base's).
 """
+
 import json
 from pathlib import Path
 
@@ -32,8 +33,14 @@ def bench(tmp_path, n=4):
 
 
 def eval_config(folder, *extra):
-    return config_for(folder, "data.reward=eval_probe", "rollout.max_new_tokens=6", "rollout.temperature=1.0",
-                      "train.eval_samples=3", *extra)  # fmt: skip
+    return config_for(
+        folder,
+        "data.reward=eval_probe",
+        "rollout.max_new_tokens=6",
+        "rollout.temperature=1.0",
+        "train.eval_samples=3",
+        *extra,
+    )
 
 
 def read_out(path):
@@ -51,8 +58,11 @@ def test_avg_at_k_of_an_hf_checkpoint(tmp_path, capsys):
     rows, summary = read_out(tmp_path / "res.jsonl")
     assert len(rows) == 4 and summary["k"] == 3 and summary["samples"] == 12
     assert f"avg@3 accuracy {summary['accuracy']:.4f} on 4 prompts (12 samples)" in printed
-    rewards = [probe_reward("", resp, {}) if fr != "length" else -1.0
-               for r in rows for resp, fr in zip(r["responses"], r["finish_reasons"])]  # fmt: skip
+    rewards = [
+        probe_reward("", resp, {}) if fr != "length" else -1.0
+        for r in rows
+        for resp, fr in zip(r["responses"], r["finish_reasons"])
+    ]
     assert [x for r in rows for x in r["rewards"]] == rewards
     assert summary["accuracy"] == pytest.approx(sum(x == 1.0 for x in rewards) / 12)
     assert summary["accuracy"] == pytest.approx(sum(r["accuracy"] for r in rows) / 4)  # avg over prompts of avg@k
@@ -61,8 +71,8 @@ def test_avg_at_k_of_an_hf_checkpoint(tmp_path, capsys):
 
 
 def test_overlong_scoring():
-    from chord_megatron.data.jsonl import PromptRow
     from chord_megatron.commands.eval import score_samples
+    from chord_megatron.data.jsonl import PromptRow
     from chord_megatron.types import Rollout
 
     class Tok:
@@ -80,10 +90,10 @@ def test_overlong_scoring():
 def _checkpoint_job(folder, root, bench_path):
     import torch
 
-    from chord_megatron.data.batch import build_train_batch
-    from chord_megatron.data import ExpertRow
     from chord_megatron.commands.eval import run_eval
     from chord_megatron.commands.export_hf import run_export_hf
+    from chord_megatron.data import ExpertRow
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.hf.weights import hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
@@ -106,7 +116,9 @@ def _checkpoint_job(folder, root, bench_path):
     files = sorted(p.name for p in (root / "exported").iterdir())
 
     run_eval(cfg, data=bench_path, k=2, checkpoint=str(root / "ckpt"), out=str(root / "ckpt.jsonl"))
-    run_eval(cfg.replace(**{"model.hf_path": str(root / "exported")}), data=bench_path, k=2, out=str(root / "exp.jsonl"))
+    run_eval(
+        cfg.replace(**{"model.hf_path": str(root / "exported")}), data=bench_path, k=2, out=str(root / "exp.jsonl")
+    )
     run_eval(cfg, data=bench_path, k=2, out=str(root / "base.jsonl"))
     hf_names = sorted(read_hf_checkpoint(root / "exported"))
     return {"exact": exact, "files": files, "hf_names": hf_names}
@@ -118,7 +130,9 @@ def test_checkpoint_export_and_eval(tmp_path):
     folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
     r = run_job(_checkpoint_job, world=1, args=(str(folder), str(tmp_path), str(bench(tmp_path))), timeout=300)[0]
     assert r["exact"], r
-    assert {"config.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json"} <= set(r["files"])
+    assert {"config.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json"} <= set(
+        r["files"]
+    )
     assert "lm_head.weight" not in r["hf_names"]  # tied: HF ties it on load
     ckpt, _ = read_out(tmp_path / "ckpt.jsonl")
     exported, _ = read_out(tmp_path / "exp.jsonl")
@@ -136,17 +150,25 @@ def test_avg_at_k_through_sglang(tmp_path, capsys):
 
     folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
     workers = fake_sglang.launch_fake_workers(
-        1, tmp_path, {0: ["--max-lifetime-s", "60", "--model-path", str(folder), "--vocab", "50"]})
+        1, tmp_path, {0: ["--max-lifetime-s", "60", "--model-path", str(folder), "--vocab", "50"]}
+    )
     try:
-        cfg = eval_config(folder, "rollout.engine=sglang", f"rollout.server_urls=[{workers[0].url}]",
-                          f"train.output_dir={tmp_path / 'run'}")  # fmt: skip
+        cfg = eval_config(
+            folder,
+            "rollout.engine=sglang",
+            f"rollout.server_urls=[{workers[0].url}]",
+            f"train.output_dir={tmp_path / 'run'}",
+        )
         assert run_eval(cfg, data=str(bench(tmp_path)), k=2, out=str(tmp_path / "res.jsonl")) == 0
     finally:
         workers[0].stop()
     rows, summary = read_out(tmp_path / "res.jsonl")
     assert summary["samples"] == 8 and all(len(r["responses"]) == 2 for r in rows)
     assert len({tuple(r["responses"]) for r in rows}) > 1  # each prompt got its own samples
-    rewards = [probe_reward("", resp, {}) if fr != "length" else -1.0
-               for r in rows for resp, fr in zip(r["responses"], r["finish_reasons"])]  # fmt: skip
+    rewards = [
+        probe_reward("", resp, {}) if fr != "length" else -1.0
+        for r in rows
+        for resp, fr in zip(r["responses"], r["finish_reasons"])
+    ]
     assert [x for r in rows for x in r["rewards"]] == rewards
     assert "avg@2 accuracy" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """scripts/gpu_acceptance.sh: the one call a rare GPU gets. Its dry run walks every step on CPU
 (Triton interpreted, toy sizes), which is what keeps the script from rotting between GPU runs."""
+
 import json
 import os
 import subprocess
@@ -21,8 +22,13 @@ def _env(**extra):
 
 
 def test_without_a_gpu_it_exits_2_with_one_line_and_runs_nothing(tmp_path):
-    out = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "r")], env=_env(CUDA_VISIBLE_DEVICES=""),
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path / "r")],
+        env=_env(CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert len(out.stdout.strip().splitlines()) == 1 and "no CUDA GPU" in out.stdout
     assert not (tmp_path / "r").exists()
@@ -31,13 +37,22 @@ def test_without_a_gpu_it_exits_2_with_one_line_and_runs_nothing(tmp_path):
 @pytest.mark.slow
 def test_dry_run_walks_every_step_on_cpu(tmp_path):
     t0 = time.monotonic()
-    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "r")], env=_env(),
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--out", str(tmp_path / "r")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
     assert list(steps) == [s.name for s in acceptance.STEPS]
     failed = {n: s["reason"] for n, s in steps.items() if s["status"] != "pass"}
-    assert not failed and out.returncode == 0, (failed, out.stdout[-3000:], (tmp_path / "r" / "log.txt").read_text()[-5000:])
+    assert not failed and out.returncode == 0, (
+        failed,
+        out.stdout[-3000:],
+        (tmp_path / "r" / "log.txt").read_text()[-5000:],
+    )
     # Script steps report their named checks; every check passed.
     for name in ("kernel_large", "kernel_tp2"):
         checks = steps[name]["result"]["checks"]
@@ -55,7 +70,9 @@ def test_a_step_over_its_budget_is_killed_with_its_children_and_failed(tmp_path)
     marker = tmp_path / "grandchild-alive"
     script = tmp_path / "sleeper.py"
     child = f"import time; time.sleep(3); open({str(marker)!r}, 'w')"
-    script.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)\n")
+    script.write_text(
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)\n"
+    )
     step = acceptance.Step("sleeper", 1, "sleeps", lambda out, work, dry, budget_s: [sys.executable, str(script)])
     with open(tmp_path / "log.txt", "w") as log:
         res = acceptance.run_step(step, tmp_path, tmp_path, False, dict(os.environ), log)
@@ -70,7 +87,12 @@ def test_budgets_add_up_to_at_most_8_minutes():
 
 def test_an_existing_results_folder_is_never_overwritten(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
-    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "probe", "--out", str(tmp_path)], env=_env(),
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "--only", "probe", "--out", str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "already holds" in out.stdout
     assert (tmp_path / "summary.json").read_text() == "{}"

@@ -7,6 +7,7 @@ Packages that machine lacks (psutil, tensorboard, math_verify, msgspec, sglang, 
 transformer-engine, apex) are hidden by a sitecustomize, so an import of one of them, or a
 code path that needs one (dist-checkpointing's psutil), fails here first.
 """
+
 import json
 import os
 import subprocess
@@ -16,9 +17,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MISSING_ON_GPU_HOST = ("psutil", "tensorboard", "math_verify", "msgspec", "sglang", "matplotlib", "transformer_engine",
-                       "apex")  # fmt: skip
-HIDE = '''
+MISSING_ON_GPU_HOST = (
+    "psutil",
+    "tensorboard",
+    "math_verify",
+    "msgspec",
+    "sglang",
+    "matplotlib",
+    "transformer_engine",
+    "apex",
+)
+HIDE = """
 import importlib.abc, importlib.util, sys
 HIDDEN = set({names!r})
 class _Hide(importlib.abc.MetaPathFinder):
@@ -28,7 +37,7 @@ class _Hide(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Hide())
 _find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0] in HIDDEN else _find_spec(name, package)
-'''
+"""
 
 
 def _run(tmp_path, argv, hidden=MISSING_ON_GPU_HOST, **env):
@@ -36,8 +45,14 @@ def _run(tmp_path, argv, hidden=MISSING_ON_GPU_HOST, **env):
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(HIDE.format(names=tuple(hidden)))
     full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), str(ROOT / "kernels")]), **env)
-    proc = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "out")], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=150)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *argv, "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     return proc, tmp_path / "out"
 
 
@@ -52,12 +67,22 @@ def test_engine_smoke_dry_run_passes_every_check(tmp_path):
     res = _result(proc, out, "engine_smoke")
     assert (res["status"], proc.returncode) == ("pass", 0), json.dumps(res, indent=1)[-4000:]
     checks = res["checks"]
-    assert set(checks) == {"build", "finite_steps", "logits_dtype_at_kernel", "packed_equals_plain",
-                           "resume_equals_uninterrupted", "peak_memory"}  # fmt: skip
+    assert set(checks) == {
+        "build",
+        "finite_steps",
+        "logits_dtype_at_kernel",
+        "packed_equals_plain",
+        "resume_equals_uninterrupted",
+        "peak_memory",
+    }
     assert all(c["ok"] for c in checks.values())
     b = checks["build"]
     assert (b["layer_spec"], b["backend"], b["optimizer"], b["param_dtypes"]) == (
-        "local", "gloo", ["DistributedOptimizer"], ["torch.bfloat16"])
+        "local",
+        "gloo",
+        ["DistributedOptimizer"],
+        ["torch.bfloat16"],
+    )
     assert checks["logits_dtype_at_kernel"]["dtypes"] == ["bfloat16"] and checks["logits_dtype_at_kernel"]["calls"] >= 6
     steps = checks["finite_steps"]
     assert len(steps["loss"]) == 3 and all(g > 0 for g in steps["grad_norm"])
@@ -74,8 +99,13 @@ def test_hf_parity_dry_run_passes_every_check(tmp_path):
     res = _result(proc, out, "hf_parity")
     assert (res["status"], proc.returncode) == ("pass", 0), json.dumps(res, indent=1)[-4000:]
     checks = res["checks"]
-    assert set(checks) == {"logprobs_fp32", "export_round_trip", "logprobs_bf16", "export_round_trip_bf16",
-                           "export_from_checkpoint"}  # fmt: skip
+    assert set(checks) == {
+        "logprobs_fp32",
+        "export_round_trip",
+        "logprobs_bf16",
+        "export_round_trip_bf16",
+        "export_from_checkpoint",
+    }
     assert all(c["ok"] for c in checks.values())
     assert checks["logprobs_fp32"]["gap_max"] < 1e-4 and checks["logprobs_fp32"]["ref_logp_std"] > 0.3
     bf16 = checks["logprobs_bf16"]

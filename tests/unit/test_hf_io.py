@@ -11,6 +11,7 @@ sharded safetensors) and Llama-3 (llama3 rope scaling, untied) checkpoint:
   * Megatron -> HF -> Megatron after a training step is exact.
 TP=2 and PP=2 are tests/dist/test_hf_parallel.py.
 """
+
 import json
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def megatron_logits(engine, ids):
 def _tp1_job(folders, ids, out_root):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.data import ExpertRow
+    from chord_megatron.data.batch import build_train_batch
     from chord_megatron.hf.export import export_hf
     from chord_megatron.hf.weights import HFWeights, hf_state_dict
     from chord_megatron.train.engine import MegatronEngine
@@ -55,7 +56,12 @@ def _tp1_job(folders, ids, out_root):
         r["logit_gap"] = (megatron_logits(engine, ids) - ref).abs().max().item()
         if family in ("llama", "llama_linear"):
             plain = cfg.replace(**{"model.rope_scaling": "none"})
-            r["gap_without_scaling"] = (megatron_logits(MegatronEngine(plain, full_state_dict=hf_state_dict(plain, check=False)), ids) - ref).abs().max().item()
+            r["gap_without_scaling"] = (
+                (megatron_logits(MegatronEngine(plain, full_state_dict=hf_state_dict(plain, check=False)), ids) - ref)
+                .abs()
+                .max()
+                .item()
+            )
 
         # HF -> Megatron -> HF: the same tensors, a folder transformers loads and generates with.
         out = Path(out_root) / f"{family}-export"
@@ -72,8 +78,9 @@ def _tp1_job(folders, ids, out_root):
             g2 = back.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
         r["generates"] = g2.shape[1] > prompt.shape[1] and torch.equal(g1, g2)
         tok = AutoTokenizer.from_pretrained(str(out))
-        r["chat_template"] = tok.apply_chat_template([{"role": "user", "content": "what is 3"}], tokenize=False,
-                                                     add_generation_prompt=True)  # fmt: skip
+        r["chat_template"] = tok.apply_chat_template(
+            [{"role": "user", "content": "what is 3"}], tokenize=False, add_generation_prompt=True
+        )
         r["files"] = sorted(p.name for p in out.iterdir())
 
         # Megatron -> HF -> Megatron, after an update moved the weights off the source checkpoint.
@@ -84,7 +91,9 @@ def _tp1_job(folders, ids, out_root):
         export_hf(iter(trained.items()), cfg, out2)
         lazy = HFWeights(out2, Layout.from_model_config(cfg.model))
         again = {n: t.clone() for n, t in MegatronEngine(cfg, full_state_dict=lazy).export_weights()}
-        r["round_trip_exact"] = sorted(again) == sorted(trained) and all(torch.equal(again[n], trained[n]) for n in trained)
+        r["round_trip_exact"] = sorted(again) == sorted(trained) and all(
+            torch.equal(again[n], trained[n]) for n in trained
+        )
         r["moved"] = any(not torch.equal(trained[n], exported_m) for n, exported_m in hf_state_dict(cfg).items())
     return results
 
@@ -113,8 +122,13 @@ def test_export_is_the_same_checkpoint_and_loads_in_transformers(tp1_results, fa
     assert r["same_names"] and r["same_tensors"], r
     assert r["reload_gap"] == 0.0 and r["generates"], r
     assert r["chat_template"] == "<|user|>what is 3<|end|><|assistant|>"
-    for name in ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-                 "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert name in r["files"], (name, r["files"])
 
 
@@ -134,9 +148,13 @@ def test_model_section_mismatch_names_the_key(tmp_path):
     folder, _ = make_checkpoint(tmp_path / "q", "qwen2", tokenizer=False)
     cfg = config_for(folder)
     check_model_config(cfg.model)  # the derived section matches
-    for key, value, json_key in (("rotary_base", "10000.0", "rope_theta"), ("norm_eps", "1e-5", "rms_norm_eps"),
-                                 ("tie_embeddings", "false", "tie_word_embeddings"),
-                                 ("num_query_groups", "4", "num_key_value_heads"), ("qkv_bias", "false", "model_type")):
+    for key, value, json_key in (
+        ("rotary_base", "10000.0", "rope_theta"),
+        ("norm_eps", "1e-5", "rms_norm_eps"),
+        ("tie_embeddings", "false", "tie_word_embeddings"),
+        ("num_query_groups", "4", "num_key_value_heads"),
+        ("qkv_bias", "false", "model_type"),
+    ):
         bad = cfg.replace(**{f"model.{key}": value})
         with pytest.raises(ConfigError) as info:
             check_model_config(bad.model)
@@ -145,8 +163,8 @@ def test_model_section_mismatch_names_the_key(tmp_path):
 
 
 def test_base_weights_loads_hf_path_and_checks_the_section(tmp_path):
-    from chord_megatron.demo.base_model import base_weights
     from chord_megatron.config import ConfigError
+    from chord_megatron.demo.base_model import base_weights
     from chord_megatron.hf.weights import HFWeights
 
     folder, model = make_checkpoint(tmp_path / "l", "llama", tokenizer=False)
@@ -172,8 +190,12 @@ def test_config_json_without_source_loads_in_transformers(tmp_path):
     from chord_megatron.hf.config import check_model_config
     from chord_megatron.hf.export import hf_config_dict
 
-    cases = {"llama": [], "qwen2": ["model.qkv_bias=true"], "qwen3": ["model.qk_layernorm=true", "model.head_dim=32"],
-             "llama-rope3": ["model.rope_scaling=llama3", "model.rope_scaling_factor=32"]}
+    cases = {
+        "llama": [],
+        "qwen2": ["model.qkv_bias=true"],
+        "qwen3": ["model.qk_layernorm=true", "model.head_dim=32"],
+        "llama-rope3": ["model.rope_scaling=llama3", "model.rope_scaling_factor=32"],
+    }
     for name, extra in cases.items():
         cfg = load_config(None, extra)
         d = tmp_path / name

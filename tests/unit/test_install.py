@@ -5,6 +5,7 @@ transformer-engine and apex are compiled against it: replacing torch breaks both
 container's torch is stood in for by its metadata alone, ahead of everything on the path; pip
 then plans the install exactly as it would in the container.
 """
+
 import importlib.metadata as md
 import json
 import os
@@ -28,8 +29,20 @@ def _planned(tmp_path: Path, keep_torch: bool) -> dict:
     (info / "RECORD").write_text("")
     report = tmp_path / f"report-{int(keep_torch)}.json"
     env = dict(os.environ, PYTHONPATH=str(site), CHORD_KEEP_TORCH="1" if keep_torch else "0")
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-build-isolation", "--no-index", "--quiet",
-           "--report", str(report), "-e", str(ROOT)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-build-isolation",
+        "--no-index",
+        "--quiet",
+        "--report",
+        str(report),
+        "-e",
+        str(ROOT),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
@@ -44,7 +57,9 @@ def test_keep_torch_leaves_the_containers_torch_alone(tmp_path):
 
 def test_transformer_engine_range_is_the_one_megatron_core_declares():
     setup_py = (ROOT / "setup.py").read_text()
-    ours = Requirement(next(line.split('"')[1] for line in setup_py.splitlines() if line.startswith("TRANSFORMER_ENGINE =")))
+    ours = Requirement(
+        next(line.split('"')[1] for line in setup_py.splitlines() if line.startswith("TRANSFORMER_ENGINE ="))
+    )
     theirs = next(Requirement(r) for r in md.requires("megatron-core") if r.startswith("transformer-engine"))
     assert ours.specifier == SpecifierSet(str(theirs.specifier)), (ours, theirs)
     for version in ("2.9.0", "2.11.0"):

@@ -2,6 +2,7 @@
 the commands, and the refusals. Expected numbers are worked out by hand here, not by calling
 the module's own helpers. Also the launch/ scripts: syntax, no kill-by-name, one NCCL file,
 the port numbers shared with the plan."""
+
 import math
 import pathlib
 import re
@@ -10,9 +11,9 @@ import subprocess
 
 import pytest
 
+from chord_megatron.cli import main
 from chord_megatron.commands.launch import memory
 from chord_megatron.commands.launch import plan as lp
-from chord_megatron.cli import main
 from chord_megatron.config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -64,10 +65,21 @@ def test_parameter_count_with_head_dim_and_qk_norm_matches_qwen3_8b():
 
     if "head_dim" not in {f.name for f in dataclasses.fields(ModelConfig)}:
         pytest.skip("model.head_dim is not in this checkout's config")
-    cfg = load_config(None, ["model.num_layers=36", "model.hidden_size=4096", "model.ffn_hidden_size=12288",
-                             "model.num_attention_heads=32", "model.num_query_groups=8", "model.head_dim=128",
-                             "model.qk_layernorm=true", "model.vocab_size=151936", "model.tie_embeddings=false",
-                             "model.max_seq_length=4096"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.num_layers=36",
+            "model.hidden_size=4096",
+            "model.ffn_hidden_size=12288",
+            "model.num_attention_heads=32",
+            "model.num_query_groups=8",
+            "model.head_dim=128",
+            "model.qk_layernorm=true",
+            "model.vocab_size=151936",
+            "model.tie_embeddings=false",
+            "model.max_seq_length=4096",
+        ],
+    )
     assert memory.count_params(cfg.model)["total"] == 8_190_735_360  # Qwen3-8B on Hugging Face
 
 
@@ -131,11 +143,15 @@ def test_disaggregated_layout_and_commands(qwen, capsys, nodes):
     roles = [n.roles for n in p.node_roles]
     assert roles[0] == ("sglang", "router") and all(r == ("sglang",) for r in roles[1:R])
     assert all(r == ("train",) for r in roles[R:])
-    assert [(n.train_ranks.start, n.train_ranks.stop) for n in p.node_roles[R:]] == [(8 * i, 8 * i + 8) for i in range(T)]
+    assert [(n.train_ranks.start, n.train_ranks.stop) for n in p.node_roles[R:]] == [
+        (8 * i, 8 * i + 8) for i in range(T)
+    ]
 
     cmds = p.commands
-    assert cmds["sbatch"] == f"mkdir -p runs/slurm && sbatch --nodes={nodes} --gpus-per-node=8 " \
-                             f"launch/disaggregated.sbatch cfg.yaml train.steps=5"
+    assert (
+        cmds["sbatch"] == f"mkdir -p runs/slurm && sbatch --nodes={nodes} --gpus-per-node=8 "
+        f"launch/disaggregated.sbatch cfg.yaml train.steps=5"
+    )
     server_cmds = [c for k, c in cmds.items() if k.startswith("sglang server")]
     assert len(server_cmds) == servers
     assert all("--tp-size 2" in c and "--model-path /models/qwen2.5-7b" in c for c in server_cmds)
@@ -148,8 +164,10 @@ def test_disaggregated_layout_and_commands(qwen, capsys, nodes):
     assert len(trainers) == T
     for rank, c in enumerate(trainers):
         assert f"--nnodes={T} --node-rank={rank} --nproc-per-node=8 --master-addr=node{R}" in c
-        assert c.endswith("train --no-progress cfg.yaml rollout.engine=sglang "
-                          "rollout.router_url=http://node0:$((PORT_BASE+1)) rollout.weight_sync=nccl train.steps=5")
+        assert c.endswith(
+            "train --no-progress cfg.yaml rollout.engine=sglang "
+            "rollout.router_url=http://node0:$((PORT_BASE+1)) rollout.weight_sync=nccl train.steps=5"
+        )
 
     rc, out, err = cli(capsys, qwen, "--nodes", nodes, "--gpus-per-node", 8)
     assert rc == 0 and err == ""
@@ -160,8 +178,10 @@ def test_disaggregated_layout_and_commands(qwen, capsys, nodes):
 def test_disaggregated_on_one_node_is_refused(qwen, capsys):
     rc, out, err = cli(capsys, qwen, "--nodes", 1)  # default rollout nodes: ceil(1 / 4) = 1
     assert rc == 2 and out == ""
-    assert err == ("chord: launch plan: disaggregated mode needs a training node: 1 rollout node(s) of 1 leave none "
-                   "(use more --nodes, fewer --rollout-nodes, or --mode colocated)\n")
+    assert err == (
+        "chord: launch plan: disaggregated mode needs a training node: 1 rollout node(s) of 1 leave none "
+        "(use more --nodes, fewer --rollout-nodes, or --mode colocated)\n"
+    )
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 4, 16])
@@ -184,16 +204,32 @@ def test_colocated_layout_and_commands(qwen, capsys, nodes):
 
 
 def test_colocated_inprocess_demo_has_no_servers(capsys):
-    rc, out, _ = cli(capsys, ROOT / "configs/demo.yaml", "--nodes", 1, "--gpus-per-node", 2, "--mode", "colocated",
-                     "parallel.tensor=2")  # fmt: skip
+    rc, out, _ = cli(
+        capsys,
+        ROOT / "configs/demo.yaml",
+        "--nodes",
+        1,
+        "--gpus-per-node",
+        2,
+        "--mode",
+        "colocated",
+        "parallel.tensor=2",
+    )
     assert rc == 0
     assert "TP=2 PP=1 VPP=- CP=1 DP=1" in out and "in-process on trainer rank 0" in out
     assert "sglang" not in out.split("commands:")[1]
 
 
 def test_pipeline_and_virtual_stages_on_16_nodes(qwen):
-    p = plan(qwen, "parallel.tensor=4", "parallel.pipeline=2", "parallel.virtual_pipeline=2", "parallel.context=2",
-             nodes=16, gpus_per_node=8)  # fmt: skip
+    p = plan(
+        qwen,
+        "parallel.tensor=4",
+        "parallel.pipeline=2",
+        "parallel.virtual_pipeline=2",
+        "parallel.context=2",
+        nodes=16,
+        gpus_per_node=8,
+    )
     assert (p.layout.tp, p.layout.pp, p.layout.vpp, p.layout.cp) == (4, 2, 2, 2)
     assert p.layout.dp == 12 * 8 // (4 * 2 * 2) == 6
 
@@ -213,26 +249,37 @@ def test_explicit_rollout_nodes_and_script_values(qwen, tmp_path):
 # ----------------------------------------------------------------------------------------------
 REFUSALS = [
     # (extra CLI args / overrides, a fragment of the one-line reason)
-    (["--nodes", 1, "--mode", "colocated", "parallel.pipeline=7"],
-     "TP x PP x CP = 2 x 7 x 1 = 14 does not divide the 8 trainer GPUs"),
-    (["--nodes", 2, "sglang.tp_size=16"],
-     "an SGLang server needs 16 GPUs (sglang TP x DP), which must divide --gpus-per-node=8"),
+    (
+        ["--nodes", 1, "--mode", "colocated", "parallel.pipeline=7"],
+        "TP x PP x CP = 2 x 7 x 1 = 14 does not divide the 8 trainer GPUs",
+    ),
+    (
+        ["--nodes", 2, "sglang.tp_size=16"],
+        "an SGLang server needs 16 GPUs (sglang TP x DP), which must divide --gpus-per-node=8",
+    ),
     (["--nodes", 2, "sglang.tp_size=3"], "an SGLang server needs 3 GPUs"),
     (["--nodes", 2, "--gpus-per-node", 2, "parallel.tensor=4"], "parallel.tensor=4 must divide --gpus-per-node=2"),
     (["--nodes", 2, "--gpus-per-node", 6, "parallel.tensor=4"], "parallel.tensor=4 must divide --gpus-per-node=6"),
     (["--nodes", 2, "--rollout-nodes", 2], "disaggregated mode needs a training node: 2 rollout node(s) of 2"),
     (["--nodes", 4, "--rollout-nodes", 0], "disaggregated mode needs --rollout-nodes >= 1"),
     (["--nodes", 2, "--mode", "colocated", "--rollout-nodes", 1], "--rollout-nodes applies to --mode disaggregated"),
-    (["--nodes", 4, "--mode", "colocated", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2"],
-     "DP=16 ranks but a step can have as few as 4 rows"),
+    (
+        ["--nodes", 4, "--mode", "colocated", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2"],
+        "DP=16 ranks but a step can have as few as 4 rows",
+    ),
     (["--nodes", 1, "--mode", "colocated", "model.vocab_size=151937"], "model.vocab_size=151937 is not divisible"),
-    (["--nodes", 1, "--mode", "colocated", "rollout.weight_sync=nccl"], "rollout.weight_sync=nccl cannot work colocated"),
+    (
+        ["--nodes", 1, "--mode", "colocated", "rollout.weight_sync=nccl"],
+        "rollout.weight_sync=nccl cannot work colocated",
+    ),
     (["--nodes", 2, "sglang.model_path=null"], "sglang.model_path is required"),
     # training memory: TP=1 on 8 GPUs of one node leaves every GPU 7.6B x (2 + 4 + 12 / 8) bytes
     # = 53 GiB, more than the 55.7 GiB left by SGLang's 0.3 once activations are added
-    (["--nodes", 1, "--mode", "colocated", "parallel.tensor=1", "data.max_prompt_tokens=2048"],
-     "estimated training memory"),
-]  # fmt: skip
+    (
+        ["--nodes", 1, "--mode", "colocated", "parallel.tensor=1", "data.max_prompt_tokens=2048"],
+        "estimated training memory",
+    ),
+]
 
 
 @pytest.mark.parametrize("args,reason", REFUSALS, ids=[r[1][:40] for r in REFUSALS])
@@ -264,7 +311,9 @@ def test_memory_refusals_for_a_72b_model(tmp_path, capsys):
     rc, out, _ = cli(capsys, cfg, "--nodes", 8, "--rollout-nodes", 4, "sglang.tp_size=4")
     assert rc == 0 and "TP=8 PP=4 VPP=- CP=1 DP=1" in out
     # TP=8 alone: 72.7B / 8 params per GPU x (2 + 4 + 12 / 4) bytes = 76 GiB before activations
-    rc, _, err = cli(capsys, cfg, "--nodes", 4, "--mode", "colocated", "parallel.pipeline=1", "rollout.engine=inprocess")
+    rc, _, err = cli(
+        capsys, cfg, "--nodes", 4, "--mode", "colocated", "parallel.pipeline=1", "rollout.engine=inprocess"
+    )
     assert rc == 2 and "estimated training memory" in err and "exceeds the 79.6 GiB available" in err, err
 
 
@@ -278,15 +327,48 @@ def test_config_errors_still_come_first(qwen, capsys):
 # ----------------------------------------------------------------------------------------------
 def test_script_env_prints_shell_assignments_and_the_plan_file(qwen, tmp_path, capsys):
     plan_file = tmp_path / "plan.txt"
-    rc = lp.main(["script-env", str(qwen), "train.steps=2", "--nodes", "4", "--gpus-per-node", "8", "--mode",
-                  "disaggregated", "--hosts", "a,b,c,d", "--port-base", "12000", "--plan-file", str(plan_file)])  # fmt: skip
+    rc = lp.main(
+        [
+            "script-env",
+            str(qwen),
+            "train.steps=2",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--mode",
+            "disaggregated",
+            "--hosts",
+            "a,b,c,d",
+            "--port-base",
+            "12000",
+            "--plan-file",
+            str(plan_file),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     env = dict(line.split("=", 1) for line in out.splitlines())
-    assert {k: env[k] for k in ("ROLLOUT_NODES", "TRAIN_NODES", "SERVERS_PER_NODE", "NUM_SERVERS", "ENGINE",
-                                "WEIGHT_SYNC", "SGLANG_GPUS_PER_SERVER")} == {
-        "ROLLOUT_NODES": "1", "TRAIN_NODES": "3", "SERVERS_PER_NODE": "4", "NUM_SERVERS": "4", "ENGINE": "sglang",
-        "WEIGHT_SYNC": "nccl", "SGLANG_GPUS_PER_SERVER": "2"}  # fmt: skip
+    assert {
+        k: env[k]
+        for k in (
+            "ROLLOUT_NODES",
+            "TRAIN_NODES",
+            "SERVERS_PER_NODE",
+            "NUM_SERVERS",
+            "ENGINE",
+            "WEIGHT_SYNC",
+            "SGLANG_GPUS_PER_SERVER",
+        )
+    } == {
+        "ROLLOUT_NODES": "1",
+        "TRAIN_NODES": "3",
+        "SERVERS_PER_NODE": "4",
+        "NUM_SERVERS": "4",
+        "ENGINE": "sglang",
+        "WEIGHT_SYNC": "nccl",
+        "SGLANG_GPUS_PER_SERVER": "2",
+    }
     # values are shell-quoted; the server args round-trip through the shell
     args = shlex.split(shlex.split(env["SGLANG_SERVER_ARGS"])[0])
     assert args == ["--model-path", "/models/qwen2.5-7b", "--tp-size", "2", "--mem-fraction-static", "0.3"]
@@ -294,8 +376,12 @@ def test_script_env_prints_shell_assignments_and_the_plan_file(qwen, tmp_path, c
     text = plan_file.read_text()
     assert "(this job: 12000)" in text and "http://a:12001" in text and "--master-addr=b" in text
     # the shell agrees
-    sh = subprocess.run(["bash", "-c", out + '\nprintf "%s\\n" "$NUM_SERVERS" $SGLANG_SERVER_ARGS'],
-                        capture_output=True, text=True, check=True)  # fmt: skip
+    sh = subprocess.run(
+        ["bash", "-c", out + '\nprintf "%s\\n" "$NUM_SERVERS" $SGLANG_SERVER_ARGS'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert sh.stdout.split()[:3] == ["4", "--model-path", "/models/qwen2.5-7b"]
 
 
@@ -305,8 +391,22 @@ def test_script_env_refusal_is_exit_2(qwen, capsys):
 
 
 def test_cpu_plan_skips_the_gpu_memory_check_and_says_so(tmp_path, capsys):
-    rc = lp.main(["script-env", str(ROOT / "configs/demo.yaml"), "parallel.tensor=2", "--nodes", "1", "--gpus-per-node",
-                  "2", "--mode", "colocated", "--cpu", "--plan-file", str(tmp_path / "p.txt")])  # fmt: skip
+    rc = lp.main(
+        [
+            "script-env",
+            str(ROOT / "configs/demo.yaml"),
+            "parallel.tensor=2",
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "2",
+            "--mode",
+            "colocated",
+            "--cpu",
+            "--plan-file",
+            str(tmp_path / "p.txt"),
+        ]
+    )
     assert rc == 0
     text = (tmp_path / "p.txt").read_text()
     assert "2 CPU processes" in text and "not checked: CPU run" in text
@@ -326,8 +426,15 @@ SCRIPTS = sorted(LAUNCH.glob("*.sbatch")) + sorted(LAUNCH.glob("*.sh"))
 
 def test_the_expected_scripts_exist():
     names = {p.name for p in SCRIPTS}
-    assert {"colocated.sbatch", "disaggregated.sbatch", "bench_kernels.sbatch", "env.sh", "common.sh",
-            "sglang_node.sh", "train_node.sh"} <= names  # fmt: skip
+    assert {
+        "colocated.sbatch",
+        "disaggregated.sbatch",
+        "bench_kernels.sbatch",
+        "env.sh",
+        "common.sh",
+        "sglang_node.sh",
+        "train_node.sh",
+    } <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -344,8 +451,13 @@ def test_script_never_kills_by_name(script):
 
 def test_nccl_settings_live_in_env_sh_only():
     env = (LAUNCH / "env.sh").read_text()
-    for var in ("NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_TIMEOUT", "CUDA_DEVICE_MAX_CONNECTIONS",
-                "TORCH_NCCL_ASYNC_ERROR_HANDLING"):  # fmt: skip
+    for var in (
+        "NCCL_SOCKET_IFNAME",
+        "NCCL_IB_HCA",
+        "NCCL_IB_TIMEOUT",
+        "CUDA_DEVICE_MAX_CONNECTIONS",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    ):
         assert var in env, var
     for script in SCRIPTS:
         if script.name != "env.sh":

@@ -5,6 +5,7 @@
 * algo/ imports no sibling; types.py, config.py and errors.py import only algo/ and errors.py;
 * product code never imports the test fakes (tests/support/), and cli.py is its one entry point.
 """
+
 import ast
 import pathlib
 
@@ -119,4 +120,6 @@ def test_product_code_never_imports_test_fakes_and_has_one_entry_point():
             assert not target.split(".")[0] == "tests", f"{module}:{line} imports {target}"
         source = path.read_text()
         if module != "chord_megatron.cli":
-            assert '__name__ == "__main__"' not in source, f"{module} is a second entry point: make it a chord subcommand"
+            assert '__name__ == "__main__"' not in source, (
+                f"{module} is a second entry point: make it a chord subcommand"
+            )

@@ -1,4 +1,5 @@
 """The "math" reward: math-verify's verdict on tricky answers, and the paper's format penalties."""
+
 import pytest
 
 from chord_megatron.rewards.math_answer import CORRECT, OVERLONG, WRONG_BOXED, WRONG_UNBOXED, last_boxed, math_reward
@@ -54,14 +55,17 @@ def test_correctness_is_math_verify_verdict(gold, response, expected):
     assert (math_reward("", response, {"answer": gold}) == CORRECT) == verdict
 
 
-@pytest.mark.parametrize("response,meta,expected", [
-    ("the answer might be 42 but let me check again wait", {"finish_reason": "length"}, OVERLONG),
-    ("so it is \\boxed{42", {"finish_reason": "length"}, OVERLONG),  # the box never closed
-    ("it is 42 but", {"truncated": True}, OVERLONG),
-    ("\\boxed{42} hmm, double-check", {"finish_reason": "length"}, CORRECT),  # boxed before the cut
-    ("\\boxed{41} hmm, double-check", {"finish_reason": "length"}, WRONG_BOXED),
-    ("it is 41", {"finish_reason": "stop"}, WRONG_UNBOXED),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "response,meta,expected",
+    [
+        ("the answer might be 42 but let me check again wait", {"finish_reason": "length"}, OVERLONG),
+        ("so it is \\boxed{42", {"finish_reason": "length"}, OVERLONG),  # the box never closed
+        ("it is 42 but", {"truncated": True}, OVERLONG),
+        ("\\boxed{42} hmm, double-check", {"finish_reason": "length"}, CORRECT),  # boxed before the cut
+        ("\\boxed{41} hmm, double-check", {"finish_reason": "length"}, WRONG_BOXED),
+        ("it is 41", {"finish_reason": "stop"}, WRONG_UNBOXED),
+    ],
+)
 def test_overlong_without_an_answer(response, meta, expected):
     assert math_reward("", response, {"answer": "42", **meta}) == expected
 

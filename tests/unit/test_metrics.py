@@ -1,4 +1,5 @@
 """Metrics: JSONL records, TensorBoard scalars, and truncation on resume."""
+
 import torch
 
 from chord_megatron.metrics.logger import MetricsLogger, read_metrics

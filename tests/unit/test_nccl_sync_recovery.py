@@ -4,18 +4,20 @@ The failed group is aborted, but torch still knows its name ("The specified grou
 already been created") and its rendezvous store may still hold the port, so the reconnect must
 use a fresh group name and a fresh port. Over gloo, against a fake worker that joins with SGLang's
 own init_custom_process_group and refuses only the first announcement."""
+
 import pytest
 import torch
 
-from tests.support import fake_sglang, sglang_contract
-from tests.support.fake_sglang import stats
 from chord_megatron.net import free_port
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
 from chord_megatron.rollout.sglang.engine import SGLangEngine
 from chord_megatron.weight_sync.nccl import NcclSync
+from tests.support import fake_sglang, sglang_contract
+from tests.support.fake_sglang import stats
 
-needs_wheel = pytest.mark.skipif(not sglang_contract.available(),
-                                 reason="needs `pip install --no-deps sglang==0.5.23` and msgspec")
+needs_wheel = pytest.mark.skipif(
+    not sglang_contract.available(), reason="needs `pip install --no-deps sglang==0.5.23` and msgspec"
+)
 
 
 @needs_wheel

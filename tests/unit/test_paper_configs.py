@@ -4,6 +4,7 @@ architectures of Qwen2.5-7B-Instruct and Llama-3.2-3B-Instruct.
 The architecture check runs the same code a run does (hf.config.check_model_config) against the
 models' actual config.json contents, reproduced below from the Hugging Face model repositories
 (Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.2-3B-Instruct)."""
+
 import json
 import math
 from pathlib import Path
@@ -11,31 +12,68 @@ from pathlib import Path
 import pytest
 
 from chord_megatron.algo import mu_schedule
-from chord_megatron.data.batch import expert_rows_per_step
 from chord_megatron.config import load_config
+from chord_megatron.data.batch import expert_rows_per_step
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
 
 QWEN25_7B_INSTRUCT = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-    "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944,
-    "max_position_embeddings": 32768, "max_window_layers": 28, "model_type": "qwen2", "num_attention_heads": 28,
-    "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
-    "use_sliding_window": False, "vocab_size": 152064,
-}  # fmt: skip
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "model_type": "qwen2",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 152064,
+}
 LLAMA32_3B_INSTRUCT = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
-    "eos_token_id": [128001, 128008, 128009], "head_dim": 128, "hidden_act": "silu", "hidden_size": 3072,
-    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False,
-    "model_type": "llama", "num_attention_heads": 24, "num_hidden_layers": 28, "num_key_value_heads": 8,
-    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 3072,
+    "initializer_range": 0.02,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 24,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
     "vocab_size": 128256,
-}  # fmt: skip
+}
 
 
 def kind_of(path: Path) -> str:
@@ -55,7 +93,9 @@ def test_model_section_is_the_real_architecture(path, tmp_path):
     from chord_megatron.hf.config import check_model_config
 
     cfg = load_config(path)
-    (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B_INSTRUCT if kind_of(path) == "math" else LLAMA32_3B_INSTRUCT))
+    (tmp_path / "config.json").write_text(
+        json.dumps(QWEN25_7B_INSTRUCT if kind_of(path) == "math" else LLAMA32_3B_INSTRUCT)
+    )
     check_model_config(cfg.model, tmp_path)  # raises ConfigError naming the first key that differs
     assert cfg.sglang["model_path"] == cfg.model.hf_path
     assert cfg.model.max_seq_length >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
@@ -87,15 +127,18 @@ def test_published_hyperparameters(path):
     if variant == "phi":  # constant mu = 0.1, phi = p(1 - p)
         assert (a.mu.warmup, a.mu.decay, a.mu.peak, a.mu.valley, a.token_weight) == (0, 0, 0.1, 0.1, "p1mp")
     m = a.mu
-    schedule = [mu_schedule(s, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley) for s in (0, m.decay, 10**4)]
+    schedule = [
+        mu_schedule(s, warmup=m.warmup, decay=m.decay, peak=m.peak, valley=m.valley) for s in (0, m.decay, 10**4)
+    ]
     assert math.isclose(schedule[0], m.peak) and math.isclose(schedule[1], m.valley) and schedule[2] == m.valley
     assert not (m.adaptive or m.sft_steps)
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
 def test_parallel_layout_fits_h100_nodes(path):
-    from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: F401 - fields below
     import dataclasses
+
+    from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: F401 - fields below
 
     cfg = load_config(path)
     p, m = cfg.parallel, cfg.model

@@ -1,4 +1,5 @@
 """The README's layout tree names every file of the package, and only files that exist."""
+
 import pathlib
 import re
 
@@ -26,8 +27,11 @@ def _tree():
 def test_the_layout_tree_matches_the_package():
     named = {p for p in _tree() if p.startswith("chord_megatron")}
     package = ROOT / "chord_megatron"
-    actual = {str(p.relative_to(ROOT)) for p in package.rglob("*") if "__pycache__" not in p.parts
-              and (p.is_dir() or p.suffix == ".py")} | {"chord_megatron"}  # fmt: skip
+    actual = {
+        str(p.relative_to(ROOT))
+        for p in package.rglob("*")
+        if "__pycache__" not in p.parts and (p.is_dir() or p.suffix == ".py")
+    } | {"chord_megatron"}
     assert sorted(named - actual) == [], "the README names files that do not exist"
     assert sorted(actual - named) == [], "files missing from the README's layout tree"
 

@@ -1,4 +1,5 @@
 """Comparison table and curves from metrics records."""
+
 import math
 
 from chord_megatron.metrics.report import comparison_table, last, plot_curves

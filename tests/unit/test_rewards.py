@@ -1,6 +1,7 @@
 """Reward registry and the process-pool runner: values, and failures that name function and sample.
 
 The reward functions below live at module level so spawned workers can import them by name."""
+
 import time
 
 import pytest
@@ -40,15 +41,18 @@ def nan_reward(prompt, response, metadata):
     return float("nan") if response == "n" else (True if response == "b" else 2)
 
 
-@pytest.mark.parametrize("response,answer,expected", [
-    ("so the answer is 42", 42, 1.0),
-    ("first 3 then 4, finally \\boxed{7}", "7", 1.0),
-    ("\\boxed{1,000}", 1000, 1.0),
-    ("it is 2.50", "2.5", 1.0),
-    ("12 apples and 13 pears", "12", 0.0),  # the LAST number counts
-    ("no number here", "3", 0.0),
-    ("-5", -5, 1.0),
-])
+@pytest.mark.parametrize(
+    "response,answer,expected",
+    [
+        ("so the answer is 42", 42, 1.0),
+        ("first 3 then 4, finally \\boxed{7}", "7", 1.0),
+        ("\\boxed{1,000}", 1000, 1.0),
+        ("it is 2.50", "2.5", 1.0),
+        ("12 apples and 13 pears", "12", 0.0),  # the LAST number counts
+        ("no number here", "3", 0.0),
+        ("-5", -5, 1.0),
+    ],
+)
 def test_exact_match(response, answer, expected):
     assert exact_match("q", response, {"answer": answer}) == expected
 
@@ -79,7 +83,9 @@ def test_runner_by_registered_name():
 
 def test_raising_reward_names_function_and_sample():
     with RewardRunner(raising_reward, num_workers=2, timeout_s=5) as run:
-        with pytest.raises(RewardError, match=r"reward 'raising_reward' failed on sample 2: raised ValueError: cannot parse boom") as e:
+        with pytest.raises(
+            RewardError, match=r"reward 'raising_reward' failed on sample 2: raised ValueError: cannot parse boom"
+        ) as e:
             run(["p"] * 3, ["ok", "ok", "boom"], [{}] * 3)
         assert e.value.index == 2
         assert run(["p"], ["ok"], [{}]) == [1.0]  # the pool comes back after a failure
@@ -96,11 +102,14 @@ def test_hanging_reward_times_out_with_its_index(fn):
         assert run(["p"], ["fine"], [{}]) == [0.5]
 
 
-@pytest.mark.parametrize("fn,response,needle", [
-    (str_reward, "s", r"sample 0: returned '1.0' \(str\), expected a number"),
-    (nan_reward, "n", r"sample 0: returned nan, expected a finite number"),
-    (nan_reward, "b", r"sample 0: returned True \(bool\), expected a number"),
-])
+@pytest.mark.parametrize(
+    "fn,response,needle",
+    [
+        (str_reward, "s", r"sample 0: returned '1.0' \(str\), expected a number"),
+        (nan_reward, "n", r"sample 0: returned nan, expected a finite number"),
+        (nan_reward, "b", r"sample 0: returned True \(bool\), expected a number"),
+    ],
+)
 def test_non_numbers_are_refused(fn, response, needle):
     with RewardRunner(fn, num_workers=1, timeout_s=5) as run:
         with pytest.raises(RewardError, match=needle):

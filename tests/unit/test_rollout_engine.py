@@ -1,4 +1,5 @@
 """The RolloutEngine contract helpers: SamplingParams checks and sample-coverage checks."""
+
 import pytest
 
 from chord_megatron.config import RolloutConfig
@@ -7,7 +8,9 @@ from chord_megatron.types import Rollout
 
 
 def _r(p, s):
-    return Rollout(prompt_ids=[1], response_ids=[2], logprobs=[-0.1], finish_reason="stop", prompt_index=p, sample_index=s)
+    return Rollout(
+        prompt_ids=[1], response_ids=[2], logprobs=[-0.1], finish_reason="stop", prompt_index=p, sample_index=s
+    )
 
 
 def test_sampling_params_from_config():
@@ -15,8 +18,15 @@ def test_sampling_params_from_config():
     assert (sp.max_new_tokens, sp.temperature, sp.top_p, sp.stop_token_ids) == (12, 0.7, 0.9, (5,))
 
 
-@pytest.mark.parametrize("kw", [dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=0.0),
-                                dict(max_new_tokens=4, top_p=0.0), dict(max_new_tokens=4, top_p=1.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_new_tokens=0),
+        dict(max_new_tokens=4, temperature=0.0),
+        dict(max_new_tokens=4, top_p=0.0),
+        dict(max_new_tokens=4, top_p=1.5),
+    ],
+)
 def test_sampling_params_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         SamplingParams(**kw)

@@ -1,5 +1,6 @@
 """The in-process (transformers) engine: log-probs equal a teacher-forced forward, sampling
 controls are honoured, reproducible with a seed, and weight updates take effect (tied too)."""
+
 import math
 
 import pytest
@@ -11,8 +12,15 @@ from chord_megatron.rollout.inprocess import InProcessEngine, build_hf_model, te
 
 pytest.importorskip("transformers")
 
-TINY = dict(num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4, num_query_groups=2,
-            vocab_size=64, max_seq_length=128)
+TINY = dict(
+    num_layers=2,
+    hidden_size=64,
+    ffn_hidden_size=176,
+    num_attention_heads=4,
+    num_query_groups=2,
+    vocab_size=64,
+    max_seq_length=128,
+)
 PROMPTS = [[3, 17, 5, 9], [8, 1], [40, 41, 42, 43, 44, 45]]
 
 
@@ -94,7 +102,9 @@ def test_stop_token_ends_response_and_is_kept(model):
 def test_engine_eos_token_stops(model):
     free = InProcessEngine(model).generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=8, seed=5))[0]
     eos = free.response_ids[0]
-    r = InProcessEngine(model, eos_token_ids=[eos]).generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=8, seed=5))[0]
+    r = InProcessEngine(model, eos_token_ids=[eos]).generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=8, seed=5))[
+        0
+    ]
     assert r.response_ids == [eos] and r.finish_reason == "stop"
 
 
@@ -104,7 +114,7 @@ def test_tiny_top_p_is_greedy(model):
         ids = torch.tensor([x.prompt_ids + x.response_ids])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0]
-        greedy = logits[len(x.prompt_ids) - 1:-1].argmax(-1).tolist()
+        greedy = logits[len(x.prompt_ids) - 1 : -1].argmax(-1).tolist()
         assert x.response_ids == greedy
     # Log-probs are of the full distribution at T, not renormalised over the top-p set.
     assert all(lp < 0 for lp in r[0].logprobs)
@@ -143,7 +153,9 @@ def test_update_weights_makes_engine_serve_new_model(tied):
     for r in after:  # served log-probs now match the NEW model's forward
         ref = teacher_forced_logprobs(new, r.prompt_ids, r.response_ids)
         assert (torch.tensor(r.logprobs) - ref).abs().max().item() < 1e-5
-    assert [r.response_ids for r in after] == [r.response_ids for r in InProcessEngine(new).generate(PROMPTS[:1], 2, sp)]
+    assert [r.response_ids for r in after] == [
+        r.response_ids for r in InProcessEngine(new).generate(PROMPTS[:1], 2, sp)
+    ]
 
 
 def test_tied_lm_head_alone_updates_the_embedding():
@@ -163,10 +175,13 @@ def test_tied_lm_head_that_differs_is_refused_untouched():
     assert torch.equal(old.model.embed_tokens.weight, before)
 
 
-@pytest.mark.parametrize("bad,needle", [
-    (("model.layers.9.mlp.up_proj.weight", torch.zeros(176, 64)), "unknown parameter names"),
-    (("model.norm.weight", torch.zeros(65)), r"shape \(65,\)"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        (("model.layers.9.mlp.up_proj.weight", torch.zeros(176, 64)), "unknown parameter names"),
+        (("model.norm.weight", torch.zeros(65)), r"shape \(65,\)"),
+    ],
+)
 def test_update_weights_rejects_bad_names_and_shapes_atomically(bad, needle):
     old, _ = _fresh(False)
     norm_before = old.model.norm.weight.detach().clone()

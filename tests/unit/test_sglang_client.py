@@ -2,6 +2,7 @@
 coverage of every sample, retries, failover, timeouts, flush/abort/pause, weight-update sessions.
 
 Every worker is a subprocess that exits by itself (--max-lifetime-s) and is stopped by PID."""
+
 import dataclasses
 import json
 import threading
@@ -10,15 +11,15 @@ import urllib.request
 
 import pytest
 
-from tests.support import fake_sglang
-from tests.support import sglang_contract
-from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.engine import RolloutError, SamplingParams
+from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
 from chord_megatron.rollout.sglang.engine import SGLangEngine
+from tests.support import fake_sglang, sglang_contract
 
-needs_wheel = pytest.mark.skipif(not sglang_contract.available(),
-                                 reason="needs `pip install --no-deps sglang==0.5.23` and msgspec")
+needs_wheel = pytest.mark.skipif(
+    not sglang_contract.available(), reason="needs `pip install --no-deps sglang==0.5.23` and msgspec"
+)
 SP = SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=(fake_sglang.EOS,))
 PROMPTS = [[i + 1, 7, 3 * i] for i in range(6)]
 
@@ -52,7 +53,9 @@ def stats(worker):
 def assert_answers_its_prompt(rollouts, vocab=64):
     """Each response is the one the fake draws for (its prompt, its sample index)."""
     for r in rollouts:
-        toks, finish = fake_sglang.sample_tokens(r.prompt_ids, r.sample_index, SP.max_new_tokens, list(SP.stop_token_ids), vocab)
+        toks, finish = fake_sglang.sample_tokens(
+            r.prompt_ids, r.sample_index, SP.max_new_tokens, list(SP.stop_token_ids), vocab
+        )
         assert r.response_ids == toks, (r.prompt_index, r.sample_index)
         assert r.finish_reason == finish["type"]
         assert r.logprobs == [pytest.approx(fake_sglang.token_logprob(t, k)) for k, t in enumerate(toks)]
@@ -63,8 +66,11 @@ def test_fake_worker_speaks_sglang_types(fakes):
     api = sglang_contract.load_api_types()
     (w,) = fakes(1)
     for n in (1, 3):
-        req = urllib.request.Request(w.url + "/generate", data=json.dumps(proto.generate_body([5, 6], SP, n)).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            w.url + "/generate",
+            data=json.dumps(proto.generate_body([5, 6], SP, n)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             payload = json.loads(r.read())
         items = payload if isinstance(payload, list) else [payload]
@@ -99,7 +105,9 @@ def test_malformed_json_is_retried(fakes):
 def test_malformed_forever_fails_naming_the_server(fakes):
     (w,) = fakes(1, w0=["--malformed", "1000"])
     with engine_for([w], max_retries=2) as eng:
-        with pytest.raises(RolloutError, match=rf"prompt 0: /generate failed 3 times: {w.url}: malformed answer: not JSON"):
+        with pytest.raises(
+            RolloutError, match=rf"prompt 0: /generate failed 3 times: {w.url}: malformed answer: not JSON"
+        ):
             eng.generate(PROMPTS[:1], 2, SP)
 
 
@@ -206,7 +214,9 @@ def test_weight_update_session_tensor_route_and_versions(fakes):
         paths = [p for p, _ in stats(ws[0])["requests"]]
         assert paths[:3] == ["/begin_weight_update", "/update_weights_from_tensor", "/end_weight_update"]
         # Outside a session SGLang refuses the tensor route; the error names the worker and why.
-        with pytest.raises(SGLangError, match=rf"{ws[0].url}/update_weights_from_tensor failed: call /begin_weight_update"):
+        with pytest.raises(
+            SGLangError, match=rf"{ws[0].url}/update_weights_from_tensor failed: call /begin_weight_update"
+        ):
             eng.run(c.update_weights_from_tensor(ws[0].url, ["aGVsbG8="], weight_version="6"))
 
 

@@ -2,15 +2,15 @@
 dp_size > 1 (its tokenizer_control_mixin asserts dp_size == 1), and with pp_size > 1 two of a
 server's GPUs take the same rank in the update group (rank_offset + tp_rank). Config validation
 and `chord launch plan` refuse both, in one line naming the alternative; disk sync stays allowed."""
+
 import ast
 
 import pytest
 
-from tests.support import sglang_contract
 from chord_megatron.cli import main
 from chord_megatron.config import ConfigError, load_config
+from tests.support import sglang_contract
 from tests.unit.test_launch_plan import QWEN7B
-
 
 SGLANG = ["rollout.engine=sglang"]
 
@@ -28,8 +28,7 @@ def test_the_wheel_still_asserts_dp_size_1_on_weight_updates():
 
 
 @pytest.mark.parametrize("sync", ["nccl", "tensor"])
-@pytest.mark.parametrize("key,alternative", [("dp_size", "dp_size=1 and several servers"),
-                                             ("pp_size", "pp_size=1")])
+@pytest.mark.parametrize("key,alternative", [("dp_size", "dp_size=1 and several servers"), ("pp_size", "pp_size=1")])
 def test_config_refuses_dp_or_pp_with_nccl_or_tensor_sync(tmp_path, sync, key, alternative):
     with pytest.raises(ConfigError) as e:
         load_config(None, SGLANG + ["sglang.model_path=/m", f"sglang.{key}=2", f"rollout.weight_sync={sync}"])
@@ -52,12 +51,15 @@ def plan_cli(capsys, path, *args):
     return rc, captured.out, captured.err
 
 
-@pytest.mark.parametrize("overrides,reason", [
-    # disaggregated: the plan turns tensor into nccl, which the config (engine inprocess) never checked
-    (["--nodes", 2, "sglang.dp_size=2"], "sglang.dp_size=2: SGLang refuses weight updates by nccl"),
-    (["--nodes", 2, "sglang.pp_size=2"], "sglang.pp_size=2: with pipeline stages"),
-    (["--nodes", 2, "sglang.dp_size=2", "rollout.weight_sync=disk"], None),  # disk sync works with DP
-])
+@pytest.mark.parametrize(
+    "overrides,reason",
+    [
+        # disaggregated: the plan turns tensor into nccl, which the config (engine inprocess) never checked
+        (["--nodes", 2, "sglang.dp_size=2"], "sglang.dp_size=2: SGLang refuses weight updates by nccl"),
+        (["--nodes", 2, "sglang.pp_size=2"], "sglang.pp_size=2: with pipeline stages"),
+        (["--nodes", 2, "sglang.dp_size=2", "rollout.weight_sync=disk"], None),  # disk sync works with DP
+    ],
+)
 def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, overrides, reason):
     path = tmp_path / "qwen.yaml"
     path.write_text(QWEN7B)
@@ -75,18 +77,21 @@ def test_attached_servers_with_dp_are_refused_before_a_session_opens(tmp_path, t
     """Servers given by URL are described by their /server_info, not by the config."""
     import torch
 
-    from tests.support import fake_sglang
     from chord_megatron.net import free_port
     from chord_megatron.rollout.sglang.client import SGLangClient
     from chord_megatron.rollout.sglang.engine import SGLangEngine
     from chord_megatron.weight_sync.buckets import WeightSyncError
     from chord_megatron.weight_sync.nccl import NcclSync
     from chord_megatron.weight_sync.tensor import TensorSync
+    from tests.support import fake_sglang
 
     with fake_sglang.running(1, tmp_path, {0: ["--dp-size", "2"]}) as (w,):
         sync = TensorSync() if transport == "tensor" else NcclSync("127.0.0.1", free_port(), backend="gloo")
         with SGLangEngine(SGLangClient([w.url], [w.url], backoff_s=0.05), weight_sync=sync) as eng:
-            with pytest.raises(WeightSyncError, match=rf"{w.url} runs with dp_size=2: SGLang refuses weight updates "
-                                                      rf"by {transport}.*rollout.weight_sync=disk"):
+            with pytest.raises(
+                WeightSyncError,
+                match=rf"{w.url} runs with dp_size=2: SGLang refuses weight updates "
+                rf"by {transport}.*rollout.weight_sync=disk",
+            ):
                 eng.update_weights([("model.norm.weight", torch.ones(4))], "1")
         assert fake_sglang.stats(w)["requests"] == []  # no session, no group: nothing to clean up on the server

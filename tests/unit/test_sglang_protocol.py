@@ -1,15 +1,15 @@
 """SGLang 0.5.23 wire format: request bodies checked against SGLang's own types from the pinned
 wheel (installed with `pip install --no-deps sglang==0.5.23 msgspec`), and the response parser
 fed answers encoded by SGLang's own response types."""
+
 import json
 import math
 
 import pytest
 
-from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.engine import SamplingParams
+from chord_megatron.rollout.sglang import protocol as proto
 from chord_megatron.rollout.sglang.protocol import MalformedResponse
-
 from tests.support import sglang_contract as contract
 
 if not contract.available():  # pragma: no cover - the install step was left out
@@ -48,8 +48,11 @@ BODIES = {
     "end_weight_update": proto.end_weight_update_body(),
     "update_weights_from_tensor": proto.update_weights_from_tensor_body(["aGVsbG8=", "d29ybGQ="], weight_version="7"),
     "update_weights_from_distributed": proto.update_weights_from_distributed_body(
-        ["model.embed_tokens.weight", "lm_head.weight"], ["torch.bfloat16", "float32"], [[64, 8], [64, 8]],
-        weight_version="7"),
+        ["model.embed_tokens.weight", "lm_head.weight"],
+        ["torch.bfloat16", "float32"],
+        [[64, 8], [64, 8]],
+        weight_version="7",
+    ),
     "update_weights_from_disk": proto.update_weights_from_disk_body("/ckpt/step7", weight_version="7"),
     "init_weights_update_group": proto.init_weights_update_group_body("10.0.0.1", 29555, 1, 9),
     "destroy_weights_update_group": proto.destroy_weights_update_group_body(),
@@ -70,20 +73,32 @@ def test_every_body_route_has_a_checked_builder():
 def test_generate_body_contents():
     b = BODIES["generate"]
     assert b["input_ids"] == [1, 2, 3] and b["return_logprob"] is True
-    assert b["sampling_params"] == {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.95, "n": 4,
-                                    "stop_token_ids": [2, 7]}
+    assert b["sampling_params"] == {
+        "max_new_tokens": 16,
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "n": 4,
+        "stop_token_ids": [2, 7],
+    }
     assert BODIES["update_weights_from_distributed"]["dtypes"] == ["bfloat16", "float32"]
 
 
-@pytest.mark.parametrize("route,body,needle", [
-    ("generate", {"input_ids": [1], "sampling_params": {"max_tokens": 3}}, "unknown field `max_tokens`"),
-    ("generate", {"input_ids": [1], "sampling_params": {"temperature": "hot"}}, "expected f64"),
-    ("update_weights_from_tensor", {"serialized_named_tensors": ["aGk="], "weight_versoin": "1"}, "weight_versoin"),
-    ("update_weights_from_tensor", {"serialized_named_tensors": ["not base64!"]}, "base64"),
-    ("update_weights_from_distributed", {"names": ["a"], "dtypes": ["float32"]}, "shapes"),
-    ("init_weights_update_group", {"master_address": "h", "master_port": "1", "rank_offset": 1, "world_size": 2}, "int"),
-    ("pause_generation", {"mode": "stop"}, "stop"),
-])
+@pytest.mark.parametrize(
+    "route,body,needle",
+    [
+        ("generate", {"input_ids": [1], "sampling_params": {"max_tokens": 3}}, "unknown field `max_tokens`"),
+        ("generate", {"input_ids": [1], "sampling_params": {"temperature": "hot"}}, "expected f64"),
+        ("update_weights_from_tensor", {"serialized_named_tensors": ["aGk="], "weight_versoin": "1"}, "weight_versoin"),
+        ("update_weights_from_tensor", {"serialized_named_tensors": ["not base64!"]}, "base64"),
+        ("update_weights_from_distributed", {"names": ["a"], "dtypes": ["float32"]}, "shapes"),
+        (
+            "init_weights_update_group",
+            {"master_address": "h", "master_port": "1", "rank_offset": 1, "world_size": 2},
+            "int",
+        ),
+        ("pause_generation", {"mode": "stop"}, "stop"),
+    ],
+)
 def test_contract_check_rejects_what_sglang_rejects(route, body, needle):
     with pytest.raises(contract.ContractError, match=needle):
         contract.validate_request(route, body)
@@ -103,8 +118,13 @@ def test_builders_refuse_inconsistent_input():
 # ----------------------------------------------------------------------------------------------
 def _resp(tokens, logprobs, finish, version="v3"):
     meta = api.GenerateMetaInfo(
-        id="r", prompt_tokens=3, completion_tokens=len(tokens), finish_reason=finish, weight_version=version,
-        output_token_logprobs=[api.LogprobEntry(logprob=lp, token_id=t, text=None) for lp, t in zip(logprobs, tokens)])
+        id="r",
+        prompt_tokens=3,
+        completion_tokens=len(tokens),
+        finish_reason=finish,
+        weight_version=version,
+        output_token_logprobs=[api.LogprobEntry(logprob=lp, token_id=t, text=None) for lp, t in zip(logprobs, tokens)],
+    )
     return api.GenerateResponse(text="", output_ids=list(tokens), meta_info=meta).to_json_value()
 
 
@@ -123,24 +143,32 @@ def test_parse_batched_list_keeps_order():
     assert out[2].logprobs[0] == pytest.approx(-0.3)
 
 
-@pytest.mark.parametrize("finish,expected", [
-    (api.FinishStop(matched=2), "stop"),
-    (api.FinishStop(matched="</s>"), "stop"),
-    (api.FinishStop(matched=[2, 3]), "stop"),
-    (api.FinishLength(length=2), "length"),
-    (api.FinishAbort(message="Abort request", status_code=200), "abort"),
-])
+@pytest.mark.parametrize(
+    "finish,expected",
+    [
+        (api.FinishStop(matched=2), "stop"),
+        (api.FinishStop(matched="</s>"), "stop"),
+        (api.FinishStop(matched=[2, 3]), "stop"),
+        (api.FinishLength(length=2), "length"),
+        (api.FinishAbort(message="Abort request", status_code=200), "abort"),
+    ],
+)
 def test_parse_every_typed_finish_reason(finish, expected):
     (s,) = proto.parse_generate_response(_resp([4, 2], [-0.1, -0.2], finish), 1, max_new_tokens=8)
     assert s.finish_reason == expected
 
 
-@pytest.mark.parametrize("raw,n_tokens,expected", [
-    ("stop", 2, "stop"), ("length", 8, "length"), ("abort", 1, "abort"),
-    ({"type": "stop", "matched": None}, 2, "stop"),
-    (None, 8, "length"),  # null with the budget used up: it ran out of tokens
-    (None, 3, "abort"),   # null otherwise: unknown ending, never trained on as complete
-])
+@pytest.mark.parametrize(
+    "raw,n_tokens,expected",
+    [
+        ("stop", 2, "stop"),
+        ("length", 8, "length"),
+        ("abort", 1, "abort"),
+        ({"type": "stop", "matched": None}, 2, "stop"),
+        (None, 8, "length"),  # null with the budget used up: it ran out of tokens
+        (None, 3, "abort"),  # null otherwise: unknown ending, never trained on as complete
+    ],
+)
 def test_finish_reason_untyped_forms(raw, n_tokens, expected):
     assert proto.normalize_finish_reason(raw, n_tokens, max_new_tokens=8)[0] == expected
 
@@ -166,14 +194,20 @@ def test_output_ids_may_be_absent():
     assert s.output_ids == [4, 5]
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda p: [p, p], "2 samples, expected 1"),
-    (lambda p: {**p, "output_ids": [4, 6]}, "disagree"),
-    (lambda p: {**p, "meta_info": {**p["meta_info"], "output_token_logprobs": None}}, "return_logprob"),
-    (lambda p: {**p, "meta_info": {**p["meta_info"], "output_token_logprobs": [[-0.1, 4], [-0.2, 5, None]]}}, r"\[0\]"),
-    (lambda p: {k: v for k, v in p.items() if k != "meta_info"}, "meta_info"),
-    (lambda p: "hello", "expected an object or a list"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda p: [p, p], "2 samples, expected 1"),
+        (lambda p: {**p, "output_ids": [4, 6]}, "disagree"),
+        (lambda p: {**p, "meta_info": {**p["meta_info"], "output_token_logprobs": None}}, "return_logprob"),
+        (
+            lambda p: {**p, "meta_info": {**p["meta_info"], "output_token_logprobs": [[-0.1, 4], [-0.2, 5, None]]}},
+            r"\[0\]",
+        ),
+        (lambda p: {k: v for k, v in p.items() if k != "meta_info"}, "meta_info"),
+        (lambda p: "hello", "expected an object or a list"),
+    ],
+)
 def test_malformed_answers_are_rejected(mutate, needle):
     payload = mutate(_resp([4, 5], [-0.1, -0.2], api.FinishLength(length=2)))
     with pytest.raises(MalformedResponse, match=needle):
@@ -185,14 +219,17 @@ def test_non_json_body():
         proto.parse_json('{"text": "x", "meta_info": {"id": ')
 
 
-@pytest.mark.parametrize("body,expected", [
-    ('{"error": {"message": "prompt too long"}}', "prompt too long"),
-    ('{"error": "unknown field `max_tokens`"}', "unknown field `max_tokens`"),
-    ('{"detail": "Not Found"}', "Not Found"),
-    ('{"success": false, "message": "call begin_weight_update first"}', "call begin_weight_update first"),
-    ("Flush cache failed: there are running requests.\n", "Flush cache failed: there are running requests."),
-    ("", "(empty body)"),
-])
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ('{"error": {"message": "prompt too long"}}', "prompt too long"),
+        ('{"error": "unknown field `max_tokens`"}', "unknown field `max_tokens`"),
+        ('{"detail": "Not Found"}', "Not Found"),
+        ('{"success": false, "message": "call begin_weight_update first"}', "call begin_weight_update first"),
+        ("Flush cache failed: there are running requests.\n", "Flush cache failed: there are running requests."),
+        ("", "(empty body)"),
+    ],
+)
 def test_error_bodies(body, expected):
     assert proto.error_message(body) == expected
 

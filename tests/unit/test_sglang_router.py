@@ -5,6 +5,7 @@ starting, one dying mid-rollout, one answering malformed JSON, and all of them d
 The rollout must either complete with every (prompt, sample) exactly once and each response the
 one its prompt gets, or fail with an error naming the server. Every process is started here,
 stopped by PID at teardown, and exits by itself after --max-lifetime-s anyway."""
+
 import json
 import os
 import shutil
@@ -13,11 +14,11 @@ import urllib.request
 
 import pytest
 
-from tests.support import fake_sglang
 from chord_megatron.rollout.engine import RolloutError, SamplingParams
-from chord_megatron.rollout.sglang.router import router_workers, start_router, wait_router_ready
 from chord_megatron.rollout.sglang.client import SGLangClient
 from chord_megatron.rollout.sglang.engine import SGLangEngine
+from chord_megatron.rollout.sglang.router import router_workers, start_router, wait_router_ready
+from tests.support import fake_sglang
 
 pytest.importorskip("sglang_router", reason="needs the sglang-router wheel (the Rust gateway)")
 pytestmark = pytest.mark.slow
@@ -42,12 +43,19 @@ def cluster(tmp_path):
     started = []
 
     def launch(n=2, min_healthy=None, **per_worker):
-        args = {i: ["--max-lifetime-s", "90", "--model-path", str(tmp_path), *per_worker.get(f"w{i}", [])]
-                for i in range(n)}
+        args = {
+            i: ["--max-lifetime-s", "90", "--model-path", str(tmp_path), *per_worker.get(f"w{i}", [])] for i in range(n)
+        }
         workers = fake_sglang.launch_fake_workers(n, tmp_path, args)
         started.extend(workers)
-        router = start_router([w.url for w in workers], options=ROUTER_OPTIONS, log_dir=tmp_path, timeout_s=30,
-                              env=ROUTER_ENV, min_healthy=min_healthy)
+        router = start_router(
+            [w.url for w in workers],
+            options=ROUTER_OPTIONS,
+            log_dir=tmp_path,
+            timeout_s=30,
+            env=ROUTER_ENV,
+            min_healthy=min_healthy,
+        )
         started.append(router)
         return router, workers
 
@@ -159,7 +167,9 @@ def test_router_binary_is_the_rust_gateway():
     cmd = router_command(["http://127.0.0.1:1"], host="127.0.0.1", port=2)
     assert cmd[1:3] == ["-m", "sglang_router.launch_router"]
     assert "--prometheus-port" in cmd and cmd[cmd.index("--prometheus-host") + 1] == "127.0.0.1"
-    assert os.path.exists(os.path.join(os.path.dirname(sglang_router.__file__), "sglang_router_rs.abi3.so")) or shutil.which("smg")
+    assert os.path.exists(
+        os.path.join(os.path.dirname(sglang_router.__file__), "sglang_router_rs.abi3.so")
+    ) or shutil.which("smg")
 
 
 def test_deploy_over_running_servers_then_attach(tmp_path):
@@ -167,11 +177,15 @@ def test_deploy_over_running_servers_then_attach(tmp_path):
     from chord_megatron.rollout.sglang.router import deploy
 
     workers = fake_sglang.launch_fake_workers(
-        2, tmp_path, {i: ["--max-lifetime-s", "60", "--model-path", str(tmp_path)] for i in range(2)})
+        2, tmp_path, {i: ["--max-lifetime-s", "60", "--model-path", str(tmp_path)] for i in range(2)}
+    )
     urls = [w.url for w in workers]
     try:
-        dep = deploy(RolloutConfig(engine="sglang", server_urls=urls, startup_timeout_s=30),
-                     {"router": dict(ROUTER_OPTIONS)}, log_dir=tmp_path)
+        dep = deploy(
+            RolloutConfig(engine="sglang", server_urls=urls, startup_timeout_s=30),
+            {"router": dict(ROUTER_OPTIONS)},
+            log_dir=tmp_path,
+        )
         try:
             assert dep.worker_urls == urls and len(dep.processes) == 1 and dep.generate_urls == [dep.router_url]
             attached = deploy(RolloutConfig(engine="sglang", router_url=dep.router_url), {}, log_dir=tmp_path)
@@ -192,7 +206,13 @@ def test_command_lines():
     from chord_megatron.rollout.sglang.router import cli_flags, server_command
 
     assert cli_flags({"tp_size": 2, "enable_metrics": True, "disable_x": False, "y": None, "urls": ["a", "b"]}) == [
-        "--tp-size", "2", "--enable-metrics", "--urls", "a", "b"]
+        "--tp-size",
+        "2",
+        "--enable-metrics",
+        "--urls",
+        "a",
+        "b",
+    ]
     cmd = server_command(host="127.0.0.1", port=30001, options={"model_path": "/m", "tp_size": 2})
     assert cmd[1:3] == ["-m", "sglang.launch_server"] and cmd[-4:] == ["--model-path", "/m", "--tp-size", "2"]
     with pytest.raises(Exception, match="model_path"):
@@ -205,10 +225,18 @@ def test_engine_from_config_serves_and_syncs_by_disk(tmp_path):
     from chord_megatron.config import load_config
 
     workers = fake_sglang.launch_fake_workers(
-        2, tmp_path, {i: ["--max-lifetime-s", "60", "--model-path", str(tmp_path)] for i in range(2)})
+        2, tmp_path, {i: ["--max-lifetime-s", "60", "--model-path", str(tmp_path)] for i in range(2)}
+    )
     try:
-        cfg = load_config(None, [f"train.output_dir={tmp_path}", "rollout.engine=sglang", "rollout.weight_sync=disk",
-                                 f"rollout.server_urls=[{workers[0].url}, {workers[1].url}]"])
+        cfg = load_config(
+            None,
+            [
+                f"train.output_dir={tmp_path}",
+                "rollout.engine=sglang",
+                "rollout.weight_sync=disk",
+                f"rollout.server_urls=[{workers[0].url}, {workers[1].url}]",
+            ],
+        )
         with SGLangEngine.from_config(cfg) as eng:
             router = eng.deployment.processes[0]
             assert not eng.seeded  # rollout.seeded_sampling defaults to off
@@ -230,12 +258,20 @@ def test_engine_from_config_takes_seeded_sampling(tmp_path, monkeypatch):
     from chord_megatron.rollout.sglang import router
 
     closed = []
-    fake = types.SimpleNamespace(generate_urls=["http://127.0.0.1:9"], worker_urls=["http://127.0.0.1:9"],
-                                 close=lambda: closed.append(True))  # fmt: skip
+    fake = types.SimpleNamespace(
+        generate_urls=["http://127.0.0.1:9"], worker_urls=["http://127.0.0.1:9"], close=lambda: closed.append(True)
+    )
     monkeypatch.setattr(router, "deploy", lambda *a, **k: fake)
     for value in (True, False):
-        cfg = load_config(None, [f"train.output_dir={tmp_path}", "rollout.engine=sglang",
-                                 "rollout.router_url=http://127.0.0.1:9", f"rollout.seeded_sampling={str(value).lower()}"])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                f"train.output_dir={tmp_path}",
+                "rollout.engine=sglang",
+                "rollout.router_url=http://127.0.0.1:9",
+                f"rollout.seeded_sampling={str(value).lower()}",
+            ],
+        )
         with SGLangEngine.from_config(cfg) as eng:
             assert eng.seeded is value and eng.deployment is fake
     assert closed == [True, True]

@@ -5,14 +5,15 @@ responses and reports their log-probs; the "trainer" scores the same tokens. The
 the token-mean KL (k3) of train.metrics.logprob_mismatch, judged by sync.check_served at the
 tolerance sync.verify_tolerance picks for the run's precision.
 """
+
 import copy
 
 import pytest
 import torch
 
 from chord_megatron.config import load_config
-from chord_megatron.weight_sync.verified import SyncVerificationError, check_served, verify_tolerance
 from chord_megatron.train.metrics import logprob_mismatch
+from chord_megatron.weight_sync.verified import SyncVerificationError, check_served, verify_tolerance
 
 VOCAB, PROMPT, NEW = 256, 8, 24
 
@@ -21,9 +22,17 @@ def _model(seed=0, dtype=torch.float32, attn="sdpa"):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, attn_implementation=attn)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        attn_implementation=attn,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # a spread-out next-token distribution, as a trained model has
         for p in model.parameters():
@@ -42,8 +51,9 @@ def _probe(engine):
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, VOCAB, (16, PROMPT), generator=gen)
     with torch.no_grad():
-        ids = engine.generate(prompts, max_new_tokens=NEW, do_sample=True, top_k=0, top_p=1.0,
-                              min_new_tokens=NEW, pad_token_id=0)  # fmt: skip
+        ids = engine.generate(
+            prompts, max_new_tokens=NEW, do_sample=True, top_k=0, top_p=1.0, min_new_tokens=NEW, pad_token_id=0
+        )
     mask = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
     mask[:, PROMPT - 1 :] = True  # response tokens
     return ids, _token_logprobs(engine, ids), mask
@@ -73,7 +83,12 @@ FP32 = verify_tolerance(load_config(None, ["model.dtype=fp32"]))
 
 def test_tolerance_follows_precision_and_config():
     assert BF16 == 1e-2 and FP32 == 1e-4
-    assert verify_tolerance(load_config(None, ["model.dtype=fp32", "rollout.engine=sglang", "rollout.router_url=http://r:1"])) == BF16
+    assert (
+        verify_tolerance(
+            load_config(None, ["model.dtype=fp32", "rollout.engine=sglang", "rollout.router_url=http://r:1"])
+        )
+        == BF16
+    )
     assert verify_tolerance(load_config(None, ["rollout.verify_tolerance=0.5"])) == 0.5
 
 

@@ -1,4 +1,5 @@
 """Global batch -> data-parallel shards -> micro-batches, and the global token counts."""
+
 import pytest
 import torch
 

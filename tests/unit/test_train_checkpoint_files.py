@@ -1,4 +1,5 @@
 """The checkpoint root's bookkeeping: the `latest` pointer, resolution and keep_last pruning."""
+
 import os
 
 import pytest

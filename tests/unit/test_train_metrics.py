@@ -1,4 +1,5 @@
 """Combining chord_loss metrics over micro-batches must equal the metrics of the whole batch."""
+
 import pytest
 import torch
 
@@ -36,8 +37,17 @@ def test_count_weighted_combination_equals_whole_batch(split):
     _, whole = chord_loss(logp, old, adv, mask, is_expert, 0.3, entropy=entropy, **KW)
     total = torch.zeros(len(keys), dtype=torch.float64)
     for a, b in zip(split[:-1], split[1:]):
-        _, part = chord_loss(logp[a:b], old[a:b], adv[a:b], mask[a:b], is_expert[a:b], 0.3,
-                             entropy=entropy[a:b], denominators=denominators, **KW)  # fmt: skip
+        _, part = chord_loss(
+            logp[a:b],
+            old[a:b],
+            adv[a:b],
+            mask[a:b],
+            is_expert[a:b],
+            0.3,
+            entropy=entropy[a:b],
+            denominators=denominators,
+            **KW,
+        )
         total += to_sums(part, keys).double()
     combined = from_sums(total, keys)
     for k in keys:

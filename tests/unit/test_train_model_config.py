@@ -1,5 +1,6 @@
 """Config -> Megatron TransformerConfig, tensor-parallel weight layouts, and the engine's guards
 (no process group needed for any of these)."""
+
 import sys
 
 import pytest
@@ -9,8 +10,7 @@ import torch.nn.functional as F
 from chord_megatron.config import load_config
 from chord_megatron.train.parallel import ParallelState
 
-BASE = ["data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8",
-        "model.max_seq_length=32"]  # fmt: skip
+BASE = ["data.max_prompt_tokens=8", "data.max_response_tokens=8", "rollout.max_new_tokens=8", "model.max_seq_length=32"]
 
 
 def cfg(*overrides):
@@ -18,8 +18,22 @@ def cfg(*overrides):
 
 
 def fake_par(tp=1, pp=1, backend="gloo"):
-    return ParallelState(world_size=tp * pp, rank=0, tp=tp, pp=pp, vpp=None, cp=1, dp=1, tp_rank=0, pp_rank=0,
-                         cp_rank=0, dp_rank=0, backend=backend, device=torch.device("cpu"), pg=None)  # fmt: skip
+    return ParallelState(
+        world_size=tp * pp,
+        rank=0,
+        tp=tp,
+        pp=pp,
+        vpp=None,
+        cp=1,
+        dp=1,
+        tp_rank=0,
+        pp_rank=0,
+        cp_rank=0,
+        dp_rank=0,
+        backend=backend,
+        device=torch.device("cpu"),
+        pg=None,
+    )
 
 
 def test_llama_qwen_architecture_fields():

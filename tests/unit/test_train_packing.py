@@ -1,5 +1,6 @@
 """Sequence packing and the context-parallel split: the token maps between the rows' layout and
 the model's, checked against brute-force re-derivations."""
+
 import itertools
 
 import pytest
@@ -21,8 +22,14 @@ def ragged_batch(rows=9, S=12, seed=0):
         mask[r, prompt - 1 : prompt - 1 + resp] = 1
         ids[r, prompt + resp :] = 0
     labels = torch.roll(ids, -1, 1)
-    return TrainBatch(input_ids=ids, labels=labels, loss_mask=mask, is_expert=torch.arange(rows) % 2 == 0,
-                      advantages=torch.randn(rows, generator=g), old_logp=torch.randn(rows, S, generator=g))  # fmt: skip
+    return TrainBatch(
+        input_ids=ids,
+        labels=labels,
+        loss_mask=mask,
+        is_expert=torch.arange(rows) % 2 == 0,
+        advantages=torch.randn(rows, generator=g),
+        old_logp=torch.randn(rows, S, generator=g),
+    )
 
 
 def test_trained_lengths_end_at_the_last_trained_token():
@@ -90,11 +97,13 @@ def test_every_trained_token_is_computed_once_with_its_own_context(layout, dp):
     cp = layout.get("cp", 1)
     seen = torch.zeros(batch.rows, batch.input_ids.shape[1], dtype=torch.long)
     for dp_rank in range(dp):
-        full = build_micro_batches(batch, dp=dp, dp_rank=dp_rank, micro_batch_size=2, seq_multiple=2 * cp,
-                                   **{**layout, "cp": 1})  # fmt: skip
+        full = build_micro_batches(
+            batch, dp=dp, dp_rank=dp_rank, micro_batch_size=2, seq_multiple=2 * cp, **{**layout, "cp": 1}
+        )
         for cp_rank in range(cp):
-            mbs = build_micro_batches(batch, dp=dp, dp_rank=dp_rank, micro_batch_size=2, cp_rank=cp_rank,
-                                      seq_multiple=2 * cp, **layout)  # fmt: skip
+            mbs = build_micro_batches(
+                batch, dp=dp, dp_rank=dp_rank, micro_batch_size=2, cp_rank=cp_rank, seq_multiple=2 * cp, **layout
+            )
             assert len(mbs) == len(full)
             for mb, whole in zip(mbs, full):
                 b, L = whole.input_ids.shape

@@ -2,6 +2,7 @@
 
 (The end-to-end check against a real Megatron GPTModel, log-probs within 1e-5, is
 tests/integration/test_weight_sync_megatron.py.)"""
+
 import pytest
 import torch
 
@@ -17,14 +18,27 @@ def hf_state(layout: Layout, layers=2, bias=False, seed=0):
     sd = {"model.embed_tokens.weight": r(V, H), "model.norm.weight": r(H)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        sd.update({
-            p + "input_layernorm.weight": r(H), p + "post_attention_layernorm.weight": r(H),
-            p + "self_attn.q_proj.weight": r(nq, H), p + "self_attn.k_proj.weight": r(nkv, H),
-            p + "self_attn.v_proj.weight": r(nkv, H), p + "self_attn.o_proj.weight": r(H, nq),
-            p + "mlp.gate_proj.weight": r(F, H), p + "mlp.up_proj.weight": r(F, H), p + "mlp.down_proj.weight": r(H, F),
-        })
+        sd.update(
+            {
+                p + "input_layernorm.weight": r(H),
+                p + "post_attention_layernorm.weight": r(H),
+                p + "self_attn.q_proj.weight": r(nq, H),
+                p + "self_attn.k_proj.weight": r(nkv, H),
+                p + "self_attn.v_proj.weight": r(nkv, H),
+                p + "self_attn.o_proj.weight": r(H, nq),
+                p + "mlp.gate_proj.weight": r(F, H),
+                p + "mlp.up_proj.weight": r(F, H),
+                p + "mlp.down_proj.weight": r(H, F),
+            }
+        )
         if bias:
-            sd.update({p + "self_attn.q_proj.bias": r(nq), p + "self_attn.k_proj.bias": r(nkv), p + "self_attn.v_proj.bias": r(nkv)})
+            sd.update(
+                {
+                    p + "self_attn.q_proj.bias": r(nq),
+                    p + "self_attn.k_proj.bias": r(nkv),
+                    p + "self_attn.v_proj.bias": r(nkv),
+                }
+            )
     if not layout.tie_embeddings:
         sd["lm_head.weight"] = r(V, H)
     return sd
@@ -33,8 +47,10 @@ def hf_state(layout: Layout, layers=2, bias=False, seed=0):
 def megatron_by_hand(hf, layout: Layout, layers=2, bias=False):
     """Megatron's layout written out head by head: for each KV group, its query heads, then k, then v."""
     q = layout.num_heads // layout.num_kv_heads
-    out = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
-           "decoder.final_layernorm.weight": hf["model.norm.weight"]}
+    out = {
+        "embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
+        "decoder.final_layernorm.weight": hf["model.norm.weight"],
+    }
     for i in range(layers):
         p, m = f"model.layers.{i}.", f"decoder.layers.{i}."
         for kind in ("weight", "bias") if bias else ("weight",):
@@ -43,9 +59,9 @@ def megatron_by_hand(hf, layout: Layout, layers=2, bias=False):
             for grp in range(layout.num_kv_heads):
                 for h in range(q):
                     head = grp * q + h
-                    rows.append(wq[head * D:(head + 1) * D])
-                rows.append(wk[grp * D:(grp + 1) * D])
-                rows.append(wv[grp * D:(grp + 1) * D])
+                    rows.append(wq[head * D : (head + 1) * D])
+                rows.append(wk[grp * D : (grp + 1) * D])
+                rows.append(wv[grp * D : (grp + 1) * D])
             out[m + f"self_attention.linear_qkv.{kind}"] = torch.cat(rows)
         out[m + "input_layernorm.weight"] = hf[p + "input_layernorm.weight"]
         out[m + "pre_mlp_layernorm.weight"] = hf[p + "post_attention_layernorm.weight"]
@@ -118,14 +134,27 @@ def test_tied_lm_head_optional_copy():
 def test_transformer_engine_norm_names_are_accepted():
     layout = Layout(4, 2, D, True)
     t = torch.arange(H, dtype=torch.float32)
-    out = dict(megatron_to_hf([("decoder.layers.3.self_attention.linear_qkv.layer_norm_weight", t),
-                               ("decoder.layers.3.mlp.linear_fc1.layer_norm_weight", t + 1)], layout))
+    out = dict(
+        megatron_to_hf(
+            [
+                ("decoder.layers.3.self_attention.linear_qkv.layer_norm_weight", t),
+                ("decoder.layers.3.mlp.linear_fc1.layer_norm_weight", t + 1),
+            ],
+            layout,
+        )
+    )
     assert torch.equal(out["model.layers.3.input_layernorm.weight"], t)
     assert torch.equal(out["model.layers.3.post_attention_layernorm.weight"], t + 1)
 
 
-@pytest.mark.parametrize("name", ["decoder.layers.0.self_attention.q_layernorm.bias", "embedding.position_embeddings.weight",
-                                  "decoder.layers.0.mlp.router.weight"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "decoder.layers.0.self_attention.q_layernorm.bias",
+        "embedding.position_embeddings.weight",
+        "decoder.layers.0.mlp.router.weight",
+    ],
+)
 def test_unknown_megatron_names_are_errors(name):
     with pytest.raises(ValueError, match="no Hugging Face name"):
         list(megatron_to_hf([(name, torch.zeros(2))], Layout(4, 2, D, True)))

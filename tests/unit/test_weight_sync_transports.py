@@ -3,6 +3,7 @@
 tensor: payloads per TP rank, unpicklable by SGLang's SafeUnpickler allowlist, version only on
 the last bucket; disk: an HF folder that reads back identically; nccl: a real gloo broadcast
 group, joined on the worker side with SGLang's own init_custom_process_group from the wheel."""
+
 import base64
 import io
 import json
@@ -13,7 +14,6 @@ import urllib.request
 import pytest
 import torch
 
-from tests.support import fake_sglang, sglang_contract
 from chord_megatron.net import free_port
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
 from chord_megatron.rollout.sglang.engine import SGLangEngine
@@ -21,10 +21,11 @@ from chord_megatron.weight_sync.buckets import SyncStats, bucketize, tensor_byte
 from chord_megatron.weight_sync.disk import DiskSync, read_hf_checkpoint
 from chord_megatron.weight_sync.nccl import NcclSync
 from chord_megatron.weight_sync.tensor import TensorSync, forking_pickle_b64
+from tests.support import fake_sglang, sglang_contract
 
-
-needs_wheel = pytest.mark.skipif(not sglang_contract.available(),
-                                 reason="needs `pip install --no-deps sglang==0.5.23` and msgspec")
+needs_wheel = pytest.mark.skipif(
+    not sglang_contract.available(), reason="needs `pip install --no-deps sglang==0.5.23` and msgspec"
+)
 
 
 def named_tensors(n=7, seed=0):
@@ -196,7 +197,10 @@ def test_nccl_sync_broadcasts_over_a_real_group(fakes):
         st = eng.last_sync
         sync.close(eng)
     assert (st.transport, st.tensors, st.buckets) == ("nccl", 7, 5)
-    expected = {n: [str(t.dtype).replace("torch.", ""), list(t.shape), float(t.double().sum())] for n, t in named_tensors(seed=3)}
+    expected = {
+        n: [str(t.dtype).replace("torch.", ""), list(t.shape), float(t.double().sum())]
+        for n, t in named_tensors(seed=3)
+    }
     for rank, w in enumerate(ws, start=1):
         s = stats(w)
         init = next(b for p, b in s["requests"] if p == "/init_weights_update_group")

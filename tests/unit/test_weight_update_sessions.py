@@ -2,6 +2,7 @@
 (a begin while a session is open is refused with "a weight-update session is already open"):
 a refused begin on one worker ends the sessions opened on the others, a session left open by an
 earlier run is ended before the next begin, and a lost /end_weight_update answer is retried."""
+
 import json
 import urllib.error
 import urllib.request
@@ -9,11 +10,11 @@ import urllib.request
 import pytest
 import torch
 
-from tests.support import fake_sglang
-from tests.support.fake_sglang import stats
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
 from chord_megatron.rollout.sglang.engine import SGLangEngine
 from chord_megatron.weight_sync.tensor import TensorSync
+from tests.support import fake_sglang
+from tests.support.fake_sglang import stats
 
 NAMED = [("model.norm.weight", torch.ones(8))]
 
@@ -61,8 +62,14 @@ def test_stale_session_of_an_earlier_run_is_ended_before_the_next_begin(tmp_path
             eng.update_weights(NAMED, "4")
             assert eng.served_versions() == {ws[0].url: "4", ws[1].url: "4"}
         # The stale begin, then ours (refused: a session is already open), its end, ours again.
-        assert paths(ws[0]) == ["/begin_weight_update", "/begin_weight_update", "/end_weight_update",
-                                "/begin_weight_update", "/update_weights_from_tensor", "/end_weight_update"]
+        assert paths(ws[0]) == [
+            "/begin_weight_update",
+            "/begin_weight_update",
+            "/end_weight_update",
+            "/begin_weight_update",
+            "/update_weights_from_tensor",
+            "/end_weight_update",
+        ]
         assert paths(ws[1]) == ["/begin_weight_update", "/update_weights_from_tensor", "/end_weight_update"]
         assert not any(stats(w)["session_open"] for w in ws)
 

@@ -2,6 +2,7 @@
 
 Shared by the plan (plan.py), which chooses the layout, and the memory estimate (memory.py),
 which prices it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Used by `chord launch plan` to refuse layouts that cannot fit before a job starts. Simple on
 purpose (see `estimate_memory`): it catches what cannot fit, it does not predict the allocator.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,14 @@ def count_params(model) -> Dict[str, int]:
     layer = attn + mlp + 2 * h  # two RMSNorms
     embed = V * h
     output = 0 if model.tie_embeddings else V * h
-    return {"layer": layer, "layers": L * layer, "embedding": embed, "output": output, "final_norm": h,
-            "total": L * layer + embed + output + h}
+    return {
+        "layer": layer,
+        "layers": L * layer,
+        "embedding": embed,
+        "output": output,
+        "final_norm": h,
+        "total": L * layer + embed + output + h,
+    }
 
 
 def largest_stage_params(model, pp: int) -> int:
@@ -74,8 +81,14 @@ def step_rows(cfg) -> int:
     return cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
 
 
-def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100_MEMORY_GIB,
-                    colocated_sglang: bool = False, sglang_gpus: int = 1) -> MemoryEstimate:
+def estimate_memory(
+    cfg,
+    layout: ParallelLayout,
+    *,
+    gpu_memory_gib: float = H100_MEMORY_GIB,
+    colocated_sglang: bool = False,
+    sglang_gpus: int = 1,
+) -> MemoryEstimate:
     """An ESTIMATE of one trainer GPU's peak memory, in bytes. Simple on purpose; it catches
     layouts that cannot fit, it does not predict the allocator's peak.
 
@@ -107,8 +120,9 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
     grads = per_gpu * 4
     optimizer = per_gpu * (12 if bf16 else 8) / shard
 
-    seq = min(cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.data.max_response_tokens),
-              m.max_seq_length)
+    seq = min(
+        cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.data.max_response_tokens), m.max_seq_length
+    )
     if cfg.train.pack_sequences and cfg.train.pack_length:
         seq = cfg.train.pack_length  # packed model rows: micro_batch_size of them, this long
     tokens = cfg.train.micro_batch_size * seq / layout.cp
@@ -128,7 +142,14 @@ def estimate_memory(cfg, layout: ParallelLayout, *, gpu_memory_gib: float = H100
         budget = total * (1.0 - float(cfg.sglang.get("mem_fraction_static", 0.0) or 0.0))
     sglang_weights = count_params(m)["total"] * 2 / sglang_gpus if sglang_gpus else 0.0
     return MemoryEstimate(
-        params_total=count_params(m)["total"], params_per_gpu=int(per_gpu), weights=weights, grads=grads,
-        optimizer=optimizer, activations=activations, logits=logits, overhead=OVERHEAD_GIB * GIB,
-        budget=budget, sglang_weights=sglang_weights,
-    )  # fmt: skip
+        params_total=count_params(m)["total"],
+        params_per_gpu=int(per_gpu),
+        weights=weights,
+        grads=grads,
+        optimizer=optimizer,
+        activations=activations,
+        logits=logits,
+        overhead=OVERHEAD_GIB * GIB,
+        budget=budget,
+        sglang_weights=sglang_weights,
+    )

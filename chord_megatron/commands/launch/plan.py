@@ -38,6 +38,7 @@ Node i below means line i+1 of `scontrol show hostnames "$SLURM_JOB_NODELIST"`; 
 offsets from PORT_BASE, which the scripts derive from SLURM_JOB_ID (`PORT_BASE_FORMULA`) so that
 two jobs sharing a node do not collide; PORT_BASE=... overrides it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,11 +123,15 @@ def _resolve_weight_sync(configured: str, mode: str, nodes: int) -> Tuple[str, O
             return "nccl", None  # CUDA IPC cannot cross nodes: broadcast instead
         return configured, None
     if configured == "nccl":
-        raise LayoutError("rollout.weight_sync=nccl cannot work colocated: an SGLang server and trainer rank 0 "
-                          "share GPU 0, which NCCL refuses in one communicator (use tensor or disk)")
+        raise LayoutError(
+            "rollout.weight_sync=nccl cannot work colocated: an SGLang server and trainer rank 0 "
+            "share GPU 0, which NCCL refuses in one communicator (use tensor or disk)"
+        )
     if configured == "tensor" and nodes > 1:
-        return "disk", ("colocated on several nodes: weights go by disk (tensor reaches only rank 0's node); "
-                        "train.output_dir must be on a filesystem every node shares")
+        return "disk", (
+            "colocated on several nodes: weights go by disk (tensor reaches only rank 0's node); "
+            "train.output_dir must be on a filesystem every node shares"
+        )
     return configured, None
 
 
@@ -169,14 +174,17 @@ def plan_launch(
         if R < 1:
             raise LayoutError(f"disaggregated mode needs --rollout-nodes >= 1, got {R}")
         if R >= nodes:
-            raise LayoutError(f"disaggregated mode needs a training node: {R} rollout node(s) of {nodes} leave none "
-                              f"(use more --nodes, fewer --rollout-nodes, or --mode colocated)")
+            raise LayoutError(
+                f"disaggregated mode needs a training node: {R} rollout node(s) of {nodes} leave none "
+                f"(use more --nodes, fewer --rollout-nodes, or --mode colocated)"
+            )
         engine = "sglang"
         train_nodes = nodes - R
     else:
         if rollout_nodes is not None:
-            raise LayoutError("--rollout-nodes applies to --mode disaggregated only "
-                              "(colocated runs everything on every node)")
+            raise LayoutError(
+                "--rollout-nodes applies to --mode disaggregated only (colocated runs everything on every node)"
+            )
         R = 0
         engine = cfg.rollout.engine
         train_nodes = nodes
@@ -185,36 +193,50 @@ def plan_launch(
     p = cfg.parallel
     tp, pp, cp = p.tensor, p.pipeline, p.context
     if tp > G or G % tp:
-        raise LayoutError(f"parallel.tensor={tp} must divide --gpus-per-node={G}: a tensor-parallel group must "
-                          f"stay inside one node (NVLink)")
+        raise LayoutError(
+            f"parallel.tensor={tp} must divide --gpus-per-node={G}: a tensor-parallel group must "
+            f"stay inside one node (NVLink)"
+        )
     world = train_nodes * G
     mp = tp * pp * cp
     if world % mp:
-        raise LayoutError(f"TP x PP x CP = {tp} x {pp} x {cp} = {mp} does not divide the {world} trainer GPUs "
-                          f"({train_nodes} node(s) x {G})")
+        raise LayoutError(
+            f"TP x PP x CP = {tp} x {pp} x {cp} = {mp} does not divide the {world} trainer GPUs "
+            f"({train_nodes} node(s) x {G})"
+        )
     if cfg.model.vocab_size % tp:
-        raise LayoutError(f"model.vocab_size={cfg.model.vocab_size} is not divisible by parallel.tensor={tp} "
-                          f"(the vocabulary is not padded)")
+        raise LayoutError(
+            f"model.vocab_size={cfg.model.vocab_size} is not divisible by parallel.tensor={tp} "
+            f"(the vocabulary is not padded)"
+        )
     layout = ParallelLayout(tp=tp, pp=pp, vpp=p.virtual_pipeline, cp=cp, dp=world // mp, world=world)
     rows = step_rows(cfg)
     if rows < layout.dp:
-        raise LayoutError(f"DP={layout.dp} ranks but a step can have as few as {rows} rows "
-                          f"(rollout.prompts_per_step x rollout.samples_per_prompt): every DP rank needs one")
+        raise LayoutError(
+            f"DP={layout.dp} ranks but a step can have as few as {rows} rows "
+            f"(rollout.prompts_per_step x rollout.samples_per_prompt): every DP rank needs one"
+        )
 
     # -- SGLang --------------------------------------------------------------------------------
     sg_gpus = sglang_gpus_per_server(cfg.sglang)
     servers_per_node = 0
     if engine == "sglang":
         if sg_gpus > G or G % sg_gpus:
-            raise LayoutError(f"an SGLang server needs {sg_gpus} GPUs (sglang TP x DP), which must divide "
-                              f"--gpus-per-node={G}: a server must fit in one node")
+            raise LayoutError(
+                f"an SGLang server needs {sg_gpus} GPUs (sglang TP x DP), which must divide "
+                f"--gpus-per-node={G}: a server must fit in one node"
+            )
         servers_per_node = G // sg_gpus
         if servers_per_node > MAX_SERVERS_PER_NODE:
-            raise LayoutError(f"{servers_per_node} SGLang servers per node exceed the {MAX_SERVERS_PER_NODE} ports "
-                              f"a job reserves per node")
+            raise LayoutError(
+                f"{servers_per_node} SGLang servers per node exceed the {MAX_SERVERS_PER_NODE} ports "
+                f"a job reserves per node"
+            )
         if not cfg.sglang.get("model_path"):
-            raise LayoutError("sglang.model_path is required: the SGLang servers load the model from it "
-                              "(a path every rollout node can read)")
+            raise LayoutError(
+                "sglang.model_path is required: the SGLang servers load the model from it "
+                "(a path every rollout node can read)"
+            )
     server_nodes = (range(R) if mode == "disaggregated" else range(nodes)) if engine == "sglang" else range(0)
     num_servers = servers_per_node * len(server_nodes)
     weight_sync, warn = _resolve_weight_sync(cfg.rollout.weight_sync, mode, nodes)
@@ -230,20 +252,31 @@ def plan_launch(
 
     # -- memory --------------------------------------------------------------------------------
     colocated_sglang = mode == "colocated" and engine == "sglang"
-    mem = estimate_memory(cfg, layout, gpu_memory_gib=gpu_memory_gib, colocated_sglang=colocated_sglang,
-                          sglang_gpus=sg_gpus if engine == "sglang" else 0)
+    mem = estimate_memory(
+        cfg,
+        layout,
+        gpu_memory_gib=gpu_memory_gib,
+        colocated_sglang=colocated_sglang,
+        sglang_gpus=sg_gpus if engine == "sglang" else 0,
+    )
     if colocated_sglang and "mem_fraction_static" not in cfg.sglang:
-        warnings.append("colocated with SGLang but sglang.mem_fraction_static is unset: SGLang then sizes its "
-                        "KV cache for a GPU of its own and training will not fit; set it (e.g. 0.3)")
+        warnings.append(
+            "colocated with SGLang but sglang.mem_fraction_static is unset: SGLang then sizes its "
+            "KV cache for a GPU of its own and training will not fit; set it (e.g. 0.3)"
+        )
     if not cpu:
         if mem.total > mem.budget:
             where = " (after sglang.mem_fraction_static)" if colocated_sglang else ""
-            raise LayoutError(f"estimated training memory {mem.total / GIB:.1f} GiB per GPU exceeds the "
-                              f"{mem.budget / GIB:.1f} GiB available{where}: raise TP/PP, use the distributed "
-                              f"optimizer, a smaller train.micro_batch_size, or recomputation")
+            raise LayoutError(
+                f"estimated training memory {mem.total / GIB:.1f} GiB per GPU exceeds the "
+                f"{mem.budget / GIB:.1f} GiB available{where}: raise TP/PP, use the distributed "
+                f"optimizer, a smaller train.micro_batch_size, or recomputation"
+            )
         if engine == "sglang" and mem.sglang_weights > gpu_memory_gib * GIB:
-            raise LayoutError(f"the SGLang weights alone take {mem.sglang_weights / GIB:.1f} GiB per GPU at "
-                              f"{sg_gpus} GPU(s) per server, more than {gpu_memory_gib:g} GiB: raise sglang.tp_size")
+            raise LayoutError(
+                f"the SGLang weights alone take {mem.sglang_weights / GIB:.1f} GiB per GPU at "
+                f"{sg_gpus} GPU(s) per server, more than {gpu_memory_gib:g} GiB: raise sglang.tp_size"
+            )
 
     # -- node roles ----------------------------------------------------------------------------
     def host(i: int) -> str:
@@ -260,8 +293,10 @@ def plan_launch(
         servers: Tuple[Server, ...] = ()
         if i in server_nodes:
             r.append("sglang")
-            servers = tuple(Server(i, j, tuple(range(j * sg_gpus, (j + 1) * sg_gpus)), SERVER_PORT_OFFSET + j)
-                            for j in range(servers_per_node))  # fmt: skip
+            servers = tuple(
+                Server(i, j, tuple(range(j * sg_gpus, (j + 1) * sg_gpus)), SERVER_PORT_OFFSET + j)
+                for j in range(servers_per_node)
+            )
         if engine == "sglang" and i == 0:
             r.append("router")
         roles.append(NodeRole(i, host(i), tuple(r), ranks, servers))
@@ -277,8 +312,11 @@ def plan_launch(
     router_host, train_head = host(0), host(R)
     trainer_overrides: List[str] = []
     if engine == "sglang":
-        trainer_overrides = ["rollout.engine=sglang", f"rollout.router_url=http://{router_host}:{port(ROUTER_PORT_OFFSET)}",
-                             f"rollout.weight_sync={weight_sync}"]  # fmt: skip
+        trainer_overrides = [
+            "rollout.engine=sglang",
+            f"rollout.router_url=http://{router_host}:{port(ROUTER_PORT_OFFSET)}",
+            f"rollout.weight_sync={weight_sync}",
+        ]
     env_prefix = [] if rollout_nodes is None or mode != "disaggregated" else [f"ROLLOUT_NODES={R}"]
     if cpu:
         env_prefix += ["CHORD_CPU=1"] + ([] if G == 2 else [f"NPROC_PER_NODE={G}"])
@@ -292,41 +330,99 @@ def plan_launch(
         for n in roles:
             for s in n.servers:
                 commands[f"sglang server {n.index}.{s.index} on {n.host}"] = shell_join(
-                    ["$SGLANG_PYTHON", "-m", "sglang.launch_server", "--host", "0.0.0.0",
-                     "--port", port(s.port_offset), "--base-gpu-id", str(s.gpus[0]), *server_args]
-                )  # fmt: skip
+                    [
+                        "$SGLANG_PYTHON",
+                        "-m",
+                        "sglang.launch_server",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        port(s.port_offset),
+                        "--base-gpu-id",
+                        str(s.gpus[0]),
+                        *server_args,
+                    ]
+                )
         workers = [f"http://{n.host}:{port(s.port_offset)}" for n in roles for s in n.servers]
         commands[f"router on {router_host}"] = shell_join(
-            ["$SGLANG_PYTHON", "-m", "sglang_router.launch_router", "--host", "0.0.0.0",
-             "--port", port(ROUTER_PORT_OFFSET), "--worker-urls", *workers,
-             *router_args(cfg.sglang, metrics_port=port(ROUTER_METRICS_PORT_OFFSET))]
-        )  # fmt: skip
+            [
+                "$SGLANG_PYTHON",
+                "-m",
+                "sglang_router.launch_router",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                port(ROUTER_PORT_OFFSET),
+                "--worker-urls",
+                *workers,
+                *router_args(cfg.sglang, metrics_port=port(ROUTER_METRICS_PORT_OFFSET)),
+            ]
+        )
     for n in roles:
         if "train" not in n.roles:
             continue
         node_rank = n.index - R
         commands[f"trainer node {node_rank} on {n.host} (ranks {n.train_ranks.start}-{n.train_ranks.stop - 1})"] = (
-            shell_join(["$PYTHON", "-m", "torch.distributed.run", f"--nnodes={train_nodes}", f"--node-rank={node_rank}",
-                        f"--nproc-per-node={G}", f"--master-addr={train_head}", f"--master-port={port(TRAIN_PORT_OFFSET)}",
-                        "-m", "chord_megatron.cli", "train", "--no-progress", config, *trainer_overrides,
-                        *overrides])
-        )  # fmt: skip
+            shell_join(
+                [
+                    "$PYTHON",
+                    "-m",
+                    "torch.distributed.run",
+                    f"--nnodes={train_nodes}",
+                    f"--node-rank={node_rank}",
+                    f"--nproc-per-node={G}",
+                    f"--master-addr={train_head}",
+                    f"--master-port={port(TRAIN_PORT_OFFSET)}",
+                    "-m",
+                    "chord_megatron.cli",
+                    "train",
+                    "--no-progress",
+                    config,
+                    *trainer_overrides,
+                    *overrides,
+                ]
+            )
+        )
 
     env = {
-        "ROLLOUT_NODES": str(R), "TRAIN_NODES": str(train_nodes), "NPROC_PER_NODE": str(G), "ENGINE": engine,
-        "SGLANG_GPUS_PER_SERVER": str(sg_gpus), "SERVERS_PER_NODE": str(servers_per_node),
-        "NUM_SERVERS": str(num_servers), "WEIGHT_SYNC": weight_sync,
+        "ROLLOUT_NODES": str(R),
+        "TRAIN_NODES": str(train_nodes),
+        "NPROC_PER_NODE": str(G),
+        "ENGINE": engine,
+        "SGLANG_GPUS_PER_SERVER": str(sg_gpus),
+        "SERVERS_PER_NODE": str(servers_per_node),
+        "NUM_SERVERS": str(num_servers),
+        "WEIGHT_SYNC": weight_sync,
         "SGLANG_SERVER_ARGS": shlex.join(sglang_server_args(cfg.sglang)) if engine == "sglang" else "",
-        "ROUTER_ARGS": shlex.join(router_args(cfg.sglang, metrics_port=None if port_base is None else
-                                              str(port_base + ROUTER_METRICS_PORT_OFFSET)))
-        if engine == "sglang" else "",
-    }  # fmt: skip
+        "ROUTER_ARGS": shlex.join(
+            router_args(
+                cfg.sglang, metrics_port=None if port_base is None else str(port_base + ROUTER_METRICS_PORT_OFFSET)
+            )
+        )
+        if engine == "sglang"
+        else "",
+    }
     return LaunchPlan(
-        cpu=cpu, mode=mode, nodes=nodes, gpus_per_node=G, rollout_nodes=R, train_nodes=train_nodes, layout=layout,
-        engine=engine, sglang_tp=sg_gpus, servers_per_node=servers_per_node, num_servers=num_servers,
-        weight_sync=weight_sync, rows_per_step=rows, memory=mem, node_roles=tuple(roles), commands=commands,
-        env=env, warnings=tuple(warnings), port_base=pb,
-    )  # fmt: skip
+        cpu=cpu,
+        mode=mode,
+        nodes=nodes,
+        gpus_per_node=G,
+        rollout_nodes=R,
+        train_nodes=train_nodes,
+        layout=layout,
+        engine=engine,
+        sglang_tp=sg_gpus,
+        servers_per_node=servers_per_node,
+        num_servers=num_servers,
+        weight_sync=weight_sync,
+        rows_per_step=rows,
+        memory=mem,
+        node_roles=tuple(roles),
+        commands=commands,
+        env=env,
+        warnings=tuple(warnings),
+        port_base=pb,
+    )
 
 
 def shell_join(argv: Sequence[str]) -> str:
@@ -390,45 +486,57 @@ def format_plan(plan: LaunchPlan) -> str:
     if plan.mode == "disaggregated":
         out.append(f"  {plan.rollout_nodes} rollout node(s) (SGLang), {plan.train_nodes} training node(s)")
     out.append("")
-    out.append("nodes (node<i> = line i+1 of `scontrol show hostnames \"$SLURM_JOB_NODELIST\"`):")
+    out.append('nodes (node<i> = line i+1 of `scontrol show hostnames "$SLURM_JOB_NODELIST"`):')
     for n in plan.node_roles:
         parts = []
         if n.train_ranks is not None:
             head = " (torchrun master)" if n.train_ranks.start == 0 else ""
             parts.append(f"trainer ranks {n.train_ranks.start}-{n.train_ranks.stop - 1}{head}")
         if n.servers:
-            parts.append(f"{len(n.servers)} SGLang server(s): " + ", ".join(
-                f"GPUs {_ranges(s.gpus)} port +{s.port_offset}" for s in n.servers))  # fmt: skip
+            parts.append(
+                f"{len(n.servers)} SGLang server(s): "
+                + ", ".join(f"GPUs {_ranges(s.gpus)} port +{s.port_offset}" for s in n.servers)
+            )
         if "router" in n.roles:
             parts.append(f"router port +{ROUTER_PORT_OFFSET}")
         out.append(f"  {n.host:<10} {'+'.join(n.roles):<20} " + "; ".join(parts))
     out.append("")
     vpp = L.vpp if L.vpp is not None else "-"
-    out.append(f"parallel layout (trainer): TP={L.tp} PP={L.pp} VPP={vpp} CP={L.cp} DP={L.dp}  "
-               f"(DP = {L.world} trainer {unit} / (TP x PP x CP = {L.tp * L.pp * L.cp}))")
+    out.append(
+        f"parallel layout (trainer): TP={L.tp} PP={L.pp} VPP={vpp} CP={L.cp} DP={L.dp}  "
+        f"(DP = {L.world} trainer {unit} / (TP x PP x CP = {L.tp * L.pp * L.cp}))"
+    )
     if plan.engine == "sglang":
-        out.append(f"rollout: {plan.num_servers} SGLang server(s), {plan.sglang_tp} GPU(s) each (sglang TP), "
-                   f"{plan.servers_per_node} per node; router on {plan.node_roles[0].host}; "
-                   f"weight sync: {plan.weight_sync}")
+        out.append(
+            f"rollout: {plan.num_servers} SGLang server(s), {plan.sglang_tp} GPU(s) each (sglang TP), "
+            f"{plan.servers_per_node} per node; router on {plan.node_roles[0].host}; "
+            f"weight sync: {plan.weight_sync}"
+        )
     else:
         out.append("rollout: in-process on trainer rank 0 (rollout.engine=inprocess), no SGLang servers")
     out.append(f"step batch: at least {plan.rows_per_step} rows over DP={L.dp}")
     out.append("")
     checked = "not checked: CPU run" if plan.cpu else f"of {_gib(m.budget)}"
-    out.append(f"memory per trainer GPU (an ESTIMATE, see chord_megatron.commands.launch.memory.estimate_memory): "
-               f"{_gib(m.total)} {checked}")
-    out.append(f"  {_count(m.params_total)} params, {_count(m.params_per_gpu)} per GPU; weights {_gib(m.weights)}, "
-               f"grads {_gib(m.grads)}, optimizer {_gib(m.optimizer)}, activations {_gib(m.activations)}, "
-               f"logits {_gib(m.logits)}, overhead {_gib(m.overhead)}")
+    out.append(
+        f"memory per trainer GPU (an ESTIMATE, see chord_megatron.commands.launch.memory.estimate_memory): "
+        f"{_gib(m.total)} {checked}"
+    )
+    out.append(
+        f"  {_count(m.params_total)} params, {_count(m.params_per_gpu)} per GPU; weights {_gib(m.weights)}, "
+        f"grads {_gib(m.grads)}, optimizer {_gib(m.optimizer)}, activations {_gib(m.activations)}, "
+        f"logits {_gib(m.logits)}, overhead {_gib(m.overhead)}"
+    )
     if plan.engine == "sglang":
         out.append(f"  SGLang weights per server GPU: {_gib(m.sglang_weights)}")
     for w in plan.warnings:
         out.append(f"warning: {w}")
     out.append("")
     this_job = "" if plan.port_base == "$PORT_BASE" else f" (this job: {plan.port_base})"
-    out.append(f"ports: PORT_BASE = {PORT_BASE_FORMULA} unless set{this_job}; "
-               f"torchrun master +{TRAIN_PORT_OFFSET}, router +{ROUTER_PORT_OFFSET}, router metrics "
-               f"+{ROUTER_METRICS_PORT_OFFSET}, SGLang server i +{SERVER_PORT_OFFSET}+i")
+    out.append(
+        f"ports: PORT_BASE = {PORT_BASE_FORMULA} unless set{this_job}; "
+        f"torchrun master +{TRAIN_PORT_OFFSET}, router +{ROUTER_PORT_OFFSET}, router metrics "
+        f"+{ROUTER_METRICS_PORT_OFFSET}, SGLang server i +{SERVER_PORT_OFFSET}+i"
+    )
     out.append("commands:")
     for role, cmd in plan.commands.items():
         out.append(f"  # {role}")
@@ -440,19 +548,41 @@ def run(args: argparse.Namespace) -> int:
     from ...config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    return run_launch_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,
-                           rollout_nodes=args.rollout_nodes, config_path=args.config,
-                           overrides=args.overrides)  # fmt: skip
+    return run_launch_plan(
+        cfg,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        mode=args.mode,
+        rollout_nodes=args.rollout_nodes,
+        config_path=args.config,
+        overrides=args.overrides,
+    )
 
 
-def run_launch_plan(cfg, *, nodes: int, gpus_per_node: int = 8, mode: str = "disaggregated",
-                    rollout_nodes: Optional[int] = None, config_path: Optional[str] = None,
-                    overrides: Sequence[str] = (), out=None, err=None) -> int:
+def run_launch_plan(
+    cfg,
+    *,
+    nodes: int,
+    gpus_per_node: int = 8,
+    mode: str = "disaggregated",
+    rollout_nodes: Optional[int] = None,
+    config_path: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    out=None,
+    err=None,
+) -> int:
     """`chord launch plan`: print the plan and return 0, or print one line and return 2."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        plan = plan_launch(cfg, nodes=nodes, gpus_per_node=gpus_per_node, mode=mode, rollout_nodes=rollout_nodes,
-                           config_path=config_path, overrides=overrides)  # fmt: skip
+        plan = plan_launch(
+            cfg,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            mode=mode,
+            rollout_nodes=rollout_nodes,
+            config_path=config_path,
+            overrides=overrides,
+        )
     except LayoutError as e:
         print(f"chord: launch plan: {e}", file=err)
         return 2
@@ -494,10 +624,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = [*args.overrides, *extra]
     try:
         cfg = load_config(args.config, overrides)
-        plan = plan_launch(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, mode=args.mode,
-                           rollout_nodes=args.rollout_nodes, config_path=args.config, overrides=overrides,
-                           hosts=args.hosts.split(",") if args.hosts else None, port_base=args.port_base,
-                           cpu=args.cpu)  # fmt: skip
+        plan = plan_launch(
+            cfg,
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            mode=args.mode,
+            rollout_nodes=args.rollout_nodes,
+            config_path=args.config,
+            overrides=overrides,
+            hosts=args.hosts.split(",") if args.hosts else None,
+            port_base=args.port_base,
+            cpu=args.cpu,
+        )
     except ConfigError as e:
         print(f"chord: config error: {e}", file=sys.stderr)
         return 2
@@ -510,4 +648,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key, value in plan.env.items():
         print(f"{key}={shlex.quote(value)}")
     return 0
-

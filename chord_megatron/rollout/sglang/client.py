@@ -12,6 +12,7 @@ JSON is retried with exponential backoff up to `max_retries` times; a 4xx other 
 request itself is wrong and fails at once. The final error names every server tried and why.
 Concurrency is bounded by a semaphore around the HTTP call (not around the backoff sleeps).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import aiohttp
 
 from ...errors import ChordError
-from . import protocol as proto
 from ..engine import SamplingParams
+from . import protocol as proto
 from .protocol import GeneratedSample, MalformedResponse
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class SGLangClient:
         await self.close()
 
     # -- raw HTTP ------------------------------------------------------------------------------
-    async def _http(self, method: str, url: str, path: str, body: Any = None, timeout_s: Optional[float] = None) -> Tuple[int, str]:
+    async def _http(
+        self, method: str, url: str, path: str, body: Any = None, timeout_s: Optional[float] = None
+    ) -> Tuple[int, str]:
         if self._session is None:
             raise RuntimeError("SGLangClient used before start()")
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s, sock_connect=self.connect_timeout_s)
@@ -98,8 +101,9 @@ class SGLangClient:
         return base * (0.5 + random.random() / 2)  # jitter: retries of many requests spread out
 
     # -- /generate -----------------------------------------------------------------------------
-    async def generate(self, input_ids: Sequence[int], params: SamplingParams, n: int = 1,
-                       sampling_seed: Optional[int] = None) -> List[GeneratedSample]:  # fmt: skip
+    async def generate(
+        self, input_ids: Sequence[int], params: SamplingParams, n: int = 1, sampling_seed: Optional[int] = None
+    ) -> List[GeneratedSample]:
         """`n` samples of one prompt, in the server's order; retried as a whole on failure, so a
         prompt's samples come from one successful answer and none is lost or repeated.
         `sampling_seed` (n = 1 only): SGLang's per-request seed."""
@@ -132,14 +136,22 @@ class SGLangClient:
         raise SGLangError(f"/generate failed {attempts} times: " + "; ".join(errors))
 
     # -- control routes ------------------------------------------------------------------------
-    async def _control(self, url: str, route: str, body: Optional[Dict[str, Any]] = None, *, retries: int = 0,
-                       timeout_s: Optional[float] = None) -> Tuple[int, str]:
+    async def _control(
+        self,
+        url: str,
+        route: str,
+        body: Optional[Dict[str, Any]] = None,
+        *,
+        retries: int = 0,
+        timeout_s: Optional[float] = None,
+    ) -> Tuple[int, str]:
         r = proto.ROUTES[route]
         last = ""
         for attempt in range(retries + 1):
             try:
-                return await self._http(r.method, url, r.path, body if r.method == "POST" else None,
-                                        timeout_s or self.control_timeout_s)
+                return await self._http(
+                    r.method, url, r.path, body if r.method == "POST" else None, timeout_s or self.control_timeout_s
+                )
             except asyncio.TimeoutError:
                 last = f"no answer within {timeout_s or self.control_timeout_s:g}s"
             except aiohttp.ClientError as e:
@@ -325,41 +337,70 @@ class SGLangClient:
             raise
         await self.end_weight_update()
 
-    async def update_weights_from_tensor(self, url: str, serialized_named_tensors: Sequence[str], *,
-                                         weight_version: Optional[str] = None, flush_cache: bool = True,
-                                         timeout_s: Optional[float] = None) -> None:
+    async def update_weights_from_tensor(
+        self,
+        url: str,
+        serialized_named_tensors: Sequence[str],
+        *,
+        weight_version: Optional[str] = None,
+        flush_cache: bool = True,
+        timeout_s: Optional[float] = None,
+    ) -> None:
         """One worker's tensors (inside weight_update_session)."""
-        body = proto.update_weights_from_tensor_body(serialized_named_tensors, weight_version=weight_version,
-                                                     flush_cache=flush_cache)
+        body = proto.update_weights_from_tensor_body(
+            serialized_named_tensors, weight_version=weight_version, flush_cache=flush_cache
+        )
         await self._expect_success(url, "update_weights_from_tensor", body, timeout_s=timeout_s or self.timeout_s)
 
-    async def update_weights_from_distributed(self, names: Sequence[str], dtypes: Sequence[str],
-                                              shapes: Sequence[Sequence[int]], *, group_name: str = "weight_update_group",
-                                              weight_version: Optional[str] = None, flush_cache: bool = True,
-                                              timeout_s: Optional[float] = None) -> None:
+    async def update_weights_from_distributed(
+        self,
+        names: Sequence[str],
+        dtypes: Sequence[str],
+        shapes: Sequence[Sequence[int]],
+        *,
+        group_name: str = "weight_update_group",
+        weight_version: Optional[str] = None,
+        flush_cache: bool = True,
+        timeout_s: Optional[float] = None,
+    ) -> None:
         """Announce a bucket to every worker (inside weight_update_session). The calls return once
         the trainer's broadcast has arrived, so start this as a task, then broadcast, then await."""
-        body = proto.update_weights_from_distributed_body(names, dtypes, shapes, group_name=group_name,
-                                                          weight_version=weight_version, flush_cache=flush_cache)
-        await self._on_workers(lambda u: self._expect_success(u, "update_weights_from_distributed", body,
-                                                              timeout_s=timeout_s or self.timeout_s))
+        body = proto.update_weights_from_distributed_body(
+            names, dtypes, shapes, group_name=group_name, weight_version=weight_version, flush_cache=flush_cache
+        )
+        await self._on_workers(
+            lambda u: self._expect_success(
+                u, "update_weights_from_distributed", body, timeout_s=timeout_s or self.timeout_s
+            )
+        )
 
-    async def update_weights_from_disk(self, model_path: str, *, weight_version: Optional[str] = None,
-                                       timeout_s: Optional[float] = None) -> None:
+    async def update_weights_from_disk(
+        self, model_path: str, *, weight_version: Optional[str] = None, timeout_s: Optional[float] = None
+    ) -> None:
         """Reload every worker from an HF checkpoint folder (no session needed)."""
         body = proto.update_weights_from_disk_body(model_path, weight_version=weight_version)
-        await self._on_workers(lambda u: self._expect_success(u, "update_weights_from_disk", body,
-                                                              timeout_s=timeout_s or self.timeout_s))
+        await self._on_workers(
+            lambda u: self._expect_success(u, "update_weights_from_disk", body, timeout_s=timeout_s or self.timeout_s)
+        )
 
-    async def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
-                                        rank_offsets: Mapping[str, int], *, group_name: str = "weight_update_group",
-                                        backend: str = "nccl", timeout_s: Optional[float] = None) -> None:
+    async def init_weights_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        world_size: int,
+        rank_offsets: Mapping[str, int],
+        *,
+        group_name: str = "weight_update_group",
+        backend: str = "nccl",
+        timeout_s: Optional[float] = None,
+    ) -> None:
         """Every worker joins the trainer's NCCL group (the trainer is rank 0 and must join too,
         concurrently: these calls return once the group has formed)."""
 
         def one(url):
-            body = proto.init_weights_update_group_body(master_address, master_port, rank_offsets[url], world_size,
-                                                        group_name=group_name, backend=backend)
+            body = proto.init_weights_update_group_body(
+                master_address, master_port, rank_offsets[url], world_size, group_name=group_name, backend=backend
+            )
             return self._expect_success(url, "init_weights_update_group", body, timeout_s=timeout_s or self.timeout_s)
 
         await self._on_workers(one)

@@ -6,6 +6,7 @@ call generate() and, from another thread, abort() or pause() while a generate is
 One /generate per prompt with n = samples_per_prompt: the prompt is prefilled once, and a
 failed request is retried as a whole, so a prompt's samples are never partly lost or repeated.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,15 @@ class _LoopThread:
 
 
 class SGLangEngine(RolloutEngine):
-    def __init__(self, client: SGLangClient, *, deployment=None, weight_sync: Optional[Transport] = None,
-                 pause_mode: str = "abort", seeded: bool = False):
+    def __init__(
+        self,
+        client: SGLangClient,
+        *,
+        deployment=None,
+        weight_sync: Optional[Transport] = None,
+        pause_mode: str = "abort",
+        seeded: bool = False,
+    ):
         """`seeded`: when SamplingParams.seed is set, send each sample as its own request with
         a sampling_seed derived from (seed, prompt, sample), so that a rollout can be repeated
         exactly; SGLang honours it on servers started with --enable-deterministic-inference."""
@@ -62,7 +70,9 @@ class SGLangEngine(RolloutEngine):
         self.run(client.start())
 
     @classmethod
-    def from_config(cls, cfg, *, log_dir: Optional[Path] = None, weight_sync: Optional[Transport] = None) -> "SGLangEngine":
+    def from_config(
+        cls, cfg, *, log_dir: Optional[Path] = None, weight_sync: Optional[Transport] = None
+    ) -> "SGLangEngine":
         """Attach to or launch the deployment `cfg.rollout` describes (see router.deploy); weights
         travel by the transport rollout.weight_sync names unless `weight_sync` is given."""
         from ...weight_sync.factory import transport_from_config
@@ -70,10 +80,16 @@ class SGLangEngine(RolloutEngine):
 
         r = cfg.rollout
         dep = deploy(r, cfg.sglang, log_dir=Path(log_dir or Path(cfg.train.output_dir) / "sglang"))
-        client = SGLangClient(dep.generate_urls, dep.worker_urls, concurrency=r.concurrency,
-                              timeout_s=r.request_timeout_s, max_retries=r.max_retries)
-        return cls(client, deployment=dep, weight_sync=weight_sync or transport_from_config(cfg),
-                   seeded=r.seeded_sampling)
+        client = SGLangClient(
+            dep.generate_urls,
+            dep.worker_urls,
+            concurrency=r.concurrency,
+            timeout_s=r.request_timeout_s,
+            max_retries=r.max_retries,
+        )
+        return cls(
+            client, deployment=dep, weight_sync=weight_sync or transport_from_config(cfg), seeded=r.seeded_sampling
+        )
 
     def run(self, coro, timeout_s: Optional[float] = None):
         """Run a client coroutine on the engine's loop (usable from any thread)."""
@@ -84,7 +100,9 @@ class SGLangEngine(RolloutEngine):
         return asyncio.run_coroutine_threadsafe(coro, self._loop.loop)
 
     # -- RolloutEngine ---------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[Sequence[int]], samples_per_prompt: int, params: SamplingParams) -> List[Rollout]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], samples_per_prompt: int, params: SamplingParams
+    ) -> List[Rollout]:
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
         rollouts = self.run(self._generate(prompts, samples_per_prompt, params))
@@ -95,8 +113,10 @@ class SGLangEngine(RolloutEngine):
         async def samples_of(p_idx, prompt):
             if not (self.seeded and params.seed is not None):
                 return await self.client.generate(prompt, params, k)
-            seeded = [self.client.generate(prompt, params, 1, sampling_seed=sample_seed(params.seed, p_idx, j))
-                      for j in range(k)]  # fmt: skip
+            seeded = [
+                self.client.generate(prompt, params, 1, sampling_seed=sample_seed(params.seed, p_idx, j))
+                for j in range(k)
+            ]
             return [s for one_sample in await asyncio.gather(*seeded) for s in one_sample]
 
         async def one(p_idx, prompt):

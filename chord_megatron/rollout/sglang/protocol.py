@@ -17,6 +17,7 @@ Facts of 0.5.23 this module encodes:
   * the control routes answer {"success": bool, "message": str}; errors come as
     {"error": {"message": ...}}, {"error": "..."}, FastAPI's {"detail": ...} or plain text.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,7 @@ ROUTES: Dict[str, Route] = {
     ),
     "update_weights_from_disk": Route("/update_weights_from_disk", "POST", "UpdateWeightFromDiskReqInput"),
     "init_weights_update_group": Route("/init_weights_update_group", "POST", "InitWeightsUpdateGroupReqInput"),
-    "destroy_weights_update_group": Route(
-        "/destroy_weights_update_group", "POST", "DestroyWeightsUpdateGroupReqInput"
-    ),
+    "destroy_weights_update_group": Route("/destroy_weights_update_group", "POST", "DestroyWeightsUpdateGroupReqInput"),
     "update_weight_version": Route("/update_weight_version", "POST", "UpdateWeightVersionReqInput"),
 }
 
@@ -92,8 +91,9 @@ def sampling_params_body(params: "SamplingParams", n: int = 1, sampling_seed: Op
     return body
 
 
-def generate_body(input_ids: Sequence[int], params: "SamplingParams", n: int = 1,
-                  sampling_seed: Optional[int] = None) -> Dict[str, Any]:  # fmt: skip
+def generate_body(
+    input_ids: Sequence[int], params: "SamplingParams", n: int = 1, sampling_seed: Optional[int] = None
+) -> Dict[str, Any]:
     """A /generate body for one prompt given as token ids, asking for sampled-token log-probs."""
     ids = [int(t) for t in input_ids]
     if not ids:
@@ -314,7 +314,9 @@ def parse_generate_item(item: Any, max_new_tokens: Optional[int] = None) -> Gene
     output_ids = item.get("output_ids")
     if output_ids is None:
         output_ids = lp_tokens
-    elif not isinstance(output_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in output_ids):
+    elif not isinstance(output_ids, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in output_ids
+    ):
         raise MalformedResponse(f"output_ids is not a list of integers: {str(output_ids)[:80]}")
     elif output_ids != lp_tokens:
         raise MalformedResponse(

@@ -13,6 +13,7 @@ left alone. The router is started with `python -m sglang_router.launch_router`; 
 health checks and startup checks default to 60 s / 30 s intervals, too slow to notice a
 restarted worker in a short run, so this module sets them shorter unless `router:` says otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,18 @@ def router_command(worker_urls: Sequence[str], *, host: str, port: int, options:
     # Its Prometheus exporter binds 0.0.0.0:29000 by default: two routers on one node collide.
     opts.setdefault("prometheus_host", host)
     opts.setdefault("prometheus_port", free_port(host))
-    return [sys.executable, "-m", "sglang_router.launch_router", "--host", host, "--port", str(port),
-            "--worker-urls", *worker_urls, *cli_flags(opts)]
+    return [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--worker-urls",
+        *worker_urls,
+        *cli_flags(opts),
+    ]
 
 
 def server_command(*, host: str, port: int, options: Mapping[str, Any]) -> List[str]:
@@ -90,8 +101,9 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         return self
 
     def alive(self) -> bool:
@@ -131,8 +143,10 @@ def wait_until(check, what: str, timeout_s: float, procs: Sequence[ManagedProces
     while time.monotonic() < deadline:
         for p in procs:
             if not p.alive():
-                raise DeploymentError(f"{p.name} exited (code {p.proc.returncode}) while waiting for {what}; "
-                                      f"last log lines:\n{p.log_tail()}")
+                raise DeploymentError(
+                    f"{p.name} exited (code {p.proc.returncode}) while waiting for {what}; "
+                    f"last log lines:\n{p.log_tail()}"
+                )
         try:
             result = check()
             if result:
@@ -140,7 +154,9 @@ def wait_until(check, what: str, timeout_s: float, procs: Sequence[ManagedProces
         except (OSError, ValueError) as e:
             last = e
         time.sleep(interval_s)
-    raise DeploymentError(f"timed out after {timeout_s:g}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise DeploymentError(
+        f"timed out after {timeout_s:g}s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
 def router_workers(router_url: str) -> List[Dict[str, Any]]:
@@ -186,14 +202,26 @@ class Deployment:
         self.processes.clear()
 
 
-def start_router(worker_urls: Sequence[str], *, host: str = "127.0.0.1", port: Optional[int] = None,
-                 options: Mapping[str, Any] = (), log_dir: Path, timeout_s: float = 120.0,
-                 env: Optional[Dict[str, str]] = None, min_healthy: Optional[int] = None) -> ManagedProcess:
+def start_router(
+    worker_urls: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: Optional[int] = None,
+    options: Mapping[str, Any] = (),
+    log_dir: Path,
+    timeout_s: float = 120.0,
+    env: Optional[Dict[str, str]] = None,
+    min_healthy: Optional[int] = None,
+) -> ManagedProcess:
     """Start sglang-router over `worker_urls` and wait until `min_healthy` (default: all) of them
     are registered healthy; the returned process has .url set."""
     port = port or free_port(host)
-    proc = ManagedProcess("sglang-router", router_command(worker_urls, host=host, port=port, options=options),
-                          Path(log_dir) / "router.log", env=env).start()
+    proc = ManagedProcess(
+        "sglang-router",
+        router_command(worker_urls, host=host, port=port, options=options),
+        Path(log_dir) / "router.log",
+        env=env,
+    ).start()
     proc.url = f"http://{host}:{port}"
     try:
         wait_router_ready(proc.url, len(worker_urls) if min_healthy is None else min_healthy, timeout_s, [proc])
@@ -222,8 +250,11 @@ def deploy(rollout_cfg, sglang_options: Mapping[str, Any], *, log_dir: Path, hos
                 port = free_port(host)
                 opts = dict(options)
                 opts.setdefault("base_gpu_id", i * gpus)
-                server = ManagedProcess(f"sglang-server-{i}", server_command(host=host, port=port, options=opts),
-                                        Path(log_dir) / f"sglang-server-{i}.log").start()
+                server = ManagedProcess(
+                    f"sglang-server-{i}",
+                    server_command(host=host, port=port, options=opts),
+                    Path(log_dir) / f"sglang-server-{i}.log",
+                ).start()
                 dep.processes.append(server)
                 dep.worker_urls.append(f"http://{host}:{port}")
             for url in dep.worker_urls:

@@ -10,6 +10,7 @@ and the same planning, but writes each rank's files in-process, one bucket after
 Format and planning are megatron-core's; only the two places that start processes differ:
 the results queue (an in-process queue instead of a Manager's) and the write function.
 """
+
 from __future__ import annotations
 
 import queue

@@ -4,6 +4,7 @@ megatron-core's DotProductAttention refuses context_parallel_size > 1 and otherw
 sizes from the config; train/cp_attention.py does the context parallelism itself, so its base
 class gets a copy that says 1. tests/unit/test_compat_pins.py pins both facts.
 """
+
 from __future__ import annotations
 
 import copy

@@ -25,6 +25,7 @@ Things CPU / gloo cannot do are turned off in the model config instead (see trai
 fusions, sequence parallelism, gradient-accumulation fusion, batched p2p (batch_p2p_comm,
 batch_p2p_sync). Writing checkpoints without subprocesses is compat/ckpt_writer.py's job.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -189,8 +190,21 @@ class CpuCudaView:
 
 
 _FACTORIES = (
-    "tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "eye",
-    "rand", "randn", "randint", "zeros_like", "ones_like", "empty_like", "full_like",
+    "tensor",
+    "as_tensor",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "eye",
+    "rand",
+    "randn",
+    "randint",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
 )
 
 

@@ -4,6 +4,7 @@ With `calculate_per_token_loss` Megatron's finalize_model_grads divides every gr
 global number of tokens it counted; our loss already is a token mean over the *global* counts
 of each row kind (train/step.py), so the division is skipped by handing it no token count.
 """
+
 from __future__ import annotations
 
 

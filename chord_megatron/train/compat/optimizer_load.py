@@ -11,6 +11,7 @@
   saved count is written afterwards. tests/unit/test_compat_pins.py pins the Megatron code
   this relies on.
 """
+
 from __future__ import annotations
 
 import contextlib

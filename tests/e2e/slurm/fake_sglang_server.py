@@ -5,6 +5,7 @@ launch/sglang_node.sh starts servers as `$SGLANG_SERVER_CMD --host H --port P --
 project's fake worker (tests/support/fake_sglang.py). The fake serves on loopback only,
 and has no GPUs, so --host becomes 127.0.0.1 and --base-gpu-id is recorded in the log and dropped.
 """
+
 import argparse
 
 from tests.support import fake_sglang
