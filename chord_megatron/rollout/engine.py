@@ -154,10 +154,14 @@ def generate_complete(
         for r in again:
             r.prompt_index = cut[r.prompt_index]
             rollouts[r.prompt_index * samples_per_prompt + r.sample_index] = r
-    cut = sorted({r.prompt_index for r in rollouts if r.finish_reason == "abort"})
-    if cut:
+    still = [r for r in rollouts if r.finish_reason == "abort"]
+    if still:
+        cut = sorted({r.prompt_index for r in still})
+        # SGLang also aborts a request it cannot serve (e.g. too long for the context): its reason.
+        why = still[0].metadata.get("finish_message") or "no reason given"
         raise RolloutError(
             f"prompts {cut[:5]}{' ...' if len(cut) > 5 else ''} still had aborted samples after "
-            f"{rounds} regenerations: is a server being paused or aborted by something else?"
+            f"{rounds} regenerations (the server's reason: {why}): is a server being paused or aborted "
+            f"by something else?"
         )
     return rollouts, aborted

@@ -43,7 +43,11 @@ def test_aborted_group_is_regenerated_and_counted(worker):
 def test_samples_aborted_every_time_stop_the_run(worker):
     w = worker("--abort-generates", "1000")
     with engine_for(w) as eng:
-        with pytest.raises(RolloutError, match=r"prompts \[0, 1\] still had aborted samples after 2 regenerations"):
+        with pytest.raises(
+            RolloutError,
+            match=r"prompts \[0, 1\] still had aborted samples after 2 regenerations "
+            r"\(the server's reason: Abort request\)",
+        ):
             generate_complete(eng, PROMPTS[:2], 2, SP, rounds=2)
 
 
