@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from ..config import sglang_gpus_per_server
 from ..net import free_port
-from ..train.compat.process_group import new_process_group
+from ..train.compat.process_group import abort_process_group, new_process_group
 from .buckets import SyncStats, WeightSyncError, bucketize, check_servers_take, update_session, with_last
 
 
@@ -194,14 +194,13 @@ class NcclSync:
         group, self.group = self.group, None
         self._groups_abandoned += 1
         self._renew = True
-        try:
-            group.abort()
+        try:  # unregistered too: it would keep its name taken in this process, and its store alive
+            abort_process_group(group)
         except Exception:
-            pass
-        try:  # unregister it: it would keep its name taken in this process, and its store alive
-            dist.destroy_process_group(group)
-        except Exception:
-            pass
+            try:
+                group.abort()
+            except Exception:
+                pass
         try:
             engine.run(engine.client.destroy_weights_update_group(self.group_name))
         except Exception:

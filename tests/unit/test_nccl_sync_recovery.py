@@ -7,6 +7,7 @@ own init_custom_process_group and refuses only the first announcement."""
 
 import pytest
 import torch
+from torch.distributed.distributed_c10d import _world
 
 from chord_megatron.net import free_port
 from chord_megatron.rollout.sglang.client import SGLangClient, SGLangError
@@ -31,6 +32,8 @@ def test_sync_after_a_failed_one_reconnects_with_a_fresh_group_and_port(tmp_path
             with pytest.raises(SGLangError, match="fault injection"):
                 eng.update_weights(big, "1")
             assert sync.group is None
+            # Unregistered too: a later NcclSync in this process may take the name again.
+            assert "weight_update_group" not in _world.pg_names.values()
             small = [("model.norm.weight", torch.arange(8, dtype=torch.float32))]
             eng.update_weights(small, "2")
             assert eng.served_versions() == {w.url: "2"}
