@@ -7,17 +7,16 @@ import ast
 
 import pytest
 
-from chord_megatron.cli import main
 from chord_megatron.config import ConfigError, load_config
 from tests.support import sglang_contract
-from tests.unit.test_launch_plan import QWEN7B
+from tests.unit.test_launch_plan import QWEN7B, cli
 
 SGLANG = ["rollout.engine=sglang"]
 
 
 @pytest.mark.skipif(not sglang_contract.available(), reason="needs the sglang 0.5.23 wheel")
-def test_the_wheel_still_asserts_dp_size_1_on_weight_updates():
-    """The fact the refusal rests on, read from SGLang's source."""
+def test_the_wheel_still_refuses_dp_and_ranks_without_pp():
+    """The facts the refusals rest on, read from SGLang's source."""
     source = (sglang_contract.sglang_dir() / "srt" / "managers" / "tokenizer_control_mixin.py").read_text()
     guarded = {}
     for node in ast.walk(ast.parse(source)):
@@ -25,6 +24,9 @@ def test_the_wheel_still_asserts_dp_size_1_on_weight_updates():
             guarded[node.name] = "dp_size == 1" in ast.unparse(node)
     for route in ("init_weights_update_group", "update_weights_from_distributed", "update_weights_from_tensor"):
         assert guarded.get(route), route
+    # A GPU's rank in the update group has no pipeline term: the stages of a server collide.
+    updater = sglang_contract.sglang_dir() / "srt" / "model_executor" / "model_runner_components" / "weight_updater.py"
+    assert "rank = rank_offset + self.tp_rank\n" in updater.read_text()
 
 
 @pytest.mark.parametrize("sync", ["nccl", "tensor"])
@@ -45,12 +47,6 @@ def test_sglangs_long_flag_names_count_too():
         load_config(None, SGLANG + ["sglang.model_path=/m", "sglang.data_parallel_size=4", "rollout.weight_sync=nccl"])
 
 
-def plan_cli(capsys, path, *args):
-    rc = main(["launch", "plan", str(path), *map(str, args)])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
 @pytest.mark.parametrize(
     "overrides,reason",
     [
@@ -63,7 +59,7 @@ def plan_cli(capsys, path, *args):
 def test_launch_plan_refuses_dp_or_pp_with_broadcast_sync(tmp_path, capsys, overrides, reason):
     path = tmp_path / "qwen.yaml"
     path.write_text(QWEN7B)
-    rc, out, err = plan_cli(capsys, path, "rollout.engine=inprocess", *overrides)
+    rc, out, err = cli(capsys, path, "rollout.engine=inprocess", *overrides)
     if reason is None:
         assert rc == 0 and out.startswith("launch plan: disaggregated"), err
         return
