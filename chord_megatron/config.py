@@ -269,6 +269,32 @@ def sglang_gpus_per_server(options: Mapping[str, Any]) -> int:
     return int(tp or 1) * int(options.get("dp_size", 1) or 1) * int(options.get("pp_size", 1) or 1)
 
 
+def weight_sync_layout_problem(options: Mapping[str, Any], weight_sync: str) -> Optional[Tuple[str, str]]:
+    """(sglang key, reason) when SGLang 0.5.23 cannot take weights by `weight_sync` (nccl or
+    tensor) from servers with these options (the sglang: section, or /server_info), else None.
+
+    * dp_size > 1: every update_weights_from_tensor / _distributed (and the update group's
+      setup) asserts dp_size == 1 (tokenizer_control_mixin.py), an HTTP 500 at the first sync;
+    * pp_size > 1: a server's GPUs join the update group at rank_offset + tp_rank, so the GPUs
+      of different pipeline stages with the same TP rank take the same rank."""
+    if weight_sync not in ("nccl", "tensor"):
+        return None
+    dp = int(options.get("dp_size", options.get("data_parallel_size", 1)) or 1)
+    pp = int(options.get("pp_size", options.get("pipeline_parallel_size", 1)) or 1)
+    if dp > 1:
+        return "sglang.dp_size", (
+            f"{dp}: SGLang refuses weight updates by {weight_sync} from a server with data-parallel replicas "
+            f"(it asserts dp_size == 1); use rollout.weight_sync=disk, or dp_size=1 and several servers"
+        )
+    if pp > 1:
+        return "sglang.pp_size", (
+            f"{pp}: with pipeline stages two GPUs of a server take the same rank in SGLang's weight-update "
+            f"group (rank_offset + tp_rank), so {weight_sync} sync cannot work; use rollout.weight_sync=disk, "
+            f"or pp_size=1 (a larger tp_size, or several servers)"
+        )
+    return None
+
+
 def _choices(cls, prefix: str = "") -> Dict[str, Tuple[str, ...]]:
     out: Dict[str, Tuple[str, ...]] = {}
     hints = typing.get_type_hints(cls)
@@ -573,6 +599,10 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if r.engine == "sglang" and not (r.router_url or r.server_urls or cfg.sglang):
         fail("rollout.engine", "sglang needs rollout.router_url, rollout.server_urls or an sglang: section to launch")
+    if r.engine == "sglang":
+        problem = weight_sync_layout_problem(cfg.sglang, r.weight_sync)
+        if problem:
+            fail(*problem)
 
     o = cfg.optim
     if not (o.lr > 0 and math.isfinite(o.lr)):

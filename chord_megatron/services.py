@@ -85,6 +85,7 @@ class Services:
         the GRPO term has no weight, so the step is plain SFT on a full batch of expert rows; at
         mu = 0 it is plain GRPO and no expert rows are drawn."""
         from .rewards.scoring import score
+        from .rollout.engine import generate_complete
 
         cfg, task, r = self.cfg, self.task, self.cfg.rollout
         t0 = time.perf_counter()
@@ -92,8 +93,10 @@ class Services:
         n_prompts = 0 if sft_only else r.prompts_per_step
         prompts = task.rl_prompts(step, n_prompts)
         rollouts: List[Rollout] = []
+        aborted = 0
         if prompts:
-            rollouts = self.rollout.generate(
+            rollouts, aborted = generate_complete(
+                self.rollout,
                 [p.prompt_ids for p in prompts],
                 r.samples_per_prompt,
                 self.sampling(seeding.step_seed(cfg.train.seed, step)),
@@ -112,7 +115,11 @@ class Services:
         expert = task.expert_rows(step, n_expert)
         batch = build_train_batch(rollouts, adv, expert, pad_id=task.tokenizer.pad_id)
         gen_tokens = sum(len(x.response_ids) for x in rollouts)
-        metrics: Dict[str, float] = {"rollout/seconds": gen_s, "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9)}
+        metrics: Dict[str, float] = {
+            "rollout/seconds": gen_s,
+            "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9),
+            "rollout/aborted": float(aborted),
+        }
         if rollouts:
             t = torch.tensor(rewards)
             metrics.update(
@@ -138,10 +145,12 @@ class Services:
         if not self.active:
             return {}
         from .rewards.scoring import score
+        from .rollout.engine import generate_complete
 
         cfg, task = self.cfg, self.task
         k = cfg.train.eval_samples
-        rollouts = self.rollout.generate(
+        rollouts, aborted = generate_complete(
+            self.rollout,
             [p.prompt_ids for p in task.evaluation],
             k,
             self.sampling(seeding.step_seed(cfg.train.seed, updates, salt=seeding.EVAL)),
@@ -152,6 +161,7 @@ class Services:
             "eval/accuracy": sum(x == 1.0 for x in rewards) / n,
             "eval/reward": sum(rewards) / n,
             "eval/response_length": sum(len(x.response_ids) for x in rollouts) / n,
+            "eval/aborted": float(aborted),
         }
         self.logger.log(updates, result)
         return result

@@ -108,7 +108,7 @@ def run_eval(
 ) -> int:
     from ..data.hf_tokenizer import load_tokenizer
     from ..data.seeding import EVAL_COMMAND, step_seed
-    from ..rollout.engine import SamplingParams
+    from ..rollout.engine import SamplingParams, generate_complete
     from ..rollout.factory import rollout_engine_from_config
     from ..train.parallel import is_rank0
     from ..weight_sync.convert import Layout, megatron_to_hf
@@ -140,7 +140,7 @@ def run_eval(
             params = SamplingParams.from_config(
                 cfg.rollout, stop_token_ids=stop, seed=step_seed(cfg.train.seed, lo, salt=EVAL_COMMAND)
             )
-            for r in rollout.generate([p.prompt_ids for p in chunk], k, params):
+            for r in generate_complete(rollout, [p.prompt_ids for p in chunk], k, params)[0]:
                 r.prompt_index += lo
                 rollouts.append(r)
         gen_s = time.perf_counter() - t0

@@ -46,6 +46,9 @@ def score(scorer, reward_name: str, tokenizer, rollouts, prompts) -> List[float]
     """Rewards of the rollouts (r.prompt_index indexes `prompts`). Each reward function sees
     the finish reason in its metadata; see the module docstring for cut-off responses."""
     own = getattr(get_reward(reward_name), "handles_finish_reason", False)
+    cut = [(r.prompt_index, r.sample_index) for r in rollouts if r.finish_reason == "abort"]
+    if cut:  # a bug in the caller: rollout.engine.generate_complete regenerates them
+        raise ValueError(f"aborted samples {cut[:5]} would be scored as complete answers; regenerate them first")
     jobs = []
     for r in rollouts:
         p = prompts[r.prompt_index]

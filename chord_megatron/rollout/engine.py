@@ -1,6 +1,7 @@
 """The RolloutEngine interface: the few verbs the training loop needs from an inference engine.
 
     generate(prompts, samples_per_prompt, params) -> [Rollout]   ordered by (prompt, sample)
+    generate_complete(engine, ...) -> ([Rollout], aborted)     the same, no sample cut by an abort
     pause() / resume()                                          bracket a weight sync
     update_weights(named_tensors, version)                      Hugging Face names and layouts
     health() -> bool, weight_version, close()
@@ -123,3 +124,44 @@ def check_complete(rollouts: Sequence[Rollout], num_prompts: int, samples_per_pr
         f"rollout incomplete: expected {num_prompts} prompts x {samples_per_prompt} samples, got "
         f"{len(rollouts)}; " + "; ".join(parts)
     )
+
+
+ABORT_REGENERATIONS = 3  # rounds of regeneration before a prompt's aborted samples stop the run
+
+
+def generate_complete(
+    engine: RolloutEngine,
+    prompts: Sequence[Sequence[int]],
+    samples_per_prompt: int,
+    params: SamplingParams,
+    *,
+    rounds: int = ABORT_REGENERATIONS,
+) -> Tuple[List[Rollout], int]:
+    """engine.generate, with every sample whose finish reason is "abort" (cut by a pause, an
+    abort, a server that dropped it) regenerated: a cut response scored as a complete answer, or
+    trained on, would teach the model from text it never finished. The prompt's whole group is
+    drawn again, so its samples share one request (and its seeds). Returns the rollouts and how
+    many aborted samples were replaced, for the metrics; RolloutError if some are still aborted
+    after `rounds` regenerations (the run stops; --resume continues it)."""
+    rollouts = list(engine.generate(prompts, samples_per_prompt, params))
+    aborted = 0
+    for _ in range(rounds):
+        cut = sorted({r.prompt_index for r in rollouts if r.finish_reason == "abort"})
+        if not cut:
+            return rollouts, aborted
+        aborted += sum(r.finish_reason == "abort" for r in rollouts)
+        again = engine.generate([prompts[i] for i in cut], samples_per_prompt, params)
+        for r in again:
+            r.prompt_index = cut[r.prompt_index]
+            rollouts[r.prompt_index * samples_per_prompt + r.sample_index] = r
+    still = [r for r in rollouts if r.finish_reason == "abort"]
+    if still:
+        cut = sorted({r.prompt_index for r in still})
+        # SGLang also aborts a request it cannot serve (e.g. too long for the context): its reason.
+        why = still[0].metadata.get("finish_message") or "no reason given"
+        raise RolloutError(
+            f"prompts {cut[:5]}{' ...' if len(cut) > 5 else ''} still had aborted samples after "
+            f"{rounds} regenerations (the server's reason: {why}): is a server being paused or aborted "
+            f"by something else?"
+        )
+    return rollouts, aborted

@@ -14,6 +14,9 @@ from typing import Dict, Iterable, Iterator, List, Tuple
 
 import torch
 
+from ..config import weight_sync_layout_problem
+from ..errors import ChordError
+
 Bucket = List[Tuple[str, torch.Tensor]]
 
 
@@ -102,3 +105,17 @@ def update_session(engine):
             pass
         raise
     engine.run(engine.client.end_weight_update())
+
+
+class WeightSyncError(ChordError, RuntimeError):
+    """A transport cannot work with these servers or this host (the message says why and what instead)."""
+
+
+def check_servers_take(infos: Dict[str, Dict], transport: str) -> None:
+    """Refuse servers (their /server_info) that SGLang cannot update by `transport`, before a
+    session opens: the same rule config validation applies to the sglang: section."""
+    for url, info in infos.items():
+        problem = weight_sync_layout_problem(info, transport)
+        if problem:
+            key, reason = problem
+            raise WeightSyncError(f"{url} runs with {key.split('.')[-1]}={reason}")

@@ -15,10 +15,16 @@ A server that refuses an announcement (no session, unknown names, ...) never tak
 the broadcast, which would then block until the group's timeout. So the broadcasts are
 asynchronous and, while they run, the announcement is watched: its refusal ends the wait, and
 the group, now out of step, is aborted and dropped (the next sync sets up a new one).
+
+The new group cannot reuse the old one's name or port: torch keeps an aborted group's name
+registered ("The specified group name has already been created") and its rendezvous store may
+still listen on the port. So each reconnect takes a new name (`<group_name>_<n>`) and a port
+nobody listens on, from the job's reserved `port_range` when there is one.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Iterable, Optional, Tuple
 
@@ -26,8 +32,9 @@ import torch
 import torch.distributed as dist
 
 from ..config import sglang_gpus_per_server
-from ..train.compat.process_group import new_process_group
-from .buckets import SyncStats, bucketize, update_session, with_last
+from ..net import free_port
+from ..train.compat.process_group import abort_process_group, new_process_group
+from .buckets import SyncStats, WeightSyncError, bucketize, check_servers_take, update_session, with_last
 
 
 def join_group(
@@ -47,6 +54,15 @@ def join_group(
     )
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 class NcclSync:
     """Callable transport for SGLangEngine(weight_sync=NcclSync(...)); call it on the trainer
     rank that holds the full tensors (rank 0 of the training job)."""
@@ -62,10 +78,19 @@ class NcclSync:
         device: Optional[torch.device] = None,
         init_timeout_s: float = 600.0,
         poll_s: float = 0.01,
+        port_range: Optional[Tuple[int, int]] = None,
     ):
+        """`port_range` (first, last), inclusive: where the ports of later groups come from
+        (the job's reserved ports); without one, any free port of this host."""
+        if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+            raise ValueError(f"port_range must be (first, last) with 0 < first <= last < 65536, got {port_range}")
         self.master_address, self.master_port = master_address, int(master_port)
+        self.port_range = port_range
         self.max_bytes = int(bucket_mb * 2**20)
         self.backend, self.group_name = backend, group_name
+        self._base_group_name = group_name
+        self._groups_abandoned = 0
+        self._renew = False  # the last group was abandoned: the next one needs a new name and port
         self.device = device or (
             torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         )
@@ -73,9 +98,26 @@ class NcclSync:
         self.poll_s = poll_s
         self.group = None
 
+    def _fresh_port(self) -> int:
+        """A port other than the current one that nobody on this host listens on."""
+        if self.port_range is None:
+            return free_port("")
+        for port in range(self.port_range[0], self.port_range[1] + 1):
+            if port != self.master_port and _bindable(port):
+                return port
+        raise WeightSyncError(
+            f"no free port left in the reserved range {self.port_range[0]}-{self.port_range[1]} "
+            f"for a new weight-update group"
+        )
+
     def connect(self, engine) -> None:
+        if self._renew:
+            self.group_name = f"{self._base_group_name}_{self._groups_abandoned}"
+            self.master_port = self._fresh_port()
+            self._renew = False
         client = engine.client
         infos = engine.run(client.server_infos())
+        check_servers_take(infos, "nccl")  # attached servers: the config's sglang: section may not describe them
         offsets, next_rank = {}, 1
         for url in client.worker_urls:
             offsets[url] = next_rank
@@ -103,6 +145,9 @@ class NcclSync:
             )
         except BaseException:
             joined.cancel()
+            # The name may be registered and the store may hold the port: the next try renews both.
+            self._groups_abandoned += 1
+            self._renew = True
             raise
         joined.result(self.init_timeout_s)
 
@@ -147,10 +192,15 @@ class NcclSync:
         """Abort the out-of-step group (its pending broadcasts end with it) and ask the servers
         to drop their side; best effort, the original error is what the caller raises."""
         group, self.group = self.group, None
-        try:
-            group.abort()
+        self._groups_abandoned += 1
+        self._renew = True
+        try:  # unregistered too: it would keep its name taken in this process, and its store alive
+            abort_process_group(group)
         except Exception:
-            pass
+            try:
+                group.abort()
+            except Exception:
+                pass
         try:
             engine.run(engine.client.destroy_weights_update_group(self.group_name))
         except Exception:

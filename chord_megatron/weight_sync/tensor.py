@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
-from .buckets import Bucket, SyncStats, bucketize, update_session, with_last
+from .buckets import Bucket, SyncStats, bucketize, check_servers_take, update_session, with_last
 
 Serializer = Callable[[Bucket], str]
 
@@ -65,6 +65,7 @@ class TensorSync:
         client = engine.client
         serialize = self.serializer or default_serializer()
         infos = engine.run(client.server_infos())
+        check_servers_take(infos, "tensor")
         tp = {url: int(info.get("tp_size", 1) or 1) for url, info in infos.items()}
         stats = SyncStats("tensor")
         with update_session(engine):

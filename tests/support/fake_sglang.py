@@ -15,13 +15,16 @@ When the sglang wheel is installed, /generate bodies go through SGLang's own con
 
 Sampled tokens are a function of (prompt, sample index), or of (prompt, sampling_seed) for a
 seeded request: a test can tell which prompt a response answers. Faults, for the fault tests: slow answers, 503 while starting, dying on the N-th
-/generate without answering it, malformed JSON bodies. The process exits by itself after
+/generate without answering it, malformed JSON bodies, aborted
+/generate answers, a refused /begin_weight_update, lost
+/end_weight_update answers. The process exits by itself after
 --max-lifetime-s so that no test can leave it behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -82,6 +85,7 @@ class State:
         self.malformed_left = args.malformed
         self.flush_busy_left = args.flush_busy
         self.refuse_distributed_after_s = args.refuse_distributed_after_s
+        self.drop_end_answers = args.drop_end_answers
         self.abort_epoch = 0
         self.paused = False
         self.session_open = False
@@ -168,8 +172,8 @@ class Handler(BaseHTTPRequestHandler):
                     "port": s.args.port,
                     "frontend": "python",
                     "tp_size": s.args.tp_size,
-                    "dp_size": 1,
-                    "pp_size": 1,
+                    "dp_size": s.args.dp_size,
+                    "pp_size": s.args.pp_size,
                 },
             )
         if path == "/flush_cache":
@@ -223,13 +227,25 @@ class Handler(BaseHTTPRequestHandler):
                 s.paused = False
             return self._send(200, {"message": "Generation continued successfully.", "status": "ok"})
         if path == "/begin_weight_update":
+            if s.args.refuse_begin:
+                return self._fail("refused (fault injection: --refuse-begin)")
             with s.lock:
-                s.session_open = True
-            return self._ok("weight update session opened")
+                was, s.session_open = s.session_open, True
+            # SGLang's own messages (scheduler_components/weight_updater.py): one session at a time.
+            if was:
+                return self._fail("a weight-update session is already open; call end_weight_update() first")
+            return self._ok("Success")
         if path == "/end_weight_update":
             with s.lock:
                 was, s.session_open = s.session_open, False
-            return self._ok("weight update session closed") if was else self._fail("no weight update session is open")
+                drop = s.drop_end_answers > 0
+                s.drop_end_answers = max(0, s.drop_end_answers - 1)
+            if drop:  # the session is ended, but the answer is lost on the way
+                self.close_connection = True
+                return None
+            if not was:
+                return self._fail("no weight-update session is open; call begin_weight_update() first")
+            return self._ok("Success")
         if path in ("/update_weights_from_tensor", "/update_weights_from_distributed"):
             key = "serialized_named_tensors" if path.endswith("tensor") else "names"
             if key not in body:
@@ -240,7 +256,13 @@ class Handler(BaseHTTPRequestHandler):
                 if path.endswith("distributed") and s.group is None:
                     return self._fail("no weights update group: call /init_weights_update_group first")
             if path.endswith("distributed") and s.refuse_distributed_after_s is not None:
-                time.sleep(s.refuse_distributed_after_s)  # a late refusal: the data is never taken
+                with s.lock:
+                    after_s = s.refuse_distributed_after_s
+                    if s.args.refuse_distributed_times:  # only the first N are refused, then it recovers
+                        s.args.refuse_distributed_times -= 1
+                        if not s.args.refuse_distributed_times:
+                            s.refuse_distributed_after_s = None
+                time.sleep(after_s)  # a late refusal: the data is never taken
                 return self._fail("refused (fault injection: --refuse-distributed-after-s)")
             if path.endswith("distributed") and s.group_pg is not None:
                 self._receive(body)
@@ -288,6 +310,14 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/destroy_weights_update_group":
             with s.lock:
                 s.group = None
+                pg, s.group_pg = s.group_pg, None
+            if pg is not None:  # as SGLang does: the name and the group are released
+                import torch.distributed as dist
+
+                try:
+                    dist.destroy_process_group(pg)
+                except Exception as e:
+                    return self._fail(f"Failed to destroy custom process group: {e}.")
             return self._ok("Succeeded to destroy custom process group.")
         if path == "/update_weight_version":
             with s.lock:
@@ -361,6 +391,8 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.005)
             if malformed:
                 return self._send(200, raw=b'{"text": "truncated", "meta_info": {"id": ')
+            if n_received <= s.args.abort_generates:  # as if /abort_request or a pause cut it
+                aborted = True
             return self._send(200, self._outputs(body, aborted))
         finally:
             with s.lock:
@@ -440,6 +472,29 @@ def launch_fake_workers(n, log_dir, args_per_worker=None, timeout_s=20.0):
         raise
 
 
+@contextlib.contextmanager
+def running(n, log_dir, args_per_worker=None, lifetime_s=60):
+    """launch_fake_workers(n, ...) for a with-block: each exits by itself after `lifetime_s` and
+    is stopped (by PID) when the block ends."""
+    extra = args_per_worker or {}
+    ws = launch_fake_workers(
+        n, log_dir, {i: ["--max-lifetime-s", str(lifetime_s), *extra.get(i, [])] for i in range(n)}
+    )
+    try:
+        yield ws
+    finally:
+        for w in ws:
+            w.stop()
+
+
+def stats(worker) -> dict:
+    """A running fake's /_fake/stats: every POST it got, its session, group and weight version."""
+    import urllib.request
+
+    with urllib.request.urlopen(worker.url + "/_fake/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
 def child_env() -> dict:
     """The environment of a child that runs a tests.support module (`python -m tests.support.x`):
     this process's, with the repository root importable."""
@@ -465,11 +520,32 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--malformed", type=int, default=0, help="answer the first N /generate with broken JSON")
     p.add_argument("--flush-busy", type=int, default=0, help="answer the first N /flush_cache with 400")
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--dp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--pp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument(
         "--refuse-distributed-after-s",
         type=float,
         default=None,
         help="answer every /update_weights_from_distributed with an error after this long",
+    )
+    p.add_argument(
+        "--refuse-distributed-times",
+        type=int,
+        default=0,
+        help="with --refuse-distributed-after-s: refuse only the first N (0 = every one)",
+    )
+    p.add_argument(
+        "--abort-generates",
+        type=int,
+        default=0,
+        help="answer the first N /generate with finish_reason abort (half the tokens)",
+    )
+    p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
+    p.add_argument(
+        "--drop-end-answers",
+        type=int,
+        default=0,
+        help="end the session on the first N /end_weight_update but close the connection unanswered",
     )
     p.add_argument(
         "--join-groups",

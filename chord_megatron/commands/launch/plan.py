@@ -49,7 +49,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ...config import sglang_gpus_per_server
+from ...config import sglang_gpus_per_server, weight_sync_layout_problem
 from .layout import LayoutError, ParallelLayout
 from .memory import GIB, H100_MEMORY_GIB, MemoryEstimate, estimate_memory, step_rows
 
@@ -240,6 +240,11 @@ def plan_launch(
     server_nodes = (range(R) if mode == "disaggregated" else range(nodes)) if engine == "sglang" else range(0)
     num_servers = servers_per_node * len(server_nodes)
     weight_sync, warn = _resolve_weight_sync(cfg.rollout.weight_sync, mode, nodes)
+    # Checked again here: the plan may have turned tensor into nccl, and config validation
+    # skips it when the config's rollout.engine is not sglang.
+    problem = weight_sync_layout_problem(cfg.sglang, weight_sync) if engine == "sglang" else None
+    if problem:
+        raise LayoutError(f"{problem[0]}={problem[1]}")
     if engine != "sglang":
         weight_sync = cfg.rollout.weight_sync  # unused by the in-process engine
     elif warn:

@@ -161,12 +161,8 @@ class SGLangClient:
         raise SGLangError(f"{url}{r.path} failed: {last}")
 
     async def _expect_success(self, url: str, route: str, body: Dict[str, Any], **kw) -> str:
-        status, text = await self._control(url, route, body, **kw)
-        try:
-            ok, message = proto.check_success(proto.parse_json(text))
-        except MalformedResponse:
-            ok, message = False, f"HTTP {status}: {proto.error_message(text)}"
-        if not ok or status != 200:
+        ok, message = await self._try_success(url, route, body, **kw)
+        if not ok:
             raise SGLangError(f"{url}{proto.ROUTES[route].path} failed: {message}")
         return message
 
@@ -265,13 +261,66 @@ class SGLangClient:
         await self._on_workers(one)
 
     # -- weight updates ------------------------------------------------------------------------
+    async def _try_success(self, url: str, route: str, body: Dict[str, Any], **kw) -> Tuple[bool, str]:
+        """(success, message) of one control call that answered; network failures raise."""
+        status, text = await self._control(url, route, body, **kw)
+        try:
+            ok, message = proto.check_success(proto.parse_json(text))
+        except MalformedResponse:
+            ok, message = False, f"HTTP {status}: {proto.error_message(text)}"
+        return ok and status == 200, message
+
+    async def _begin_one(self, url: str) -> None:
+        route, body = "begin_weight_update", proto.begin_weight_update_body()
+        ok, message = await self._try_success(url, route, body, retries=2)
+        if not ok and proto.SESSION_ALREADY_OPEN in message:
+            # Left open by a crashed earlier run (a --resume finds it too), by a sync whose end
+            # never arrived, or by a retried begin whose first answer was lost. SGLang refuses
+            # every begin until it is ended, so end it (its half-loaded weights are about to be
+            # overwritten by this sync anyway) and begin again.
+            log.warning("%s had a weight-update session open (an earlier run's?): ending it first", url)
+            await self._end_one(url)
+            ok, message = await self._try_success(url, route, body, retries=2)
+        if not ok:
+            raise SGLangError(f"{url}{proto.ROUTES[route].path} failed: {message}")
+
+    async def _end_one(self, url: str, retries: int = 2) -> None:
+        """End `url`'s session, retrying network failures. When an earlier attempt got no answer,
+        it may have ended the session already: "no session is open" then counts as ended."""
+        route, body = "end_weight_update", proto.end_weight_update_body()
+        lost = ""
+        for attempt in range(retries + 1):
+            try:
+                ok, message = await self._try_success(url, route, body)
+            except SGLangError as e:
+                lost = str(e)
+                if attempt < retries:
+                    await asyncio.sleep(self._backoff(attempt))
+                continue
+            if ok or (lost and proto.NO_SESSION_OPEN in message):
+                return
+            raise SGLangError(f"{url}{proto.ROUTES[route].path} failed: {message}")
+        raise SGLangError(f"{lost} ({retries + 1} attempts)")
+
     async def begin_weight_update(self) -> None:
-        await self._on_workers(
-            lambda u: self._expect_success(u, "begin_weight_update", proto.begin_weight_update_body())
-        )
+        """Open a session on every worker. If any refuses, the sessions opened on the others are
+        ended before the error is raised: a session left open would make every later begin on
+        that worker fail until it restarts."""
+        urls = list(self.worker_urls)
+        results = await asyncio.gather(*(self._begin_one(u) for u in urls), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed:
+            return
+        # Also the failed ones: a begin that timed out may have opened its session all the same
+        # (an end where none is open is refused harmlessly).
+        ended = await asyncio.gather(*(self._end_one(u) for u in urls), return_exceptions=True)
+        for url, r in zip(urls, ended):
+            if isinstance(r, BaseException) and proto.NO_SESSION_OPEN not in str(r):
+                log.error("ending %s's weight-update session after a failed begin also failed: %s", url, r)
+        raise SGLangError("; ".join(str(e) for e in failed)) from failed[0]
 
     async def end_weight_update(self) -> None:
-        await self._on_workers(lambda u: self._expect_success(u, "end_weight_update", proto.end_weight_update_body()))
+        await self._on_workers(self._end_one)
 
     @contextlib.asynccontextmanager
     async def weight_update_session(self):

@@ -124,6 +124,12 @@ def continue_body() -> Dict[str, Any]:
     return {}
 
 
+# SGLang's refusals of a begin while a session is open and of an end while none is (its
+# scheduler_components/weight_updater.py); the client recognises a stale session by them.
+SESSION_ALREADY_OPEN = "a weight-update session is already open"
+NO_SESSION_OPEN = "no weight-update session is open"
+
+
 def begin_weight_update_body() -> Dict[str, Any]:
     return {"selector": "all"}
 

@@ -35,3 +35,12 @@ def new_process_group(
     # Registering the ranks lets torch.distributed's functions (broadcast, ...) take this group.
     _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
     return pg
+
+
+def abort_process_group(pg) -> None:
+    """Abort `pg` (its pending collectives end) and unregister it from torch's `_world`, without
+    the shutdown that destroy_process_group would attempt on a group that is out of step.
+    Unregistered, its name can be taken again and its rendezvous store can be freed."""
+    from torch.distributed.distributed_c10d import _abort_process_group
+
+    _abort_process_group(pg)
