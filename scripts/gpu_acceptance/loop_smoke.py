@@ -19,22 +19,11 @@ import time
 from pathlib import Path
 
 from scripts.gpu_acceptance.report import StepReport
+from tests.support.chord_cli import SHORT as DEMO_SHORT
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = [
-    "base.steps=40",
-    "base.problems=4000",
-    "data.arith_rl_prompts=200",
-    "data.arith_expert_rows=100",
-    "data.arith_eval_prompts=16",
-    "train.eval_samples=2",
-    "rollout.prompts_per_step=4",
-    "rollout.samples_per_prompt=4",
-    "train.micro_batch_size=8",
-    "rollout.max_new_tokens=32",
-    "train.eval_every=0",
-    "--no-progress",
-]
+# The shortened demo the end-to-end tests run, without evaluations or a progress bar.
+SHORT = [*DEMO_SHORT, "train.eval_every=0", "--no-progress"]
 
 
 def main():
