@@ -96,3 +96,16 @@ def test_an_existing_results_folder_is_never_overwritten(tmp_path):
     )
     assert out.returncode == 2 and "already holds" in out.stdout
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_readme_lists_every_step_with_its_budget():
+    readme = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in readme.split("## GPU acceptance", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].endswith(" s") and cells[2][:-2].isdigit():
+            rows[cells[0]] = int(cells[2][:-2])
+    assert rows == {
+        **{s.name: s.budget_s for s in acceptance.STEPS},
+        "total": sum(s.budget_s for s in acceptance.STEPS),
+    }
