@@ -101,7 +101,7 @@ def run_compare(
     names = list(names or table)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(table)}")
+        raise ConfigError("--variants", ",".join(unknown), f"unknown variant; known: {', '.join(table)}")
     per_variant = {n: list(v) for n, v in (per_variant or {}).items()}
     for name, extra in per_variant.items():  # a bad key fails now, not after the other variants ran
         load_config(config_path, [*overrides, *table[name], *extra])

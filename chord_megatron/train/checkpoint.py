@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import CHOICES
+from ..errors import ChordError
 from .compat import optimizer_load
 from .parallel import ParallelState
 
@@ -211,6 +212,12 @@ def _prune(root: str, keep_last: int, keep: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class CheckpointNotFound(ChordError, FileNotFoundError):
+    """A checkpoint path (--resume's root, export-hf's CHECKPOINT) that holds none: one line, exit 2."""
+
+    exit_code, kind = 2, "checkpoint"
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint directory: `path` itself, or what `path/latest` names."""
     pointer = os.path.join(path, LATEST)
@@ -219,7 +226,7 @@ def resolve_checkpoint(path: str) -> str:
             return os.path.join(path, f.read().strip())
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return path
-    raise FileNotFoundError(f"{path}: neither a checkpoint nor a checkpoint root with a '{LATEST}' file")
+    raise CheckpointNotFound(f"{path}: neither a checkpoint nor a checkpoint root with a '{LATEST}' file")
 
 
 def load_checkpoint(

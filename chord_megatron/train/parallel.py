@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from ..config import ParallelConfig
+from ..config import ConfigError, ParallelConfig
 from ..net import free_port
 from .compat.cpu_patches import apply_cpu_patches, check_megatron_version
 
@@ -126,9 +126,11 @@ def init_parallel(pcfg: ParallelConfig, *, seed: int = 1234) -> ParallelState:
     world = dist.get_world_size()
     model_parallel = pcfg.tensor * pcfg.pipeline * pcfg.context
     if world % model_parallel:
-        raise ValueError(
-            f"world size {world} is not divisible by parallel.tensor x parallel.pipeline x "
-            f"parallel.context = {pcfg.tensor} x {pcfg.pipeline} x {pcfg.context}"
+        raise ConfigError(
+            "parallel",
+            f"tensor x pipeline x context = {pcfg.tensor} x {pcfg.pipeline} x {pcfg.context}",
+            f"needs a multiple of {model_parallel} processes, this job has {world}: "
+            f"start it with `chord train --nproc {model_parallel}` (or torchrun --nproc-per-node)",
         )
     if pcfg.sequence_parallel and not torch.cuda.is_available():
         raise ValueError("parallel.sequence_parallel needs CUDA (megatron's local spec has no CPU path for it)")

@@ -112,3 +112,31 @@ def test_pass_through_subcommands_read_their_own_options(capsys):
         main(["data", "prep-toolace", "--help"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith("usage: chord data prep-toolace")
+
+
+def test_runtime_mistakes_end_in_one_line_with_the_way_out(tmp_path):
+    """What a new user hits first (issue #16 item 3): one line on stderr, exit 2, no traceback."""
+    demo = str(ROOT / "configs/demo.yaml")
+    cases = [
+        (
+            ["train", demo, "parallel.tensor=2", "base.steps=0", f"train.output_dir={tmp_path / 'a'}"],
+            "chord: config error: parallel: tensor x pipeline x context = 2 x 1 x 1: needs a multiple of 2 processes, "
+            "this job has 1: start it with `chord train --nproc 2` (or torchrun --nproc-per-node)",
+        ),
+        (
+            ["train", demo, "base.steps=0", f"train.output_dir={tmp_path / 'b'}", "--resume"],
+            f"chord: checkpoint: {tmp_path / 'b' / 'checkpoints'}: neither a checkpoint nor a checkpoint root with a "
+            "'latest' file",
+        ),
+        (
+            ["compare", demo, "--variants", "grpo,typo", f"train.output_dir={tmp_path / 'c'}"],
+            "chord: config error: --variants: typo: unknown variant; known: grpo, sft, sft-then-rl, chord-mu, chord-phi",
+        ),
+    ]
+    for args, line in cases:
+        out = subprocess.run(
+            [sys.executable, "-m", "chord_megatron.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1].removeprefix("[rank0]: ") == line
