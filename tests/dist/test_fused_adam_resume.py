@@ -10,8 +10,8 @@ update, a fresh engine that loads the checkpoint, and the third update.
 
 import pytest
 import torch
-from test_train_checkpoint import batch, config, weights
 
+from tests.support.checkpoint_run import batch, config, weights
 from tests.support.dist_harness import run_job
 
 pytestmark = pytest.mark.dist
