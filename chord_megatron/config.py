@@ -132,7 +132,12 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
-    verify_every: int = 1  # check served log-probs against the trainer every N syncs (0 = never)
+    # check the served weights after every N syncs (0 = never): the next step's training forward
+    # scores the served tokens anyway (free); a probe batch only where no step will (see probe_every)
+    verify_every: int = 1
+    # also sample a probe batch every N checked syncs (0 = only at the first sync, before an
+    # SFT-only step and before the final evaluation, which no training forward checks)
+    probe_every: int = 0
     # largest allowed token-mean KL (k3) between served and trainer log-probs; null = by precision
     # (1e-2 when bf16 is involved, 1e-4 in fp32)
     verify_tolerance: Optional[float] = None
@@ -214,6 +219,9 @@ class TrainConfig:
     log_prob_impl: str = one_of("auto", "triton", "chunked", "reference")
     pack_sequences: bool = False  # pack several rows into each model row (micro_batch_size = model rows)
     pack_length: int = 0  # tokens per packed model row (0 = the batch's padded row length; longer rows widen it)
+    # a separate forward pass for the old log-probs; with one update per batch the training
+    # forward's own (detached) log-probs are the same numbers, so the pass is off by default
+    recompute_old_logp: bool = False
     output_dir: str = "runs/chord"  # metrics, TensorBoard, checkpoints and generated data go here
 
 
@@ -521,6 +529,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "train.steps",
         "train.eval_every",
         "rollout.verify_every",
+        "rollout.probe_every",
         "rollout.max_retries",
         "checkpoint.save_every",
         "optim.lr_warmup_steps",

@@ -36,7 +36,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     start = engine.load(ckpt_dir)[0] if resume else 0
     services.start(start, resume=resume)
     sync = WeightSync(
-        engine, services.rollout, cfg, probe_prompts=services.probe_prompts, stop_token_ids=services.eos, pad_id=0
+        engine,
+        services.rollout,
+        cfg,
+        probe_prompts=services.probe_prompts,
+        stop_token_ids=services.eos,
+        pad_id=0,
+        rolls_out=services.rolls_out,
     )
 
     def eval_due(updates: int) -> bool:
@@ -50,7 +56,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     for step in range(start, steps):
         t0 = time.perf_counter()
         data = services.collect(step)
-        metrics = {**data.metrics, **logged(engine.train_step(data.batch, step, mu=services.mu(step, data)))}
+        update = engine.train_step(data.batch, step, mu=services.mu(step, data))
+        sync.check_step(step, update)  # were this step's rollouts served by the trained weights?
+        metrics = {**data.metrics, **logged(update)}
         metrics.update(sync_metrics)  # the sync that served this step's rollouts
         updates = step + 1
         if updates % cfg.rollout.sync_every == 0 or updates == steps:

@@ -89,7 +89,7 @@ class Services:
 
         cfg, task, r = self.cfg, self.task, self.cfg.rollout
         t0 = time.perf_counter()
-        sft_only = mu == 1.0 or cfg.algorithm.expert_data_ratio == 1.0
+        sft_only = _sft_only(cfg, mu)
         n_prompts = 0 if sft_only else r.prompts_per_step
         prompts = task.rl_prompts(step, n_prompts)
         rollouts: List[Rollout] = []
@@ -131,6 +131,10 @@ class Services:
                 }
             )
         return StepData(batch, rewards, metrics)
+
+    def rolls_out(self, step: int) -> bool:
+        """Whether step `step` of the run samples rollouts (any rank can tell: the config says)."""
+        return step < self.cfg.train.steps and not _sft_only(self.cfg, self.cfg.algorithm.mu.at(step))
 
     def mu(self, step: int, data: StepData) -> float:
         """The step's mu: scheduled, or (algorithm.mu.adaptive) from the step's rewards."""
@@ -174,6 +178,11 @@ class Services:
         if self.active:
             self.logger.close()
             self.scorer.close()
+
+
+def _sft_only(cfg: Config, mu: Optional[float]) -> bool:
+    """A step at scheduled mu = 1 (or with only expert data) is plain SFT: no rollouts."""
+    return mu == 1.0 or cfg.algorithm.expert_data_ratio == 1.0
 
 
 def _broadcast(obj):

@@ -67,9 +67,10 @@ class MegatronEngine:
     def train_step(self, batch: TrainBatch, step: int, *, mu: Optional[float] = None) -> Dict[str, float]:
         """One optimizer update on the global `batch` (the same on every rank).
 
-        old_logp missing -> computed first with a forward-only pass (then the ratio is 1 and
-        the step is strictly on-policy); rollout_logp present -> the rollout/trainer mismatch
-        is reported. mu defaults to algorithm.mu's schedule at `step` (MuConfig.at).
+        old_logp missing -> the step is strictly on-policy (ratio 1): the training forward's
+        own log-probs, detached, serve as old_logp, or (train.recompute_old_logp) a forward-only
+        pass computes them first; the update is the same. rollout_logp present -> the
+        rollout/trainer mismatch (logp_mismatch_*) is reported, from the training forward. mu defaults to algorithm.mu's schedule at `step` (MuConfig.at).
         Returns metrics, identical on every rank: the chord_loss metrics (count-weighted over
         the whole batch), grad_norm, lr (the rate this update used), update_successful, and
         logp_mismatch_* when measurable.
@@ -78,12 +79,8 @@ class MegatronEngine:
         if self.settings.chord_kwargs.get("tis_cap") is not None and batch.rollout_logp is None:
             raise ValueError("algorithm.tis_cap needs TrainBatch.rollout_logp")
         mu = self.mu_at(step) if mu is None else float(mu)
-        extra: Dict[str, float] = {}
-        if batch.old_logp is None:
-            old = self.compute_logprobs(batch)
-            if batch.rollout_logp is not None:
-                extra.update(logprob_mismatch(old, batch.rollout_logp, on_policy_mask(batch)))
-            batch = _with_old_logp(batch, old)
+        if batch.old_logp is None and self.cfg.train.recompute_old_logp:
+            batch = _with_old_logp(batch, self.compute_logprobs(batch))
 
         counts = count_tokens(batch)
         mbs = self.micro_batches(batch)
@@ -98,7 +95,6 @@ class MegatronEngine:
         if ok:
             self.scheduler.step(increment=1)
         self.step = step + 1
-        metrics.update(extra)
         metrics.update(
             grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
             lr=lr,

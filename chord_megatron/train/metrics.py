@@ -107,21 +107,66 @@ def logprob_mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mas
     - nonfinite: tokens where either side is NaN or inf (never an acceptable answer); the other
       statistics are taken over the finite tokens.
     """
+    return mismatch_from_sums(mismatch_sums(trainer_logp, rollout_logp, mask))
+
+
+# mismatch_sums' layout: four sums that add up over micro-batches and ranks, and one maximum.
+_ABS, _K3, _FINITE, _NONFINITE, _MAX = range(5)
+
+
+def mismatch_sums(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The parts of logprob_mismatch over one share of the tokens (a micro-batch on one rank),
+    as a [5] fp64 vector: sum |d|, sum k3, finite count, non-finite count, max |d|. Shares
+    combine with reduce_mismatch_sums; the training forward scores every on-policy token this
+    way at no extra cost (train/step.py)."""
     m = mask.bool()
-    delta = trainer_logp.float()[m] - rollout_logp.float()[m]
+    delta = trainer_logp.detach().double()[m] - rollout_logp.double().to(trainer_logp.device)[m]
     finite = torch.isfinite(delta)
     d = delta[finite]
-    if d.numel() == 0:
-        zeros = {"logp_mismatch_mean": 0.0, "logp_mismatch_max": 0.0, "logp_mismatch_kl": 0.0}
-        return {
-            **zeros,
-            "logp_mismatch_tokens": float(delta.numel()),
-            "logp_mismatch_nonfinite": float((~finite).sum()),
-        }
+    out = torch.zeros(5, dtype=torch.float64, device=delta.device)
+    out[_ABS] = d.abs().sum()
+    out[_K3] = torch.expm1(d).sub(d).sum()
+    out[_FINITE] = d.numel()
+    out[_NONFINITE] = (~finite).sum()
+    out[_MAX] = d.abs().max() if d.numel() else 0.0
+    return out
+
+
+def reduce_step_mismatch(
+    parts: Sequence[torch.Tensor],
+    *,
+    dp_cp_group: dist.ProcessGroup,
+    pp_group: dist.ProcessGroup,
+    is_last_stage: bool,
+    device: torch.device,
+) -> Dict[str, float]:
+    """logprob_mismatch of the whole global batch from the mismatch_sums of this rank's
+    micro-batches (only the last pipeline stage has any), identical on every rank: sums and
+    the maximum go over data/context-parallel ranks, then along the pipeline from its last stage."""
+    total = torch.zeros(5, dtype=torch.float64, device=device)
+    if is_last_stage:
+        for part in parts:
+            p = part.detach().to(device=device, dtype=torch.float64)
+            total[:_MAX] += p[:_MAX]
+            total[_MAX] = torch.maximum(total[_MAX], p[_MAX])
+    if dist.get_world_size(dp_cp_group) > 1:
+        sums, peak = total[:_MAX].contiguous(), total[_MAX:].contiguous()
+        dist.all_reduce(sums, group=dp_cp_group)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=dp_cp_group)
+        total = torch.cat([sums, peak])
+    if dist.get_world_size(pp_group) > 1:
+        last = dist.get_global_rank(pp_group, dist.get_world_size(pp_group) - 1)
+        dist.broadcast(total, src=last, group=pp_group)
+    return mismatch_from_sums(total.cpu())
+
+
+def mismatch_from_sums(total: torch.Tensor) -> Dict[str, float]:
+    """logprob_mismatch's dictionary from (reduced) mismatch_sums."""
+    n = float(total[_FINITE])
     return {
-        "logp_mismatch_mean": float(d.abs().mean()),
-        "logp_mismatch_max": float(d.abs().max()),
-        "logp_mismatch_kl": float(torch.expm1(d).sub(d).mean()),
-        "logp_mismatch_tokens": float(delta.numel()),
-        "logp_mismatch_nonfinite": float((~finite).sum()),
+        "logp_mismatch_mean": float(total[_ABS]) / n if n else 0.0,
+        "logp_mismatch_max": float(total[_MAX]),
+        "logp_mismatch_kl": float(total[_K3]) / n if n else 0.0,
+        "logp_mismatch_tokens": n + float(total[_NONFINITE]),
+        "logp_mismatch_nonfinite": float(total[_NONFINITE]),
     }

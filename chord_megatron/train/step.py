@@ -32,7 +32,7 @@ from ..algo import chord_loss
 from ..config import Config
 from .batching import TokenCounts
 from .log_probs import token_logprobs
-from .metrics import metric_keys, reduce_step_metrics
+from .metrics import metric_keys, mismatch_sums, reduce_step_metrics, reduce_step_mismatch
 from .micro_batch import MicroBatch
 from .model import forward_kwargs
 from .packing import block_causal_mask, cu_seqlens
@@ -133,9 +133,13 @@ def _chord_loss_func(
     present = mb.present()
     if present is not None:  # tokens another context-parallel rank (or nobody) computes
         loss_mask = loss_mask * present.to(device)
+    # No old log-probs (one update per batch): the policy that sampled is the one being
+    # trained, and this forward's own log-probs, detached, are the numbers a separate forward
+    # pass would give (ratio 1, the same gradient) -- without the pass.
+    old_logp = logp.detach() if rows.old_logp is None else _to(rows.old_logp, device, torch.float32)
     loss, metrics = chord_loss(
         logp,
-        _to(rows.old_logp, device, torch.float32),
+        old_logp,
         _to(rows.advantages, device, torch.float32),
         loss_mask,
         _to(rows.is_expert, device, torch.bool),
@@ -145,6 +149,9 @@ def _chord_loss_func(
         entropy=entropy,
         **settings.chord_kwargs,
     )
+    if rows.rollout_logp is not None:  # served vs trainer log-probs of the sampled tokens, for free
+        on_policy = loss_mask.bool() & ~_to(rows.is_expert, device, torch.bool)[:, None]
+        metrics["logp_mismatch_sums"] = mismatch_sums(logp, _to(rows.rollout_logp, device), on_policy)
     num_tokens = (metrics["rl_tokens"] + metrics["sft_tokens"]).to(torch.int)
     return loss, num_tokens, metrics
 
@@ -216,9 +223,8 @@ def chord_forward_backward(
     """Forward and backward of the CHORD loss over this rank's micro-batches; gradients end up
     reduced over data- and context-parallel ranks in the DDP grad buffers (`param.main_grad`).
     Returns the batch's metrics (count-weighted over micro-batches and ranks), the same on
-    every rank."""
-    if any(mb.rows.old_logp is None for mb in mbs):
-        raise ValueError("chord_forward_backward: micro-batches need old_logp (MegatronEngine computes missing ones)")
+    every rank, with logp_mismatch_* when the rows carry the rollout engine's log-probs.
+    Rows without old_logp take this forward's own, detached."""
     store = run_schedule(
         model,
         par,
@@ -235,6 +241,16 @@ def chord_forward_backward(
         is_last_stage=par.is_last_stage,
         device=par.device,
     )
+    if mbs and mbs[0].rows.rollout_logp is not None:
+        metrics.update(
+            reduce_step_mismatch(
+                [m["logp_mismatch_sums"] for m in store],
+                dp_cp_group=par.dp_cp_group,
+                pp_group=par.pp_group,
+                is_last_stage=par.is_last_stage,
+                device=par.device,
+            )
+        )
     metrics["mu"] = float(mu)
     return metrics
 

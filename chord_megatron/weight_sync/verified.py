@@ -2,16 +2,23 @@
 
 push(): every rank walks the engine's full tensors (a collective: TP shards are gathered and PP
 stages walked); rank 0 converts them to Hugging Face names and hands them to the rollout engine.
-verify(): a sync that "succeeded" can still serve wrong weights (tied embeddings, a missed
-layer), so after every N pushes the engine samples a fixed probe batch and the trainer scores
-the same tokens; a non-finite log-prob, or a token-mean KL above rollout.verify_tolerance
-(precision-aware by default), stops the run.
+A sync that "succeeded" can still serve wrong weights (tied embeddings, a missed layer), so
+after every rollout.verify_every pushes the served log-probs are compared with the trainer's;
+a non-finite log-prob, or a token-mean KL above rollout.verify_tolerance (precision-aware by
+default), stops the run. Two ways, one statistic (check_served):
+
+- check_step(), free: the next training step's forward scores every on-policy token the engine
+  served from the pushed weights, before the update changes them (train/step.py reports the
+  mismatch). It covers every push that a step with rollouts follows.
+- verify(), a probe: the engine samples a fixed probe batch and the trainer scores it. Only at
+  the first checked push of a process, every rollout.probe_every checked pushes, and where no training
+  forward will look: before an SFT-only step, and the last push (the final evaluation's).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Iterator, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -38,12 +45,18 @@ class WeightSync:
         probe_prompts: Sequence[Sequence[int]] = (),
         stop_token_ids: Sequence[int] = (),
         pad_id: int = 0,
+        rolls_out: Callable[[int], bool] = lambda step: False,
     ):
+        """`rolls_out(step)`: whether training step `step` samples rollouts, so that its forward
+        can check the weights pushed just before it (default: never; every check is a probe)."""
         self.engine, self.rollout, self.cfg = engine, rollout, cfg
         self.probe_prompts = [list(p) for p in probe_prompts]
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_id = pad_id
+        self.rolls_out = rolls_out
         self.pushes = 0
+        self.checks = 0
+        self.unchecked: Optional[int] = None  # a pushed version the next step's forward must check
 
     @property
     def rank0(self) -> bool:
@@ -76,10 +89,31 @@ class WeightSync:
         seconds = time.perf_counter() - t0
         self.pushes += 1
         metrics = {"sync/seconds": seconds, "sync/bytes_per_s": nbytes[0] / max(seconds, 1e-9)}
-        every = self.cfg.rollout.verify_every
-        if every and self.pushes % every == 0:
-            metrics.update(self.verify(version))
+        r = self.cfg.rollout
+        self.unchecked = None
+        if r.verify_every and self.pushes % r.verify_every == 0:
+            self.checks += 1
+            periodic = bool(r.probe_every) and self.checks % r.probe_every == 0
+            if self.checks == 1 or periodic or not self.rolls_out(version):
+                metrics.update(self.verify(version))
+            else:
+                self.unchecked = version
         return metrics
+
+    def check_step(self, step: int, update: Mapping[str, float]) -> None:
+        """The free check: after training step `step`, judge the served-vs-trainer mismatch its
+        forward measured (`update`: MegatronEngine.train_step's metrics, the same on every rank)
+        if the push before it is due a check."""
+        if self.unchecked is None:
+            return
+        version, self.unchecked = self.unchecked, None
+        if step != version or "logp_mismatch_kl" not in update:
+            raise RuntimeError(
+                f"weight sync {version} was left to step {step}'s forward, which measured no served log-probs"
+            )
+        check_served(
+            update, verify_tolerance(self.cfg), f"step {step}, on the tokens served after weight sync {version}"
+        )
 
     def verify(self, version: int) -> Dict[str, float]:
         """Served vs trainer log-probs over a probe batch sampled by the engine; see check_served."""

@@ -50,6 +50,8 @@ LAYOUTS = {
 }
 SHARDED_GRADS = ("dp2_distopt", "cp2_distopt")  # the distributed optimizer reduces only this rank's slice
 MICRO = {1: 7, 2: 4, 4: 2}  # number of micro-batches -> micro_batch_size for the 7-row batch
+# where the on-policy step (old log-probs from the training forward) is also compared with TP=1
+ON_POLICY_LAYOUTS = ("tp2", "pp2", "dp2_distopt", "cp2_packed")
 REF_MICRO = 2  # the reference run compared with the layouts: 2 micro-batches of 4 rows
 LAYOUT_MBS = 2  # rows per micro-batch in the layout runs (more micro-batches than the pipeline has stages)
 TOL = dict(rtol=2e-5, atol=2e-6)
@@ -90,8 +92,15 @@ def reference_job():
         engine = MegatronEngine(config(*v_over), par=par, full_state_dict=W0)
         out[variant]["logp"] = engine.compute_logprobs(batch)
         out[variant]["mismatch"] = engine.logprob_mismatch(batch)
-        batch.old_logp = None  # as from a rollout engine: the trainer computes old_logp itself
-        out[variant]["on_policy"] = engine.train_step(batch, step=0)
+        # As from a rollout engine, without old_logp: the training forward's own log-probs serve,
+        # or (train.recompute_old_logp) a separate forward pass computes them first.
+        batch.old_logp = None
+        for recompute in (False, True):
+            cfg = config(*v_over, f"train.recompute_old_logp={str(recompute).lower()}")
+            engine = MegatronEngine(cfg, par=par, full_state_dict=W0)
+            metrics = engine.train_step(batch, step=0)
+            params = {n: t.clone() for n, t in engine.export_weights()}
+            out[variant]["on_policy", recompute] = {"metrics": metrics, "params": params}
     return out
 
 
@@ -111,6 +120,15 @@ def layouts_job(W0s):
                 out[variant, layout, kind] = res
             engine = MegatronEngine(cfg, par=par, full_state_dict=W0s[variant])
             out[variant, layout, "logp"] = engine.compute_logprobs(make_batch("mixed"))
+            if variant == "tied" and layout in ON_POLICY_LAYOUTS:  # mismatch sums cross ranks and stages
+                batch = make_batch("mixed", with_rollout_logp=True)
+                batch.old_logp = None
+                engine = MegatronEngine(cfg, par=par, full_state_dict=W0s[variant])
+                metrics = engine.train_step(batch, step=0)
+                out[variant, layout, "on_policy"] = {
+                    "metrics": metrics,
+                    "params": {n: t.clone() for n, t in engine.export_weights()},
+                }
             out[variant, layout, "shapes"] = _model_shapes(engine, make_batch("mixed"))
     return out
 
@@ -234,13 +252,38 @@ def test_compute_logprobs_and_mismatch_match_oracle(ref):
         assert mm["logp_mismatch_tokens"] == int(on_policy.sum())
 
 
-def test_missing_old_logp_means_a_strictly_on_policy_step(ref):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_missing_old_logp_means_a_strictly_on_policy_step(ref, recompute):
     for variant in VARIANTS:
-        m = ref[variant]["on_policy"]
+        m = ref[variant]["on_policy", recompute]["metrics"]
         assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and m["approx_kl"] == pytest.approx(0.0, abs=1e-9)
         assert m["clip_frac"] == 0.0
-        for key in ("logp_mismatch_mean", "logp_mismatch_max", "logp_mismatch_tokens"):
-            assert m[key] == pytest.approx(ref[variant]["mismatch"][key], rel=1e-6), key
+        # the mismatch comes from the training forward, and equals a separate scoring pass's
+        for key in ("logp_mismatch_mean", "logp_mismatch_max", "logp_mismatch_kl", "logp_mismatch_tokens"):
+            assert m[key] == pytest.approx(ref[variant]["mismatch"][key], rel=1e-5, abs=1e-12), key
+
+
+def test_old_logp_from_the_training_forward_gives_the_recomputed_update(ref):
+    """No separate forward pass for the old log-probs: the same loss, metrics and update."""
+    for variant in VARIANTS:
+        free, recomputed = ref[variant]["on_policy", False], ref[variant]["on_policy", True]
+        for key, value in recomputed["metrics"].items():
+            assert free["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), f"{variant}: {key}"
+        for name, w in recomputed["params"].items():
+            _close(free["params"][name], w, f"{variant}: param {name}", rtol=1e-6, atol=1e-7)
+        moved = [n for n, w in free["params"].items() if not torch.equal(w, ref[variant]["W0"][n])]
+        assert len(moved) == len(free["params"]), f"{variant}: the step left some parameters unchanged"
+
+
+@pytest.mark.parametrize("layout", ON_POLICY_LAYOUTS)
+def test_on_policy_step_and_its_mismatch_match_tp1(ref, layouts, layout):
+    want, got = ref["tied"]["on_policy", False], layouts[0]["tied", layout, "on_policy"]
+    for key, value in want["metrics"].items():
+        if key not in ("micro_batches", "padding_frac"):
+            assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-9), f"{layout}: {key}"
+    assert layouts[1]["tied", layout, "on_policy"]["metrics"] == got["metrics"], f"{layout}: ranks disagree"
+    for name, w in want["params"].items():
+        _close(got["params"][name], w, f"{layout}: param {name}")
 
 
 # ---- every layout against TP=1 --------------------------------------------------------------

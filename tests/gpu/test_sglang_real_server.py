@@ -2,7 +2,7 @@
 
 Starts one SGLang server from the config's `sglang:` section on a tiny model folder written
 here, runs a few CHORD steps with rollouts from it, and relies on the loop's own verification
-(rollout.verify_every=1): after every weight sync the served log-probs of a probe batch must
+(rollout.verify_every=1, probe_every=1): after every weight sync the served log-probs of a probe batch must
 equal the trainer's, or the run stops. Skipped, and reported as skipped, without a GPU.
 """
 
@@ -39,6 +39,7 @@ def test_chord_train_with_a_real_sglang_server(tmp_path):
         "sglang.mem_fraction_static=0.3",
         "rollout.weight_sync=tensor",
         "rollout.verify_every=1",
+        "rollout.probe_every=1",  # a probe batch after every sync, as well as the training forward's check
         "rollout.verify_tolerance=1e-2",  # token-mean KL, bf16 serving vs the fp32 trainer
         "base.steps=20",
         "train.steps=3",
