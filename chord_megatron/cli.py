@@ -17,6 +17,8 @@
     chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
                                                  tokens/s and peak memory of a training step
                                                  (--vs: against a variant, as ratios)
+    chord bench loop CONFIG [key=value ...] [--steps N] [--runs R] [--record FILE]
+                                                 steps/s of the training loop, time per phase
     chord data prep-openr1 | prep-toolace IN... OUT
                                                  the paper's datasets as JSONL files
 
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the config with these overrides, in the same run, and print the ratios",
     )
     step.set_defaults(func=_command("bench"))
+    loop = bench.add_parser("loop", help="steps/s of the training loop and its phases")
+    _add_config_args(loop)
+    loop.add_argument("--steps", type=int, default=20, help="training steps per run (at least 3)")
+    loop.add_argument("--runs", type=int, default=3, help="runs; the medians are printed")
+    loop.add_argument("--record", metavar="FILE", help="append the result to this JSONL results file")
+    loop.set_defaults(func=_command("bench_loop"))
 
     data = sub.add_parser("data", help="dataset preparation").add_subparsers(dest="action", required=True)
     _add_pass_through(data, "prep-openr1", "OpenR1-Math-220k -> SFT / RL / eval JSONL", _command("data", "prep"))

@@ -53,18 +53,20 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     if eval_due(start):  # the base model, or re-done after a resume: it is seeded
         last_eval = services.evaluate(start)
     bar = ProgressBar(start, steps, enabled=progress and services.active)
+    began = time.perf_counter()
     for step in range(start, steps):
         t0 = time.perf_counter()
         data = services.collect(step)
         update = engine.train_step(data.batch, step, mu=services.mu(step, data))
         sync.check_step(step, update)  # were this step's rollouts served by the trained weights?
-        metrics = {**data.metrics, **logged(update)}
-        metrics.update(sync_metrics)  # the sync that served this step's rollouts
+        # the step's phases (chord bench loop), and the sync that served this step's rollouts
+        metrics = {**data.metrics, **logged(update), **engine.seconds, **sync_metrics}
         updates = step + 1
         if updates % cfg.rollout.sync_every == 0 or updates == steps:
             sync_metrics = sync.push(version=updates)
         metrics["step/seconds"] = time.perf_counter() - t0
         metrics["train/tokens_per_s"] = float(data.batch.loss_mask.sum()) / metrics["step/seconds"]
+        metrics["clock/seconds"] = time.perf_counter() - began
         # The step's record first, then the checkpoint that covers it: killed in between, the
         # run resumes from the previous checkpoint and writes the record again (the logger drops
         # records from the resumed step on). The other order loses the record for good.

@@ -103,6 +103,7 @@ class Services:
             )
         gen_s = time.perf_counter() - t0
         rewards = score(self.scorer, task.reward_name, task.tokenizer, rollouts, prompts) if rollouts else []
+        reward_s = time.perf_counter() - t0 - gen_s
         adv = group_advantages(
             torch.tensor(rewards, dtype=torch.float32),
             r.samples_per_prompt,
@@ -117,6 +118,7 @@ class Services:
         gen_tokens = sum(len(x.response_ids) for x in rollouts)
         metrics: Dict[str, float] = {
             "rollout/seconds": gen_s,
+            "reward/seconds": reward_s,
             "rollout/tokens_per_s": gen_tokens / max(gen_s, 1e-9),
             "rollout/aborted": float(aborted),
         }

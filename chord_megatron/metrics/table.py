@@ -63,7 +63,12 @@ METRICS: Tuple[Metric, ...] = (
     Metric("logp_mismatch_nonfinite", "mismatch/nonfinite", WHOLE_BATCH),
     Metric("logp_mismatch_tokens", "mismatch/tokens", WHOLE_BATCH),
     # the driver's (loop.py, weight_sync/verified.py)
-    Metric("rollout/seconds", "rollout/seconds", LOOP),
+    Metric("rollout/seconds", "rollout/seconds", LOOP),  # generation
+    Metric("reward/seconds", "reward/seconds", LOOP),
+    Metric("old_logp/seconds", "old_logp/seconds", LOOP),  # train.recompute_old_logp's pass
+    Metric("update/seconds", "update/seconds", LOOP),  # forward, backward, optimizer
+    Metric("sync/probe_seconds", "sync/probe_seconds", LOOP),
+    Metric("clock/seconds", "clock/seconds", LOOP),  # since the loop began, when the record was made
     Metric("rollout/tokens_per_s", "rollout/tokens_per_s", LOOP),
     Metric("reward/mean", "reward/mean", LOOP, curve="training reward", panel=2),
     Metric("reward/accuracy", "reward/accuracy", LOOP),

@@ -13,6 +13,7 @@ all ranks: each data-parallel rank takes its own rows). Results are identical on
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -54,6 +55,7 @@ class MegatronEngine:
         self.settings = LossSettings.from_config(cfg)
         # Updates done so far: the index of the next train_step, what save() records.
         self.step = 0
+        self.seconds: Dict[str, float] = {}  # the last train_step's phases (loop metrics)
 
     # ------------------------------------------------------------------------------------------
     # Training
@@ -79,8 +81,10 @@ class MegatronEngine:
         if self.settings.chord_kwargs.get("tis_cap") is not None and batch.rollout_logp is None:
             raise ValueError("algorithm.tis_cap needs TrainBatch.rollout_logp")
         mu = self.mu_at(step) if mu is None else float(mu)
+        t0 = time.perf_counter()
         if batch.old_logp is None and self.cfg.train.recompute_old_logp:
             batch = _with_old_logp(batch, self.compute_logprobs(batch))
+        t1 = time.perf_counter()
 
         counts = count_tokens(batch)
         mbs = self.micro_batches(batch)
@@ -95,6 +99,8 @@ class MegatronEngine:
         if ok:
             self.scheduler.step(increment=1)
         self.step = step + 1
+        # Wall-clock, this rank's: kept apart from the metrics, which are the same on every rank.
+        self.seconds = {"old_logp/seconds": t1 - t0, "update/seconds": time.perf_counter() - t1}
         metrics.update(
             grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
             lr=lr,

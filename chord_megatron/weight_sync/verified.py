@@ -95,7 +95,9 @@ class WeightSync:
             self.checks += 1
             periodic = bool(r.probe_every) and self.checks % r.probe_every == 0
             if self.checks == 1 or periodic or not self.rolls_out(version):
+                t1 = time.perf_counter()
                 metrics.update(self.verify(version))
+                metrics["sync/probe_seconds"] = time.perf_counter() - t1
             else:
                 self.unchecked = version
         return metrics

@@ -1,0 +1,121 @@
+"""`chord bench loop CONFIG`: steps/s of the real training loop and where each step's time goes.
+
+Each run is a plain `chord train` of the config (overrides appended) in its own fresh folder;
+its metrics.jsonl carries every step's phases (loop.py): generation, rewards, the old
+log-probs' pass, forward/backward and optimizer, weight sync, the probe check, and a clock.
+steps/s is taken between the records of the first and the last step, so it counts everything
+a step costs (logging, evaluations and checkpoints as configured) but not the start-up (base
+model, engine, first sync). The first step is left out of the phase means (warm-up). Runs
+repeat `--runs` times; the medians are printed, with the machine, thread count and commit,
+and appended to `--record FILE` (a JSONL results file) when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from ..config import load_config
+from ..metrics.logger import read_metrics
+from ..metrics.provenance import provenance
+
+# (phase, the metric that times it), in the order a step runs them.
+PHASES = (
+    ("generate", "rollout/seconds"),
+    ("reward", "reward/seconds"),
+    ("old log-probs pass", "old_logp/seconds"),
+    ("forward/backward + optimizer", "update/seconds"),
+    ("weight sync", "sync/seconds"),
+    ("sync check (probe)", "sync/probe_seconds"),
+)
+OTHER = "other (logging, eval, checkpoint)"
+
+
+def run(args: argparse.Namespace) -> int:
+    load_config(args.config, args.overrides)  # a bad config stops here, in one line
+    root = Path(tempfile.mkdtemp(prefix="chord-bench-loop-"))
+    runs = [_one_run(args.config, args.overrides, args.steps, root / f"run{i}") for i in range(args.runs)]
+    result = {
+        "command": " ".join(["chord bench loop", args.config, *args.overrides, f"--steps {args.steps}"]),
+        **provenance(),
+        **summarize(runs),
+        "runs_dir": str(root),
+    }
+    print(format_result(result))
+    if args.record:
+        with open(args.record, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        print(f"recorded in {args.record}")
+    return 0
+
+
+def _one_run(config: str, overrides: Sequence[str], steps: int, out: Path) -> List[dict]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "chord_megatron.cli",
+        "train",
+        config,
+        *overrides,
+        f"train.steps={steps}",
+        f"train.output_dir={out}",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(proc.returncode)
+    return read_metrics(out / "metrics.jsonl")
+
+
+def phase_seconds(records: List[dict]) -> Dict[str, float]:
+    """Mean seconds per step of each phase over the step records after the first, and the rest
+    of the step-to-step interval as OTHER; plus steps_per_s."""
+    steps = [r for r in records if "clock/seconds" in r]
+    if len(steps) < 3:
+        raise ValueError(f"chord bench loop needs at least 3 steps, got {len(steps)}")
+    later = steps[1:]
+    interval = (steps[-1]["clock/seconds"] - steps[0]["clock/seconds"]) / (len(steps) - 1)
+    out = {name: sum(r.get(key, 0.0) for r in later) / len(later) for name, key in PHASES}
+    out[OTHER] = max(interval - sum(out.values()), 0.0)
+    out["steps_per_s"] = 1.0 / interval
+    return out
+
+
+def summarize(runs: List[List[dict]]) -> dict:
+    per_run = [phase_seconds(records) for records in runs]
+    medians = {k: statistics.median(r[k] for r in per_run) for k in per_run[0]}
+    accuracy = {}  # held-out accuracy by step, per run (evaluation records)
+    for i, records in enumerate(runs):
+        accuracy[i] = {r["step"]: r["eval/accuracy"] for r in records if "eval/accuracy" in r}
+    return {
+        "runs": len(runs),
+        "steps_per_s": medians.pop("steps_per_s"),
+        "steps_per_s_runs": [r["steps_per_s"] for r in per_run],
+        "phase_seconds": medians,
+        "eval_accuracy": accuracy,
+    }
+
+
+def format_result(r: dict) -> str:
+    lines = [
+        f"{r['command']}",
+        f"  {r['cpu']}, {r['torch_threads']} torch threads, commit {r['commit']}, {r['runs']} run(s), medians",
+        f"  {'phase':36} {'s/step':>9} {'share':>7}",
+    ]
+    total = sum(r["phase_seconds"].values())
+    for name, seconds in r["phase_seconds"].items():
+        lines.append(f"  {name:36} {seconds:9.4f} {seconds / total:7.1%}")
+    runs = " ".join(f"{x:.3g}" for x in r["steps_per_s_runs"])
+    lines.append(f"  steps/s: {r['steps_per_s']:.3g} (runs: {runs})")
+    for i, acc in r["eval_accuracy"].items():
+        if acc:
+            lines.append(f"  run {i} held-out accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in acc.items()))
+    return "\n".join(lines)
