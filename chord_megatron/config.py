@@ -132,6 +132,9 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 64  # response length limit (a cut response scores -1)
     sync_every: int = 1  # push weights to the engines every N optimiser steps
+    # generate step t+1's rollouts while step t trains (one step off-policy: the ratio is taken
+    # against the rollout's own log-probs); the in-process engine then runs in its own process
+    asynchronous: bool = False
     # check the served weights after every N syncs (0 = never): the next step's training forward
     # scores the served tokens anyway (free); a probe batch only where no step will (see probe_every)
     verify_every: int = 1

@@ -33,8 +33,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     ckpt_dir = str(cfg.checkpoint.dir or Path(t.output_dir) / "checkpoints")
     services = Services(cfg)
     engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
-    start = engine.load(ckpt_dir)[0] if resume else 0
-    services.start(start, resume=resume)
+    start, state = engine.load(ckpt_dir) if resume else (0, {})
+    services.start(start, resume=resume, state=state)
     sync = WeightSync(
         engine,
         services.rollout,
@@ -42,7 +42,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         probe_prompts=services.probe_prompts,
         stop_token_ids=services.eos,
         pad_id=0,
-        rolls_out=services.rolls_out,
+        forward_checks=services.forward_checks,
     )
 
     def eval_due(updates: int) -> bool:
@@ -62,6 +62,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         # the step's phases (chord bench loop), and the sync that served this step's rollouts
         metrics = {**data.metrics, **logged(update), **engine.seconds, **sync_metrics}
         updates = step + 1
+        metrics.update(services.finish_ahead())  # the next batch's sampler is about to change
         if updates % cfg.rollout.sync_every == 0 or updates == steps:
             sync_metrics = sync.push(version=updates)
         metrics["step/seconds"] = time.perf_counter() - t0
@@ -73,7 +74,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         services.log(step, metrics)
         fault_point("between-record-and-checkpoint", step)
         if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps:
-            engine.save(ckpt_dir, {"step": updates}, step=updates)
+            engine.save(ckpt_dir, {"step": updates, **services.state()}, step=updates)
         if eval_due(updates):
             last_eval = services.evaluate(updates)
             metrics.update(last_eval)

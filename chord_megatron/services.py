@@ -9,10 +9,11 @@ Megatron engine then takes its own data-parallel rows). What a step samples is a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -44,9 +45,16 @@ class Services:
         self.task = load_task(cfg) if self.active else None
         self.eos = (self.task.tokenizer.eos_id,) if self.active else ()
         self.rollout = self.scorer = self.logger = None
+        # rollout.asynchronous: the next step's batch, being generated (a future, rank 0) or done
+        self._ahead: Optional[Tuple[int, Any]] = None  # (step, future or StepData)
+        self._background = None
 
-    def start(self, start_step: int, *, resume: bool) -> None:
-        """Start the rollout engine, the reward workers and the metrics log (rank 0)."""
+    def start(self, start_step: int, *, resume: bool, state: Optional[Dict[str, Any]] = None) -> None:
+        """Start the rollout engine, the reward workers and the metrics log (rank 0). `state`:
+        what state() returned when the checkpoint resumed from was saved."""
+        ahead = (state or {}).get("ahead")
+        if ahead is not None and ahead["step"] == start_step:  # generated before the checkpoint
+            self._ahead = (start_step, _step_data_from_state(ahead))
         if not self.active:
             return
         from .metrics.logger import MetricsLogger
@@ -55,6 +63,10 @@ class Services:
 
         cfg = self.cfg
         self.rollout = rollout_engine_from_config(cfg, eos_token_id=self.task.tokenizer.eos_id)
+        if cfg.rollout.asynchronous:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts-ahead")
         self.scorer = Scorer(self.task.reward_name)
         self.logger = MetricsLogger(
             Path(cfg.train.output_dir),
@@ -74,9 +86,40 @@ class Services:
         return SamplingParams.from_config(self.cfg.rollout, stop_token_ids=self.eos, seed=seed)
 
     def collect(self, step: int) -> StepData:
-        """generate -> reward: the step's batch, on every rank."""
-        data = self._collect(step, self.cfg.algorithm.mu.at(step)) if self.active else None
-        return _broadcast(data)
+        """generate -> reward: the step's batch, on every rank. With rollout.asynchronous the
+        batch usually exists already (generated during the previous update, by the policy
+        before it), and this starts the next step's in the background: call finish_ahead()
+        before the weights change."""
+        if self._ahead is not None and self._ahead[0] == step:
+            data, self._ahead = self._ahead[1], None
+        else:
+            data = _broadcast(self._collect(step, self.cfg.algorithm.mu.at(step)) if self.active else None)
+        nxt = step + 1
+        if self.cfg.rollout.asynchronous and nxt < self.cfg.train.steps:
+            job = self._background.submit(self._collect, nxt, self.cfg.algorithm.mu.at(nxt)) if self.active else None
+            self._ahead = (nxt, job)
+        return data
+
+    def finish_ahead(self) -> Dict[str, float]:
+        """rollout.asynchronous: wait for the next step's batch (every rank takes part) before
+        a weight sync changes the weights it is sampled from. Returns how long the wait took."""
+        if self._ahead is None or isinstance(self._ahead[1], StepData):
+            return {}
+        t0 = time.perf_counter()
+        step, job = self._ahead
+        self._ahead = (step, _broadcast(job.result() if job is not None else None))
+        return {"rollout/wait_seconds": time.perf_counter() - t0}
+
+    def state(self) -> Dict[str, Any]:
+        """What a checkpoint must keep for --resume to continue exactly: the batch generated
+        ahead (rollout.asynchronous), which the saved weights could not generate again.
+        The same on every rank (finish_ahead broadcast it)."""
+        if self._ahead is None:
+            return {}
+        step, data = self._ahead
+        if not isinstance(data, StepData):
+            raise RuntimeError("Services.state: call finish_ahead() first")
+        return {"ahead": {"step": step, **_step_data_to_state(data)}}
 
     def _collect(self, step: int, mu: Optional[float]) -> StepData:
         """Sample the step's prompts, roll out, score, and assemble the mixed batch.
@@ -115,6 +158,8 @@ class Services:
         n_expert = expert_rows_per_step(len(rollouts), ratio, pure_sft_rows=r.prompts_per_step * r.samples_per_prompt)
         expert = task.expert_rows(step, n_expert)
         batch = build_train_batch(rollouts, adv, expert, pad_id=task.tokenizer.pad_id)
+        if r.asynchronous and rollouts:  # one step off-policy: the ratio against the sampler's log-probs
+            batch = dataclasses.replace(batch, old_logp=batch.rollout_logp)
         gen_tokens = sum(len(x.response_ids) for x in rollouts)
         metrics: Dict[str, float] = {
             "rollout/seconds": gen_s,
@@ -134,9 +179,12 @@ class Services:
             )
         return StepData(batch, rewards, metrics)
 
-    def rolls_out(self, step: int) -> bool:
-        """Whether step `step` of the run samples rollouts (any rank can tell: the config says)."""
-        return step < self.cfg.train.steps and not _sft_only(self.cfg, self.cfg.algorithm.mu.at(step))
+    def forward_checks(self, step: int) -> bool:
+        """Whether the training forward of step `step` scores tokens sampled from the weights
+        pushed just before it (any rank can tell: the config says): a step with rollouts,
+        unless they were generated ahead, by the weights before (rollout.asynchronous)."""
+        cfg = self.cfg
+        return step < cfg.train.steps and not cfg.rollout.asynchronous and not _sft_only(cfg, cfg.algorithm.mu.at(step))
 
     def mu(self, step: int, data: StepData) -> float:
         """The step's mu: scheduled, or (algorithm.mu.adaptive) from the step's rewards."""
@@ -177,9 +225,24 @@ class Services:
             self.logger.log(step, metrics)
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
         if self.active:
             self.logger.close()
             self.scorer.close()
+            self.rollout.close()  # servers and routers this run started, the engine's process
+
+
+def _step_data_to_state(data: StepData) -> Dict[str, Any]:
+    """Plain containers and tensors (what a checkpoint's common state may hold)."""
+    batch = {f.name: getattr(data.batch, f.name) for f in dataclasses.fields(data.batch)}
+    return {"batch": batch, "rewards": list(data.rewards), "metrics": dict(data.metrics)}
+
+
+def _step_data_from_state(state: Dict[str, Any]) -> StepData:
+    from .types import TrainBatch
+
+    return StepData(TrainBatch(**state["batch"]), list(state["rewards"]), dict(state["metrics"]))
 
 
 def _sft_only(cfg: Config, mu: Optional[float]) -> bool:

@@ -5,7 +5,9 @@ its metrics.jsonl carries every step's phases (loop.py): generation, rewards, th
 log-probs' pass, forward/backward and optimizer, weight sync, the probe check, and a clock.
 steps/s is taken between the records of the first and the last step, so it counts everything
 a step costs (logging, evaluations and checkpoints as configured) but not the start-up (base
-model, engine, first sync). The first step is left out of the phase means (warm-up). Runs
+model, engine, first sync). The first step is left out of the phase means (warm-up). With
+rollout.asynchronous, generation and rewards run during the update ("bg" in the table): the
+step waits only for what is left of them. Runs
 repeat `--runs` times; the medians are printed, with the machine, thread count and commit,
 and appended to `--record FILE` (a JSONL results file) when asked.
 """
@@ -29,12 +31,15 @@ from ..metrics.provenance import provenance
 PHASES = (
     ("generate", "rollout/seconds"),
     ("reward", "reward/seconds"),
+    ("waiting for rollouts (asynchronous)", "rollout/wait_seconds"),
     ("old log-probs pass", "old_logp/seconds"),
     ("forward/backward + optimizer", "update/seconds"),
     ("weight sync", "sync/seconds"),
     ("sync check (probe)", "sync/probe_seconds"),
 )
 OTHER = "other (logging, eval, checkpoint)"
+# With rollout.asynchronous these run in the background, during the update: not in the sum.
+OVERLAPPED = ("generate", "reward")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +89,9 @@ def phase_seconds(records: List[dict]) -> Dict[str, float]:
     later = steps[1:]
     interval = (steps[-1]["clock/seconds"] - steps[0]["clock/seconds"]) / (len(steps) - 1)
     out = {name: sum(r.get(key, 0.0) for r in later) / len(later) for name, key in PHASES}
-    out[OTHER] = max(interval - sum(out.values()), 0.0)
+    overlapped = any("rollout/wait_seconds" in r for r in later)
+    serial = sum(v for k, v in out.items() if not (overlapped and k in OVERLAPPED))
+    out[OTHER] = max(interval - serial, 0.0)
     out["steps_per_s"] = 1.0 / interval
     return out
 
@@ -110,9 +117,11 @@ def format_result(r: dict) -> str:
         f"  {r['cpu']}, {r['torch_threads']} torch threads, commit {r['commit']}, {r['runs']} run(s), medians",
         f"  {'phase':36} {'s/step':>9} {'share':>7}",
     ]
-    total = sum(r["phase_seconds"].values())
+    overlapped = r["phase_seconds"]["waiting for rollouts (asynchronous)"] > 0
+    total = sum(v for k, v in r["phase_seconds"].items() if not (overlapped and k in OVERLAPPED))
     for name, seconds in r["phase_seconds"].items():
-        lines.append(f"  {name:36} {seconds:9.4f} {seconds / total:7.1%}")
+        share = "(bg)" if overlapped and name in OVERLAPPED else f"{seconds / total:.1%}"
+        lines.append(f"  {name:36} {seconds:9.4f} {share:>7}")
     runs = " ".join(f"{x:.3g}" for x in r["steps_per_s_runs"])
     lines.append(f"  steps/s: {r['steps_per_s']:.3g} (runs: {runs})")
     for i, acc in r["eval_accuracy"].items():

@@ -65,6 +65,7 @@ METRICS: Tuple[Metric, ...] = (
     # the driver's (loop.py, weight_sync/verified.py)
     Metric("rollout/seconds", "rollout/seconds", LOOP),  # generation
     Metric("reward/seconds", "reward/seconds", LOOP),
+    Metric("rollout/wait_seconds", "rollout/wait_seconds", LOOP),  # asynchronous: waiting for the next batch
     Metric("old_logp/seconds", "old_logp/seconds", LOOP),  # train.recompute_old_logp's pass
     Metric("update/seconds", "update/seconds", LOOP),  # forward, backward, optimizer
     Metric("sync/probe_seconds", "sync/probe_seconds", LOOP),

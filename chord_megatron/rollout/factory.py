@@ -7,6 +7,10 @@ from .engine import RolloutEngine
 
 
 def rollout_engine_from_config(cfg, *, eos_token_id: int) -> RolloutEngine:
+    if cfg.rollout.engine == "inprocess" and cfg.rollout.asynchronous:
+        from .process import EngineProcess
+
+        return EngineProcess(cfg, eos_token_id=eos_token_id)  # generation beside training
     if cfg.rollout.engine == "inprocess":
         from .inprocess import InProcessEngine
 

@@ -12,7 +12,8 @@ default), stops the run. Two ways, one statistic (check_served):
   mismatch). It covers every push that a step with rollouts follows.
 - verify(), a probe: the engine samples a fixed probe batch and the trainer scores it. Only at
   the first checked push of a process, every rollout.probe_every checked pushes, and where no training
-  forward will look: before an SFT-only step, and the last push (the final evaluation's).
+  forward will look: before an SFT-only step, the last push (the final evaluation's), and every
+  push under rollout.asynchronous (the next step trains on rollouts of the weights before).
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ class WeightSync:
         probe_prompts: Sequence[Sequence[int]] = (),
         stop_token_ids: Sequence[int] = (),
         pad_id: int = 0,
-        rolls_out: Callable[[int], bool] = lambda step: False,
+        forward_checks: Callable[[int], bool] = lambda step: False,
     ):
-        """`rolls_out(step)`: whether training step `step` samples rollouts, so that its forward
-        can check the weights pushed just before it (default: never; every check is a probe)."""
+        """`forward_checks(step)`: whether training step `step`'s forward scores tokens sampled
+        from the weights pushed just before it, and so checks them (default: never; every
+        check is a probe)."""
         self.engine, self.rollout, self.cfg = engine, rollout, cfg
         self.probe_prompts = [list(p) for p in probe_prompts]
         self.stop_token_ids = tuple(stop_token_ids)
         self.pad_id = pad_id
-        self.rolls_out = rolls_out
+        self.forward_checks = forward_checks
         self.pushes = 0
         self.checks = 0
         self.unchecked: Optional[int] = None  # a pushed version the next step's forward must check
@@ -94,7 +96,7 @@ class WeightSync:
         if r.verify_every and self.pushes % r.verify_every == 0:
             self.checks += 1
             periodic = bool(r.probe_every) and self.checks % r.probe_every == 0
-            if self.checks == 1 or periodic or not self.rolls_out(version):
+            if self.checks == 1 or periodic or not self.forward_checks(version):
                 t1 = time.perf_counter()
                 metrics.update(self.verify(version))
                 metrics["sync/probe_seconds"] = time.perf_counter() - t1

@@ -74,3 +74,29 @@ def test_killed_between_a_steps_record_and_its_checkpoint_loses_no_record(tmp_pa
     assert [r["step"] for r in records if "loss/total" in r] == [0, 1, 2, 3, 4, 5]  # each update exactly once
     assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 3, 6]
     assert comparable(records) == comparable(straight)
+
+
+def test_asynchronous_run_killed_and_resumed_matches_uninterrupted(tmp_path, base_cache, straight, monkeypatch):
+    """rollout.asynchronous: step t+1's batch is generated during update t, by the weights before
+    it; the checkpoint after update 2 therefore carries step 2's batch, which its own weights
+    could not sample again. Killed after step 3's record, resumed from that checkpoint: the run
+    ends exactly as an uninterrupted asynchronous one."""
+    args = [*ARGS, f"base.cache_dir={base_cache}", "rollout.asynchronous=true"]
+    whole = tmp_path / "whole"
+    chord("train", DEMO, *args, f"train.output_dir={whole}")
+    want = read_metrics(whole / "metrics.jsonl")
+
+    monkeypatch.setenv("CHORD_TEST_KILL", "between-record-and-checkpoint:3")
+    killed = chord("train", DEMO, *args, f"train.output_dir={tmp_path / 'killed'}", check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    monkeypatch.delenv("CHORD_TEST_KILL")
+    chord("train", DEMO, *args, f"train.output_dir={tmp_path / 'killed'}", "--resume")
+    assert comparable(read_metrics(tmp_path / "killed" / "metrics.jsonl")) == comparable(want)
+
+    # One step off-policy: from step 1 on, the ratio is taken against the sampler's log-probs
+    # (the weights one update older), so it is no longer 1; step 0's batch is on-policy.
+    ratio = {r["step"]: r["ratio/mean"] for r in want if "ratio/mean" in r}
+    assert ratio[0] == pytest.approx(1.0, abs=1e-6)
+    assert all(abs(ratio[s] - 1.0) > 1e-6 for s in ratio if s > 0), ratio
+    assert [r["step"] for r in want if "loss/total" in r] == [0, 1, 2, 3, 4, 5]
+    assert comparable(want) != comparable(straight)

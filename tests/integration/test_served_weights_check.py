@@ -47,7 +47,7 @@ def _child(sabotage: str) -> dict:
 
     engine.update_weights = update_weights
     prompts = [[3, 4, 5, 6], [7, 8, 9], [10, 11], [12, 13, 14]]
-    sync = WeightSync(trainer, engine, cfg, probe_prompts=prompts[:2], rolls_out=lambda step: True)
+    sync = WeightSync(trainer, engine, cfg, probe_prompts=prompts[:2], forward_checks=lambda step: True)
     out = {"probed": [], "kl": {}, "stopped_at": None, "message": ""}
     if "sync/verify_kl" in sync.push(0):
         out["probed"].append(0)

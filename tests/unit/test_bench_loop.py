@@ -31,6 +31,16 @@ def test_phases_and_steps_per_second_from_the_records():
         phase_seconds(records[:3])
 
 
+def test_asynchronous_generation_is_not_counted_twice():
+    gen, wait, upd = [0.5] * 4, [0.0, 0.05, 0.05, 0.05], [0.6] * 4
+    records = _records(
+        [0.0, 0.8, 1.6, 2.4], **{"rollout/seconds": gen, "rollout/wait_seconds": wait, "update/seconds": upd}
+    )
+    got = phase_seconds(records)
+    assert got["generate"] == pytest.approx(0.5)  # reported, but it ran during the update
+    assert got[OTHER] == pytest.approx(0.8 - 0.6 - 0.05)
+
+
 def test_medians_over_runs():
     runs = [_records([0.0, c, 2 * c], **{"rollout/seconds": [0.0, c / 2, c / 2]}) for c in (1.0, 2.0, 4.0)]
     s = summarize(runs)

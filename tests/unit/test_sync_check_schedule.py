@@ -28,11 +28,11 @@ class _Rollout:
         list(named)
 
 
-def _run(monkeypatch, overrides, rolls_out, pushes):
+def _run(monkeypatch, overrides, forward_checks, pushes):
     """Push versions 0..pushes-1; returns the versions that got a probe and those left to a step."""
     probed = []
     monkeypatch.setattr(WeightSync, "verify", lambda self, version: probed.append(version) or {"sync/verify_kl": 0.0})
-    sync = WeightSync(_Engine(), _Rollout(), load_config(None, overrides), rolls_out=rolls_out)
+    sync = WeightSync(_Engine(), _Rollout(), load_config(None, overrides), forward_checks=forward_checks)
     deferred = []
     for version in range(pushes):
         sync.push(version)
@@ -65,7 +65,7 @@ def test_probe_every_and_verify_every(monkeypatch):
 def test_check_step_judges_the_training_forward_with_the_probes_statistic(monkeypatch):
     monkeypatch.setattr(WeightSync, "verify", lambda self, version: {})
     cfg = load_config(None, ["model.dtype=fp32"])
-    sync = WeightSync(_Engine(), _Rollout(), cfg, rolls_out=lambda s: True)
+    sync = WeightSync(_Engine(), _Rollout(), cfg, forward_checks=lambda s: True)
     sync.push(0)
     sync.push(1)
     assert sync.unchecked == 1

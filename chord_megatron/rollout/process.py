@@ -1,0 +1,84 @@
+"""The in-process engine in a child process of its own: generation beside training on a CPU.
+
+With rollout.asynchronous the next step's rollouts are generated while the current step trains.
+SGLang servers do that by nature; the in-process engine would share the trainer's Python
+interpreter (and its lock) and mostly take turns with it. Here it runs in a spawned process
+with its own torch threads, behind the same RolloutEngine verbs: each call is a message, and
+weights travel as CPU tensors. What it samples is what InProcessEngine samples in the same
+thread count: a function of the weights, the prompts and the seed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..types import Rollout
+from .engine import RolloutEngine, RolloutError, SamplingParams
+
+
+def _serve(conn, cfg, eos_token_id: Optional[int], threads: int) -> None:
+    """The child: build the engine, then answer (method, args) messages until 'close'."""
+    torch.set_num_threads(threads)
+    from .inprocess import InProcessEngine
+
+    engine = InProcessEngine.from_config(cfg, eos_token_id=eos_token_id)
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if method == "close":
+            conn.send((True, None))
+            return
+        try:
+            conn.send((True, getattr(engine, method)(*args)))
+        except Exception as e:  # the parent re-raises it, named
+            conn.send((False, f"{type(e).__name__}: {e}"))
+
+
+class EngineProcess(RolloutEngine):
+    def __init__(self, cfg, *, eos_token_id: Optional[int] = None, threads: int = 1):
+        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads and process groups
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, cfg, eos_token_id, threads), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def _call(self, method: str, *args):
+        if not self._proc.is_alive():
+            raise RolloutError(f"the rollout engine process (pid {self._proc.pid}) has exited")
+        self._conn.send((method, args))
+        try:
+            ok, value = self._conn.recv()
+        except EOFError:
+            raise RolloutError(f"the rollout engine process (pid {self._proc.pid}) died during {method}") from None
+        if not ok:
+            raise RolloutError(f"rollout engine process, {method}: {value}")
+        return value
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], samples_per_prompt: int, params: SamplingParams
+    ) -> List[Rollout]:
+        return self._call("generate", [list(p) for p in prompts], samples_per_prompt, params)
+
+    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], version: str) -> None:
+        self._call("update_weights", [(n, t.detach().to("cpu", copy=True)) for n, t in named_tensors], version)
+
+    def health(self) -> bool:
+        return self._proc.is_alive() and self._call("health")
+
+    def weight_version(self) -> Optional[str]:
+        return self._call("weight_version")
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._call("close")
+            except RolloutError:
+                pass
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
