@@ -147,6 +147,9 @@ class RolloutConfig:
     # tensor: colocated; nccl: separate nodes; disk: a shared file system
     weight_sync: str = one_of("tensor", "nccl", "disk")
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
+    # sglang colocated: servers release KV cache (and weights when a sync follows) during each
+    # train step, the trainer empties its cache after it (needs sglang.enable_memory_saver)
+    release_sglang_memory: bool = False
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
@@ -615,6 +618,12 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         problem = weight_sync_layout_problem(cfg.sglang, r.weight_sync)
         if problem:
             fail(*problem)
+    if r.release_sglang_memory and r.engine != "sglang":
+        fail("rollout.release_sglang_memory", f"needs rollout.engine=sglang (got {r.engine})")
+    if r.release_sglang_memory and cfg.sglang and cfg.sglang.get("enable_memory_saver") is not True:
+        fail(
+            "sglang.enable_memory_saver", "must be true with rollout.release_sglang_memory (else SGLang frees nothing)"
+        )
 
     o = cfg.optim
     if not (o.lr > 0 and math.isfinite(o.lr)):

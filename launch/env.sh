@@ -28,5 +28,12 @@ export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
 # scheduled in issue order ahead of the GEMMs they overlap with.
 export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 
+# ---- SGLang ----------------------------------------------------------------------------------
+# /health answers without generating a token. By default SGLang 0.5.23 runs a one-token request
+# for every health check (the router's, every few seconds), which would run on released memory
+# while a colocated server lends its KV cache and weights to a train step
+# (rollout.release_sglang_memory); the check then tests that the server's processes live.
+export SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION=${SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION:-0}
+
 # ---- logs ----------------------------------------------------------------------------------
 export PYTHONUNBUFFERED=1  # each role's log shows lines as they are written

@@ -3,6 +3,7 @@
     generate(prompts, samples_per_prompt, params) -> [Rollout]   ordered by (prompt, sample)
     generate_complete(engine, ...) -> ([Rollout], aborted)     the same, no sample cut by an abort
     pause() / resume()                                          bracket a weight sync
+    release_memory(tags)                                        lend GPU memory to a train step
     update_weights(named_tensors, version)                      Hugging Face names and layouts
     health() -> bool, weight_version, close()
 
@@ -80,6 +81,10 @@ class RolloutEngine(abc.ABC):
 
     def resume(self) -> None:
         """Undo pause()."""
+
+    def release_memory(self, tags: Sequence[str]) -> None:
+        """Free GPU memory regions ("kv_cache", "weights") for the trainer until they are needed
+        again (rollout.release_sglang_memory). Default: the engine has none to give."""
 
     @abc.abstractmethod
     def health(self) -> bool:

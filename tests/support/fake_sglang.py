@@ -7,8 +7,11 @@ It answers the routes a real worker serves to the router and to an RL client, wi
 0.5.23 (see chord_megatron/rollout/sglang/protocol.py): /health, /health_generate, /model_info, /server_info (and their
 deprecated /get_* twins), /generate (prompt-major lists, [logprob, token_id, null] entries,
 finish_reason objects, weight_version), /flush_cache (400 while requests run), /abort_request,
-/pause_generation, /continue_generation, and the weight-update routes with the begin/end session
-that /update_weights_from_tensor and /update_weights_from_distributed require.
+/pause_generation, /continue_generation, the weight-update routes with the begin/end session
+that /update_weights_from_tensor and /update_weights_from_distributed require, and
+/release_memory_occupation / /resume_memory_occupation (with --enable-memory-saver; released
+regions refuse what would touch them on a real GPU: /generate, and weight updates while the weights are
+released).
 
 When the sglang wheel is installed, /generate bodies go through SGLang's own contract gate
 (`api_types.GenerateRequest`), so a body the real server would refuse gets the same 400 here.
@@ -95,6 +98,7 @@ class State:
         self.group_pg = None  # a real process group when --join-groups
         self.received = {}  # name -> [dtype, shape, sum, first values] of broadcast tensors
         self.requests = []  # (path, body) of every POST, for tests
+        self.released = set()  # memory regions released by /release_memory_occupation
         self.contract = _load_contract()
 
     def starting(self):
@@ -174,6 +178,7 @@ class Handler(BaseHTTPRequestHandler):
                     "tp_size": s.args.tp_size,
                     "dp_size": s.args.dp_size,
                     "pp_size": s.args.pp_size,
+                    "enable_memory_saver": s.args.enable_memory_saver,
                 },
             )
         if path == "/flush_cache":
@@ -194,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
                         "requests": s.requests,
                         "group": s.group,
                         "received": s.received,
+                        "released": sorted(s.released),
                     },
                 )
         return self._send(404, {"detail": "Not Found"})
@@ -208,7 +214,13 @@ class Handler(BaseHTTPRequestHandler):
         with s.lock:
             s.requests.append([path, body])
         if path == "/generate":
+            with s.lock:
+                released = sorted(s.released)
+            if released:  # a real server would read unmapped memory
+                return self._send(400, {"error": {"message": f"fake: /generate while {released} released"}})
             return self._generate(body)
+        if path in ("/release_memory_occupation", "/resume_memory_occupation"):
+            return self._memory_occupation(path, body)
         if path == "/flush_cache":
             return self._flush()
         if path == "/abort_request":
@@ -251,6 +263,8 @@ class Handler(BaseHTTPRequestHandler):
             if key not in body:
                 return self._fail(f"missing field {key}")
             with s.lock:
+                if "weights" in s.released:
+                    return self._fail("fake: weights are released (resume them before an update)")
                 if not s.session_open:
                     return self._fail("call /begin_weight_update before updating weights")
                 if path.endswith("distributed") and s.group is None:
@@ -282,6 +296,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/update_weights_from_disk":
             if "model_path" not in body:
                 return self._fail("missing field model_path")
+            if "weights" in s.released:
+                return self._fail("fake: weights are released (resume them before an update)")
             with s.lock:
                 s.weight_updates.append({"route": path, "weight_version": body.get("weight_version")})
                 if body.get("weight_version") is not None:
@@ -337,6 +353,27 @@ class Handler(BaseHTTPRequestHandler):
             t = torch.empty(shape, dtype=getattr(torch, dtype))
             dist.broadcast(t, src=0, group=s.group_pg)
             s.received[name] = [dtype, list(shape), float(t.double().sum()), t.flatten()[:4].tolist()]
+
+    def _memory_occupation(self, path, body):
+        """SGLang 0.5.23 (scheduler_components/weight_updater.py): release asserts an idle server;
+        no tags means every region; without --enable-memory-saver nothing is freed, yet the
+        answer is 200 (null); a second release or a resume of what is not released fails."""
+        s = self.state
+        tags = set(body.get("tags") or ("kv_cache", "weights", "cuda_graph"))
+        with s.lock:
+            if path.startswith("/release"):
+                if s.in_flight:
+                    msg = "release_memory_occupation should be called only when server is idle."
+                    return self._send(400, {"error": {"message": msg}})
+                if s.args.enable_memory_saver:
+                    if tags & s.released:
+                        return self._send(400, {"error": {"message": f"already released: {sorted(tags & s.released)}"}})
+                    s.released |= tags
+            elif s.args.enable_memory_saver:
+                if tags - s.released:
+                    return self._send(400, {"error": {"message": f"KeyError: {sorted(tags - s.released)}"}})
+                s.released -= tags
+        return self._send(200, raw=b"null")
 
     def _ok(self, message):
         self._send(200, {"success": True, "message": message})
@@ -541,6 +578,9 @@ def serve(argv=None, *, handler=None):
         help="answer the first N /generate with finish_reason abort (half the tokens)",
     )
     p.add_argument("--refuse-begin", action="store_true", help="answer every /begin_weight_update with an error")
+    p.add_argument(
+        "--enable-memory-saver", action="store_true", help="release_memory_occupation frees (reported in /server_info)"
+    )
     p.add_argument(
         "--drop-end-answers",
         type=int,

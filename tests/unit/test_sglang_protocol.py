@@ -58,6 +58,8 @@ BODIES = {
     "destroy_weights_update_group": proto.destroy_weights_update_group_body(),
     "update_weight_version": proto.update_weight_version_body("7"),
     "flush_cache": {},
+    "release_memory_occupation": proto.memory_occupation_body(["kv_cache", "weights"]),
+    "resume_memory_occupation": proto.memory_occupation_body(["weights"]),
 }
 
 

@@ -31,8 +31,9 @@ Rules (each refusal is one line, exit status 2)
   * a server's GPUs (sglang.tp_size or sglang.tp, default 1, times dp_size and pp_size) must divide G.
   * the smallest step batch (rollout.prompts_per_step x rollout.samples_per_prompt rows) must give
     every DP rank at least one row.
-  * the training memory estimate (`estimate_memory`) must fit the GPU, and so must the SGLang
-    weights (2 bytes per parameter / sglang TP).
+  * GPU 0's memory estimate (`estimate_memory`: the trainer, and colocated SGLang's static and
+    dynamic memory) must fit the GPU in every phase of a step, and so must the SGLang weights
+    (2 bytes per parameter / sglang TP).
 
 Node i below means line i+1 of `scontrol show hostnames "$SLURM_JOB_NODELIST"`; ports are
 offsets from PORT_BASE, which the scripts derive from SLURM_JOB_ID (`PORT_BASE_FORMULA`) so that
@@ -52,6 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ...config import sglang_gpus_per_server, weight_sync_layout_problem
 from .layout import LayoutError, ParallelLayout
 from .memory import GIB, H100_MEMORY_GIB, MemoryEstimate, estimate_memory, step_rows
+from .memory_table import format_memory
 
 # Ports, as offsets from PORT_BASE (launch/common.sh uses the same numbers; a unit test checks).
 PORT_SPAN = 32  # ports reserved per job on every node
@@ -266,11 +268,12 @@ def plan_launch(
         )
     if not cpu:
         if mem.total > mem.budget:
-            where = " (after sglang.mem_fraction_static)" if colocated_sglang else ""
+            where = ", with SGLang's static and dynamic memory" if colocated_sglang else ""
+            cure = "; colocated: a smaller sglang.mem_fraction_static or rollout.release_sglang_memory"
             raise LayoutError(
-                f"estimated training memory {mem.total / GIB:.1f} GiB per GPU exceeds the "
-                f"{mem.budget / GIB:.1f} GiB available{where}: raise TP/PP, use the distributed "
-                f"optimizer, a smaller train.micro_batch_size, or recomputation"
+                f"estimated training memory {mem.total / GIB:.1f} GiB per GPU ({mem.peak.name}{where}) exceeds the "
+                f"{mem.budget / GIB:.1f} GiB available: raise TP/PP, use the distributed "
+                f"optimizer, a smaller train.micro_batch_size, or recomputation{cure if colocated_sglang else ''}"
             )
         if engine == "sglang" and mem.sglang_weights > gpu_memory_gib * GIB:
             raise LayoutError(
@@ -466,13 +469,6 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.1f} GiB"
 
 
-def _count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _ranges(items: Sequence[int]) -> str:
     return f"{items[0]}-{items[-1]}" if len(items) > 1 else str(items[0])
 
@@ -516,16 +512,7 @@ def format_plan(plan: LaunchPlan) -> str:
         out.append("rollout: in-process on trainer rank 0 (rollout.engine=inprocess), no SGLang servers")
     out.append(f"step batch: at least {plan.rows_per_step} rows over DP={L.dp}")
     out.append("")
-    checked = "not checked: CPU run" if plan.cpu else f"of {_gib(m.budget)}"
-    out.append(
-        f"memory per trainer GPU (an ESTIMATE, see chord_megatron.commands.launch.memory.estimate_memory): "
-        f"{_gib(m.total)} {checked}"
-    )
-    out.append(
-        f"  {_count(m.params_total)} params, {_count(m.params_per_gpu)} per GPU; weights {_gib(m.weights)}, "
-        f"grads {_gib(m.grads)}, optimizer {_gib(m.optimizer)}, activations {_gib(m.activations)}, "
-        f"logits {_gib(m.logits)}, overhead {_gib(m.overhead)}"
-    )
+    out += format_memory(m, cpu=plan.cpu, sglang_colocated=plan.mode == "colocated" and plan.engine == "sglang")
     if plan.engine == "sglang":
         out.append(f"  SGLang weights per server GPU: {_gib(m.sglang_weights)}")
     for w in plan.warnings:

@@ -3,7 +3,7 @@
 Where requests go:
   * /generate goes to `generate_urls`: the router's URL (it balances over workers and routes
     around dead ones), or the workers themselves, tried round-robin, each retry on the next one;
-  * everything else (pause, flush, abort, weight updates, /model_info) goes to every worker
+  * everything else (pause, flush, abort, weight updates, memory release, /model_info) goes to every worker
     directly: sglang-router 0.3 forwards none of the weight-update routes, and a sync must reach
     every worker anyway.
 
@@ -66,6 +66,7 @@ class SGLangClient:
         self._rr = itertools.cycle(range(len(self.generate_urls)))
         self._sem: Optional[asyncio.Semaphore] = None
         self._session: Optional[aiohttp.ClientSession] = None
+        self._memory_saver_checked = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> "SGLangClient":
@@ -259,6 +260,37 @@ class SGLangClient:
                 raise SGLangError(f"{url}/continue_generation failed (HTTP {status}): {proto.error_message(text)}")
 
         await self._on_workers(one)
+
+    # -- memory occupation (colocated runs: the trainer borrows the servers' GPU memory) -------
+    async def release_memory_occupation(self, tags: Sequence[str]) -> None:
+        """Free `tags` (protocol.MEMORY_TAGS) on every worker. SGLang asserts that a server is
+        idle when asked, so every worker's cache is flushed first (the flush waits until no
+        request runs). Workers started without --enable-memory-saver are refused: SGLang would
+        answer success and free nothing. Not retried: a second release of a region fails."""
+        body = proto.memory_occupation_body(tags)
+        if not self._memory_saver_checked:
+            infos = await self.server_infos()
+            off = [u for u, info in infos.items() if info.get("enable_memory_saver") is not True]
+            if off:
+                raise SGLangError(
+                    f"{', '.join(off)} run(s) without --enable-memory-saver: releasing memory would free "
+                    f"nothing (set sglang.enable_memory_saver: true, or rollout.release_sglang_memory: false)"
+                )
+            self._memory_saver_checked = True
+        await self.flush_cache()
+        await self._on_workers(lambda u: self._memory_call(u, "release_memory_occupation", body))
+
+    async def resume_memory_occupation(self, tags: Sequence[str]) -> None:
+        """Take back what release_memory_occupation freed; released weights come back as
+        garbage, to be overwritten by a full weight update. Not retried (a double resume fails)."""
+        body = proto.memory_occupation_body(tags)
+        await self._on_workers(lambda u: self._memory_call(u, "resume_memory_occupation", body))
+
+    async def _memory_call(self, url: str, route: str, body: Dict[str, Any]) -> None:
+        # SGLang 0.5.23 answers 200 with an empty (null) body, or an error object.
+        status, text = await self._control(url, route, body)
+        if status != 200:
+            raise SGLangError(f"{url}{proto.ROUTES[route].path} failed (HTTP {status}): {proto.error_message(text)}")
 
     # -- weight updates ------------------------------------------------------------------------
     async def _try_success(self, url: str, route: str, body: Dict[str, Any], **kw) -> Tuple[bool, str]:

@@ -5,6 +5,9 @@ call generate() and, from another thread, abort() or pause() while a generate is
 
 One /generate per prompt with n = samples_per_prompt: the prompt is prefilled once, and a
 failed request is retried as a whole, so a prompt's samples are never partly lost or repeated.
+
+Memory released for training (release_memory) comes back when it is next needed: the weights
+at the next update_weights (which overwrites them all), the KV cache at the next generate.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ...data.seeding import sample_seed
 from ...types import Rollout
 from ..engine import RolloutEngine, RolloutError, SamplingParams, check_complete
 from .client import SGLangClient, SGLangError
+from .protocol import MEMORY_TAGS
 
 # A weight transport (weight_sync/*.py): pushes HF-named tensors through the client and returns
 # what it moved (weight_sync.buckets.SyncStats).
@@ -66,6 +70,8 @@ class SGLangEngine(RolloutEngine):
         self.pause_mode = pause_mode
         self._version: Optional[str] = None
         self.last_sync = None  # what the transport returned for the last update (SyncStats)
+        self._released: set = set()  # memory regions released on every worker (protocol.MEMORY_TAGS)
+        self._weights_lost = False  # weights were released and no update has refilled them yet
         self._closed = False
         self.run(client.start())
 
@@ -105,6 +111,12 @@ class SGLangEngine(RolloutEngine):
     ) -> List[Rollout]:
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+        if self._weights_lost:
+            raise RolloutError(
+                "the SGLang servers' weights were released for training and no weight update has "
+                "refilled them: generating now would sample from garbage"
+            )
+        self._resume_memory(MEMORY_TAGS)
         rollouts = self.run(self._generate(prompts, samples_per_prompt, params))
         check_complete(rollouts, len(prompts), samples_per_prompt)
         return rollouts
@@ -151,8 +163,32 @@ class SGLangEngine(RolloutEngine):
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], version: str) -> None:
         if self.weight_sync is None:
             raise RolloutError("SGLangEngine has no weight transport (weight_sync/): pass weight_sync=")
+        self._resume_memory(("weights",))  # their content is garbage: this update overwrites it
         self.last_sync = self.weight_sync(self, named_tensors, str(version))
         self._version = str(version)
+        self._weights_lost = False
+
+    def release_memory(self, tags: Sequence[str]) -> None:
+        """Free `tags` (of protocol.MEMORY_TAGS) on every worker, for the trainer to use; what is
+        already released is skipped. Releasing "weights" means the next call must be a full
+        update_weights: generate refuses until then."""
+        todo = [t for t in MEMORY_TAGS if t in tags and t not in self._released]
+        if not todo:
+            return
+        self.run(self.client.release_memory_occupation(todo))
+        self._released.update(todo)
+        self._weights_lost = self._weights_lost or "weights" in todo
+
+    def _resume_memory(self, tags: Sequence[str]) -> None:
+        todo = [t for t in MEMORY_TAGS if t in tags and t in self._released]
+        if todo:
+            self.run(self.client.resume_memory_occupation(todo))
+            self._released.difference_update(todo)
+
+    @property
+    def released_memory(self) -> Tuple[str, ...]:
+        """The regions released on the workers now, in protocol.MEMORY_TAGS order."""
+        return tuple(t for t in MEMORY_TAGS if t in self._released)
 
     def pause(self) -> None:
         self.run(self.client.pause(self.pause_mode))

@@ -56,6 +56,8 @@ ROUTES: Dict[str, Route] = {
     "init_weights_update_group": Route("/init_weights_update_group", "POST", "InitWeightsUpdateGroupReqInput"),
     "destroy_weights_update_group": Route("/destroy_weights_update_group", "POST", "DestroyWeightsUpdateGroupReqInput"),
     "update_weight_version": Route("/update_weight_version", "POST", "UpdateWeightVersionReqInput"),
+    "release_memory_occupation": Route("/release_memory_occupation", "POST", "ReleaseMemoryOccupationReqInput"),
+    "resume_memory_occupation": Route("/resume_memory_occupation", "POST", "ResumeMemoryOccupationReqInput"),
 }
 
 PAUSE_MODES = ("abort", "retract", "in_place")
@@ -128,6 +130,22 @@ def continue_body() -> Dict[str, Any]:
 # scheduler_components/weight_updater.py); the client recognises a stale session by them.
 SESSION_ALREADY_OPEN = "a weight-update session is already open"
 NO_SESSION_OPEN = "no weight-update session is open"
+
+
+# What /release_memory_occupation can free on a server started with --enable-memory-saver:
+# the KV cache pool and the weights (SGLang 0.5.23 also knows "cuda_graph", which frees nothing
+# unless SGLANG_MEMORY_SAVER_CUDA_GRAPH is set, and then can hang NCCL graph registrations).
+# Released weights come back as garbage: only a full weight update may follow.
+MEMORY_TAGS = ("kv_cache", "weights")
+
+
+def memory_occupation_body(tags: Sequence[str]) -> Dict[str, Any]:
+    """Body of /release_memory_occupation and /resume_memory_occupation: which regions. No tags
+    would mean every region to SGLang, so an empty list is refused here."""
+    bad = [t for t in tags if t not in MEMORY_TAGS]
+    if bad or not tags:
+        raise ValueError(f"memory tags must be a non-empty subset of {MEMORY_TAGS}, got {list(tags)}")
+    return {"tags": list(tags)}
 
 
 def begin_weight_update_body() -> Dict[str, Any]:

@@ -231,6 +231,16 @@ def start_router(
     return proc
 
 
+def server_env(*, release_memory: bool) -> Optional[Dict[str, str]]:
+    """The environment of a server chord starts (None: this process's). With memory released
+    during training (rollout.release_sglang_memory), /health must not generate: SGLang 0.5.23
+    answers it by running a one-token request, which on released memory would read unmapped
+    pages; it then checks that the server's processes live. launch/env.sh sets the same."""
+    if not release_memory:
+        return None
+    return {**os.environ, "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "0"}
+
+
 def deploy(rollout_cfg, sglang_options: Mapping[str, Any], *, log_dir: Path, host: str = "127.0.0.1") -> Deployment:
     """Attach to, or start, what rollout_cfg describes (see the module docstring)."""
     timeout = float(getattr(rollout_cfg, "startup_timeout_s", 900.0))
@@ -246,6 +256,7 @@ def deploy(rollout_cfg, sglang_options: Mapping[str, Any], *, log_dir: Path, hos
         if not dep.worker_urls:
             n = int(getattr(rollout_cfg, "num_servers", 1))
             gpus = sglang_gpus_per_server(options)
+            env = server_env(release_memory=bool(getattr(rollout_cfg, "release_sglang_memory", False)))
             for i in range(n):
                 port = free_port(host)
                 opts = dict(options)
@@ -254,6 +265,7 @@ def deploy(rollout_cfg, sglang_options: Mapping[str, Any], *, log_dir: Path, hos
                     f"sglang-server-{i}",
                     server_command(host=host, port=port, options=opts),
                     Path(log_dir) / f"sglang-server-{i}.log",
+                    env=env,
                 ).start()
                 dep.processes.append(server)
                 dep.worker_urls.append(f"http://{host}:{port}")
