@@ -16,6 +16,7 @@ CHARS = "0123456789+-*=,.:;|()?cr \n"
 
 class CharTokenizer:
     pad_id, bos_id, eos_id = 0, 1, 2
+    stop_ids = (eos_id,)  # what ends a response (HFTokenizer adds generation_config's eos ids)
 
     def __init__(self, chars: str = CHARS):
         if len(set(chars)) != len(chars):
