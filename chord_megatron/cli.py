@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="avg@k of a model on a benchmark file with the task's reward")
     _add_config_args(ev)
-    ev.add_argument("--data", help="JSONL benchmark file (default: data.eval_path)")
+    ev.add_argument("--data", help="JSONL benchmark file (default: the held-out prompts training evaluates on)")
     ev.add_argument("--k", type=int, help="samples per prompt (default: train.eval_samples)")
     ev.add_argument("--checkpoint", help="a training checkpoint folder to evaluate (default: the config's model)")
     ev.add_argument("--out", help="write per-prompt results as JSONL here")

@@ -23,6 +23,7 @@ from .config import Config
 from .data import seeding
 from .data.batch import build_train_batch, expert_rows_per_step
 from .data.task import load_task
+from .rollout.sampling import evaluation_params, stop_token_ids
 from .train.parallel import is_rank0
 from .types import Rollout
 
@@ -43,7 +44,7 @@ class Services:
         self.cfg = cfg
         self.active = is_rank0()
         self.task = load_task(cfg) if self.active else None
-        self.eos = (self.task.tokenizer.eos_id,) if self.active else ()
+        self.eos = stop_token_ids(self.task.tokenizer) if self.active else ()  # chord eval stops on the same
         self.rollout = self.scorer = self.logger = None
         # rollout.asynchronous: the next step's batch, being generated (a future, rank 0) or done
         self._ahead: Optional[Tuple[int, Any]] = None  # (step, future or StepData)
@@ -207,7 +208,7 @@ class Services:
             self.rollout,
             [p.prompt_ids for p in task.evaluation],
             k,
-            self.sampling(seeding.step_seed(cfg.train.seed, updates, salt=seeding.EVAL)),
+            evaluation_params(cfg, task.tokenizer, updates),  # what chord eval of these weights draws
         )
         rewards = score(self.scorer, task.reward_name, task.tokenizer, rollouts, task.evaluation)
         n = len(rollouts)

@@ -3,11 +3,17 @@
     run_eval(cfg, data=None, k=None, checkpoint=None, out=None) -> exit status
 
 The benchmark is a prompt file in the data loader's format ({"prompt" | "messages", "answer"},
-JSONL or Parquet; default data.eval_path, or the generated task's held-out prompts), tokenised
-and chat-templated as training does. Each prompt is sampled k times (default train.eval_samples)
-at the rollout temperature -- the paper's protocol: avg@32 on AIME, avg@8 on AMC -- by the
-configured rollout engine (in-process transformers, or SGLang per rollout.*), and every response
-is scored with the task's reward (data.reward) in reward worker processes.
+JSONL or Parquet; default: the held-out prompts training evaluates on -- the generated task's,
+else data.eval_path), tokenised and chat-templated as training does. Each prompt is sampled k
+times (default train.eval_samples) at the rollout temperature -- the paper's protocol: avg@32 on
+AIME, avg@8 on AMC -- by the configured rollout engine (in-process transformers, or SGLang per
+rollout.*), and every response is scored with the task's reward (data.reward) in reward worker
+processes.
+
+Sampling is training's evaluation's (rollout/sampling.py: the same stop ids, settings and seed,
+the seed of the checkpoint's step, 0 for the base model, all prompts in one call): `chord eval`
+of the weights training evaluated after N updates, on the same prompts with the same k, reports
+the accuracy that run logged as eval/accuracy at step N, sample for sample.
 
 The model is the config's (model.hf_path; for the toy task the cached base model), or the
 weights of a training checkpoint (--checkpoint: a step folder or a root with a `latest`
@@ -31,11 +37,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import Config, load_config
-
-CHUNK_PROMPTS = 64  # prompts per generate call
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,27 +47,29 @@ def run(args: argparse.Namespace) -> int:
     return run_eval(cfg, data=args.data, k=args.k, checkpoint=args.checkpoint, out=args.out)
 
 
-def benchmark(cfg: Config, data: Optional[str], tokenizer) -> List[Any]:
-    """The PromptRows to evaluate on."""
+def benchmark(cfg: Config, data: Optional[str], tokenizer) -> Tuple[List[Any], str]:
+    """The PromptRows to evaluate on, and the file they come from."""
     from ..data import load_prompts
 
-    path = data or cfg.data.eval_path
-    if path is None:
-        if cfg.data.task != "arith":
-            raise ValueError("chord eval: no benchmark file: pass --data FILE or set data.eval_path")
+    if data is None and cfg.data.task == "arith":  # the held-out file training writes and evaluates on
         from ..data.task import load_task
 
-        return load_task(cfg).evaluation
+        task = load_task(cfg)
+        return task.evaluation, task.evaluation_source
+    path = data or cfg.data.eval_path
+    if path is None:
+        raise ValueError("chord eval: no benchmark file: pass --data FILE or set data.eval_path")
     rows, skipped = load_prompts(
         path, tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens, on_bad_row=cfg.data.on_bad_row
     )
     if skipped:
         print(f"chord eval: skipped rows of {path}: {dict(skipped)}", file=sys.stderr)
-    return rows
+    return rows, str(path)
 
 
 def model_weights(cfg: Config, checkpoint: Optional[str]):
-    """(trainer engine or None, Megatron full tensors to push or None, a label of the model).
+    """(trainer engine or None, Megatron full tensors to push or None, a label of the model, the
+    number of updates the weights have had: the checkpoint's step, 0 for the base model).
     With a checkpoint every rank of the job calls this (it builds the trainer's model for
     cfg's layout, and iterating the tensors is a collective)."""
     if cfg.model.hf_path:  # the model section must describe the checkpoint (ConfigError naming the key)
@@ -75,15 +81,15 @@ def model_weights(cfg: Config, checkpoint: Optional[str]):
 
         engine = MegatronEngine(cfg)
         step, _ = engine.load(checkpoint)
-        return engine, engine.export_weights(), f"checkpoint {checkpoint} (step {step})"
+        return engine, engine.export_weights(), f"checkpoint {checkpoint} (step {step})", step
     if cfg.model.hf_path:
-        return None, None, cfg.model.hf_path
+        return None, None, cfg.model.hf_path, 0
     from ..demo.base_model import base_weights
 
     full = base_weights(cfg)
     if full is None:
-        return None, None, "random initial weights (base.steps = 0, no model.hf_path)"
-    return None, iter(full.items()), "the cached base model"
+        return None, None, "random initial weights (base.steps = 0, no model.hf_path)", 0
+    return None, iter(full.items()), "the cached base model", 0
 
 
 def score_samples(
@@ -107,47 +113,39 @@ def run_eval(
     out: Optional[str] = None,
 ) -> int:
     from ..data.hf_tokenizer import load_tokenizer
-    from ..data.seeding import EVAL_COMMAND, step_seed
-    from ..rollout.engine import SamplingParams, generate_complete
+    from ..rollout.engine import generate_complete
     from ..rollout.factory import rollout_engine_from_config
+    from ..rollout.sampling import evaluation_params
     from ..train.parallel import is_rank0
     from ..weight_sync.convert import Layout, megatron_to_hf
 
     k = k or cfg.train.eval_samples
     if k < 1:
         raise ValueError(f"chord eval: k must be >= 1, got {k}")
-    trainer, named, label = model_weights(cfg, checkpoint)
+    trainer, named, label, updates = model_weights(cfg, checkpoint)
     if not is_rank0():  # other ranks only take part in gathering the checkpoint's tensors
         for _ in named or ():
             pass
         return 0
     tokenizer = load_tokenizer(cfg)
-    prompts = benchmark(cfg, data, tokenizer)
+    prompts, source = benchmark(cfg, data, tokenizer)
     from ..demo.arith import register_arith_reward
 
     register_arith_reward()
-    stop = tuple(getattr(tokenizer, "stop_ids", (tokenizer.eos_id,)))
-
     rollout = rollout_engine_from_config(cfg, eos_token_id=tokenizer.eos_id)
     try:
         if named is not None:
             rollout.update_weights(megatron_to_hf(named, Layout.from_model_config(cfg.model, cfg.megatron)), "eval")
         del trainer
         t0 = time.perf_counter()
-        rollouts = []
-        for lo in range(0, len(prompts), CHUNK_PROMPTS):
-            chunk = prompts[lo : lo + CHUNK_PROMPTS]
-            params = SamplingParams.from_config(
-                cfg.rollout, stop_token_ids=stop, seed=step_seed(cfg.train.seed, lo, salt=EVAL_COMMAND)
-            )
-            for r in generate_complete(rollout, [p.prompt_ids for p in chunk], k, params)[0]:
-                r.prompt_index += lo
-                rollouts.append(r)
+        # One call, as training's evaluation makes it: engines batch and seed per call.
+        params = evaluation_params(cfg, tokenizer, updates)
+        rollouts = generate_complete(rollout, [p.prompt_ids for p in prompts], k, params)[0]
         gen_s = time.perf_counter() - t0
     finally:
         rollout.close()
     rewards = score_samples(cfg.data.reward, prompts, rollouts, tokenizer)
-    summary = summarise(prompts, rollouts, rewards, k, label=label, data=data or cfg.data.eval_path, seconds=gen_s)
+    summary = summarise(prompts, rollouts, rewards, k, label=label, data=source, seconds=gen_s)
     print(
         f"avg@{k} accuracy {summary['accuracy']:.4f} on {summary['prompts']} prompts ({summary['samples']} samples) "
         f"of {summary['data']}: mean reward {summary['mean_reward']:.4f}, mean response {summary['mean_response_tokens']:.1f} "

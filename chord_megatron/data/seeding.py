@@ -13,8 +13,7 @@ from typing import List
 
 # Salts of step_seed: what the seed is for.
 ROLLOUT = 0  # the step's rollouts
-EVAL = 1  # the held-out evaluation after `step` updates
-EVAL_COMMAND = 7  # `chord eval`, per chunk of prompts (the position is the chunk's first prompt)
+EVAL = 1  # the held-out evaluation after `step` updates (in training and `chord eval`)
 # Salts of epoch_order: which rows of a set a step takes.
 PROMPTS = 1
 EXPERT = 2

@@ -29,6 +29,7 @@ class Task:
     reward_name: str
     seed: int
     skipped: Dict[str, Counter] = field(default_factory=dict)  # file kind -> reason -> rows dropped
+    evaluation_source: str = ""  # where the held-out prompts come from (a file, or which RL prompts)
 
     def rl_prompts(self, step: int, n: int) -> List[PromptRow]:
         return _walk(self.prompts, step, n, self.seed, salt=seeding.PROMPTS)
@@ -104,10 +105,12 @@ def load_task(cfg: Config) -> Task:
         if not prompts:
             raise ValueError(f"{prompt_path}: every RL prompt also appears in the expert set {expert_path}")
     evaluation = prompts[: min(len(prompts), 64)]
+    evaluation_source = f"the first {len(evaluation)} RL prompts of {prompt_path}"
     if eval_path:
+        evaluation_source = str(eval_path)
         evaluation, skipped["eval"] = load_prompts(
             eval_path, tokenizer, max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row
         )
     skipped = {k: v for k, v in skipped.items() if v}
     register_arith_reward()
-    return Task(tokenizer, prompts, expert, evaluation, d.reward, cfg.train.seed, skipped)
+    return Task(tokenizer, prompts, expert, evaluation, d.reward, cfg.train.seed, skipped, evaluation_source)

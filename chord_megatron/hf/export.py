@@ -2,6 +2,11 @@
 
 export_hf(named, cfg, out_dir)  safetensors shards + index, config.json,
                                 generation_config.json and the tokenizer files
+
+The folder stands on its own: the tokenizer files are the source's (or data.tokenizer's), and
+for the demo's character vocabulary a transformers tokenizer with the same ids; a config.json
+made from the model section carries that tokenizer's bos / eos / pad ids, and so does
+generation_config.json, which is what stops `generate()` at the end of an answer.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from ..config import Config
+from ..data.tokenizer import CharTokenizer
 from ..errors import ChordError
 from ..weight_sync.convert import Layout, megatron_to_hf
 from .config import ARCHITECTURES, check_model_config, hf_config
@@ -68,7 +74,8 @@ def export_hf(
     """Write Megatron full tensors (engine.export_weights(): every rank must iterate it, so ranks
     other than the writer pass write=False and the stream is only drained) as a Hugging Face
     folder: safetensors shards + index, config.json, generation_config.json and the tokenizer
-    files of `source` (default model.hf_path; data.tokenizer for the tokenizer when set).
+    files of `source` (default model.hf_path; data.tokenizer for the tokenizer when set; with
+    neither, the demo's CharTokenizer saved for transformers).
     Tied embeddings are written without lm_head.weight, as transformers saves them.
 
     `out_dir` must be new or empty, or `overwrite` given (check_export_target); the folder is
@@ -88,6 +95,8 @@ def export_hf(
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"export dtype {dtype} is not one of {list(_DTYPE_NAMES)}")
     config = hf_config_dict(cfg, dtype=dtype, source=source, eos_token_id=eos_token_id)
+    if not (source and (Path(source) / "config.json").is_file()):  # made here: the ids of the run's tokenizer
+        config.update(_special_token_ids(cfg, source, eos_token_id))
     layout = Layout.from_model_config(cfg.model, cfg.megatron)
     hf_named = ((n, t.detach().to(device="cpu", dtype=dtype)) for n, t in megatron_to_hf(named, layout))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +105,8 @@ def export_hf(
     try:
         write_hf_files(tmp, hf_named, max_shard_bytes=max_shard_bytes, config=config)
         copied = _copy_side_files(tmp, source, cfg.data.tokenizer)
+        if not (cfg.data.tokenizer or source):  # the demo's characters: saved as a transformers tokenizer
+            CharTokenizer().save_pretrained(tmp)
         if "generation_config.json" not in copied:
             gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=1))
@@ -167,6 +178,19 @@ def _publish(tmp: Path, out: Path) -> None:
         old.rename(out)
         raise
     shutil.rmtree(old)
+
+
+def _special_token_ids(cfg: Config, source: Optional[str | Path], eos_token_id: Optional[int]) -> Dict[str, int]:
+    """bos / eos / pad of the tokenizer the run used (data.tokenizer, the source's, else the
+    demo's characters: data/hf_tokenizer.load_tokenizer's rule), for a config.json made from
+    the model section; `eos_token_id`, when given, wins."""
+    from ..data.hf_tokenizer import HFTokenizer
+
+    folder = cfg.data.tokenizer or source
+    tok = HFTokenizer.from_pretrained(folder) if folder else CharTokenizer()
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": eos_token_id if eos_token_id is not None else tok.eos_id}
+    ids["pad_token_id"] = tok.pad_id
+    return {k: int(v) for k, v in ids.items() if v is not None}
 
 
 def _copy_side_files(out: Path, source: Optional[str | Path], tokenizer: Optional[str | Path]) -> List[str]:

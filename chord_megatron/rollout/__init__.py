@@ -2,6 +2,7 @@
 
   engine.py     the RolloutEngine interface every engine implements, SamplingParams
   factory.py    the engine rollout.engine names, built from the config
+  sampling.py   the stop ids and the evaluation's sampling, shared by training and chord eval
   inprocess.py  a Hugging Face transformers engine in this process (CPU, tests, demo)
   sglang/       SGLang servers behind sglang-router: protocol, client, engine, router
 

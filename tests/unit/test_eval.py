@@ -4,7 +4,8 @@
   and accuracy = the fraction of samples whose reward is 1 (recomputed from the responses);
 * overlong responses: the loop's -1 unless the reward decides from the finish reason itself;
 * a training checkpoint: run_export_hf writes exactly the trained weights, and run_eval with
-  --checkpoint serves them (its samples equal those of the exported folder, not the base's).
+  --checkpoint serves them (its greedy answers equal those of the exported folder, not the base's);
+* training's rollouts, its evaluation and chord eval stop on the same ids.
 """
 
 import json
@@ -99,7 +100,9 @@ def _checkpoint_job(folder, root, bench_path):
     from chord_megatron.weight_sync.disk import read_hf_checkpoint
 
     root = Path(root)
-    cfg = eval_config(folder, "optim.lr=0.05")
+    # Greedy (top_p -> 0 keeps only the most likely token): the samples depend on the weights
+    # alone, not on the seed, which is the checkpoint's step with --checkpoint and 0 without.
+    cfg = eval_config(folder, "optim.lr=0.05", "rollout.top_p=1e-9")
     engine = MegatronEngine(cfg, full_state_dict=hf_state_dict(cfg))
     rows = [ExpertRow(list(range(3, 9)), list(range(10, 18)))] * 4
     engine.train_step(build_train_batch([], torch.zeros(0), rows, pad_id=0), 0, mu=1.0)
@@ -172,3 +175,34 @@ def test_avg_at_k_through_sglang(tmp_path, capsys):
     ]
     assert [x for r in rows for x in r["rewards"]] == rewards
     assert "avg@2 accuracy" in capsys.readouterr().out
+
+
+def test_training_and_chord_eval_stop_on_the_same_ids(tmp_path):
+    """One decision (rollout/sampling.stop_token_ids) for training's rollouts, its evaluation and
+    chord eval: the tokenizer's eos and every eos id of the model's generation_config.json."""
+    from chord_megatron.data.hf_tokenizer import load_tokenizer
+    from chord_megatron.rollout.engine import generate_complete
+    from chord_megatron.rollout.factory import rollout_engine_from_config
+    from chord_megatron.rollout.sampling import evaluation_params
+    from chord_megatron.services import Services
+
+    folder, _ = make_checkpoint(tmp_path / "m", "qwen2")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 6]}))  # 2: the tokenizer's
+    data = bench(tmp_path, n=8)
+    cfg = eval_config(
+        folder,
+        "data.task=jsonl",
+        f"data.prompt_path={data}",
+        "algorithm.expert_data_ratio=0",
+        f"train.output_dir={tmp_path / 'run'}",
+    )
+    services = Services(cfg)
+    tokenizer = load_tokenizer(cfg)
+    assert tokenizer.eos_id == 2
+    params = evaluation_params(cfg, tokenizer, 0)
+    assert services.eos == services.sampling(0).stop_token_ids == params.stop_token_ids == (2, 6)
+    # the engine ends a response at the extra id too (this seed draws it)
+    with rollout_engine_from_config(cfg, eos_token_id=tokenizer.eos_id) as engine:
+        rollouts, _ = generate_complete(engine, [p.prompt_ids for p in services.task.evaluation], 8, params)
+    ended = [r.response_ids[-1] for r in rollouts if r.finish_reason == "stop"]
+    assert 6 in ended and all(6 not in r.response_ids[:-1] and 2 not in r.response_ids[:-1] for r in rollouts)
