@@ -620,6 +620,12 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(*problem)
     if r.release_sglang_memory and r.engine != "sglang":
         fail("rollout.release_sglang_memory", f"needs rollout.engine=sglang (got {r.engine})")
+    if r.release_sglang_memory and r.asynchronous:
+        fail(
+            "rollout.asynchronous",
+            "cannot be combined with rollout.release_sglang_memory: the servers keep generating while the "
+            "trainer trains, so they cannot hand it their memory",
+        )
     if r.release_sglang_memory and cfg.sglang and cfg.sglang.get("enable_memory_saver") is not True:
         fail(
             "sglang.enable_memory_saver", "must be true with rollout.release_sglang_memory (else SGLang frees nothing)"

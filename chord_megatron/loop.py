@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict
 
 from .config import Config
+from .memory_handover import release_rollout_memory, return_training_memory
 from .metrics.progress import ProgressBar
 from .metrics.table import logged
 from .services import Services
@@ -55,15 +56,17 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     bar = ProgressBar(start, steps, enabled=progress and services.active)
     began = time.perf_counter()
     for step in range(start, steps):
-        t0 = time.perf_counter()
+        t0, updates = time.perf_counter(), step + 1
+        sync_due = updates % cfg.rollout.sync_every == 0 or updates == steps
         data = services.collect(step)
+        release_rollout_memory(cfg, services.rollout, sync_follows=sync_due)  # colocated SGLang
         update = engine.train_step(data.batch, step, mu=services.mu(step, data))
+        return_training_memory(cfg)
         sync.check_step(step, update)  # were this step's rollouts served by the trained weights?
         # the step's phases (chord bench loop), and the sync that served this step's rollouts
         metrics = {**data.metrics, **logged(update), **engine.seconds, **sync_metrics}
-        updates = step + 1
         metrics.update(services.finish_ahead())  # the next batch's sampler is about to change
-        if updates % cfg.rollout.sync_every == 0 or updates == steps:
+        if sync_due:
             sync_metrics = sync.push(version=updates)
         metrics["step/seconds"] = time.perf_counter() - t0
         metrics["train/tokens_per_s"] = float(data.batch.loss_mask.sum()) / metrics["step/seconds"]

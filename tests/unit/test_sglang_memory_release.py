@@ -121,6 +121,8 @@ def test_config_needs_sglang_and_its_memory_saver():
     with pytest.raises(ConfigError, match="sglang.enable_memory_saver: must be true"):
         load_config(None, ON + ["sglang.tp_size=1"])
     load_config(None, ON + ["sglang.tp_size=1", "sglang.enable_memory_saver=true"])
+    with pytest.raises(ConfigError, match="rollout.asynchronous: cannot be combined"):
+        load_config(None, ON + ["sglang.tp_size=1", "sglang.enable_memory_saver=true", "rollout.asynchronous=true"])
 
 
 def test_servers_chord_starts_answer_health_without_generating():
