@@ -22,7 +22,7 @@ from .config import Config
 from .data import seeding
 from .data.batch import build_train_batch, expert_rows_per_step
 from .data.task import load_task
-from .train.parallel import is_rank0
+from .train.parallel import is_rank0, object_group
 from .types import Rollout
 
 
@@ -177,9 +177,11 @@ class Services:
 
 
 def _broadcast(obj):
-    """Rank 0's object on every rank (a no-op in a single process)."""
+    """Rank 0's object on every rank (a no-op in a single process), through the gloo object
+    group (train/parallel.py object_group): the other ranks may wait here for as long as rank 0
+    rolls out, with parallel.rank0_wait_minutes as the limit and no GPU kept busy meanwhile."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=object_group())
     return box[0]
