@@ -142,6 +142,9 @@ class RolloutConfig:
     # tensor: colocated; nccl: separate nodes; disk: a shared file system
     weight_sync: str = one_of("tensor", "nccl", "disk")
     sync_bucket_mb: int = 512  # size of one weight-sync bucket
+    # tensor sync: the SGLang servers' CUDA_VISIBLE_DEVICES (e.g. "4,5,6,7" or GPU UUIDs) when it
+    # is not the trainer's; each server TP rank is fed by the trainer rank on its GPU. null = the trainer's
+    server_visible_devices: Optional[str] = None
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 
 from .algo import adaptive_mu, group_advantages
 from .config import Config
 from .data import seeding
 from .data.batch import build_train_batch, expert_rows_per_step
 from .data.task import load_task
-from .train.parallel import is_rank0, object_group
+from .train.parallel import is_rank0, rank0_object
 from .types import Rollout
 
 
@@ -180,8 +179,4 @@ def _broadcast(obj):
     """Rank 0's object on every rank (a no-op in a single process), through the gloo object
     group (train/parallel.py object_group): the other ranks may wait here for as long as rank 0
     rolls out, with parallel.rank0_wait_minutes as the limit and no GPU kept busy meanwhile."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=object_group())
-    return box[0]
+    return rank0_object(obj)

@@ -181,6 +181,26 @@ def object_group(timeout: Optional[datetime.timedelta] = None):
     return _OBJECT_GROUP[0]
 
 
+def rank0_object(obj):
+    """Rank 0's `obj` on every rank, through the object group (a no-op in a world of one)."""
+    group = object_group()
+    if group is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def gather_to_rank0(obj) -> Optional[list]:
+    """Every rank's `obj`, in rank order, on rank 0 (None elsewhere), through the object group."""
+    group = object_group()
+    if group is None:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0, group=group)
+    return out
+
+
 def init_parallel(pcfg: ParallelConfig, *, seed: int = 1234) -> ParallelState:
     """Create Megatron's model-parallel groups for `pcfg` on the current world and seed the
     tensor-parallel RNG tracker. The data-parallel size is what the world leaves:

@@ -71,8 +71,14 @@ class WeightSync:
             finally:
                 self.rollout.resume()
         else:
-            for _ in named:  # take part in the gathers
-                pass
+            from .factory import peer_feed_from_config
+
+            feed = peer_feed_from_config(self.cfg)  # the tensor transport needs every rank's GPU
+            if feed is not None:
+                feed(megatron_to_hf(named, Layout.from_model_config(self.cfg.model, self.cfg.megatron)))
+            else:
+                for _ in named:  # take part in the gathers
+                    pass
         seconds = time.perf_counter() - t0
         self.pushes += 1
         metrics = {"sync/seconds": seconds, "sync/bytes_per_s": nbytes[0] / max(seconds, 1e-9)}

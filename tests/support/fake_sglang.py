@@ -182,6 +182,8 @@ class Handler(BaseHTTPRequestHandler):
                     "port": s.args.port,
                     "frontend": "python",
                     "tp_size": s.args.tp_size,
+                    "base_gpu_id": s.args.base_gpu_id,
+                    "gpu_id_step": 1,
                     "dp_size": s.args.dp_size,
                     "pp_size": s.args.pp_size,
                 },
@@ -537,6 +539,7 @@ def serve(argv=None, *, handler=None):
         help="while paused, /health waits this long and then answers 503 (SGLang: 20 s); default: answers at once",
     )
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--base-gpu-id", type=int, default=0, help="reported in /server_info")
     p.add_argument("--dp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--pp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument(
