@@ -88,6 +88,9 @@ class ParallelConfig:
     sequence_parallel: bool = False  # Megatron sequence parallelism (GPU only, needs tensor > 1)
     distributed_optimizer: bool = True  # shard optimizer state over data-parallel ranks
     backend: str = one_of("auto", "nccl", "gloo")  # auto = nccl with CUDA, gloo without
+    # how long ranks 1..N wait for rank 0's rollouts and evaluations: object broadcasts go
+    # through a gloo group with this timeout, not the default group's (NCCL's 30 minutes)
+    rank0_wait_minutes: float = 360.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ class RolloutConfig:
     # sglang colocated: servers release KV cache (and weights when a sync follows) during each
     # train step, the trainer empties its cache after it (needs sglang.enable_memory_saver)
     release_sglang_memory: bool = False
+    # tensor sync: the SGLang servers' CUDA_VISIBLE_DEVICES (e.g. "4,5,6,7" or GPU UUIDs) when it
+    # is not the trainer's; each server TP rank is fed by the trainer rank on its GPU. null = the trainer's
+    server_visible_devices: Optional[str] = None
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
@@ -229,6 +235,9 @@ class TrainConfig:
     # forward's own (detached) log-probs are the same numbers, so the pass is off by default
     recompute_old_logp: bool = False
     output_dir: str = "runs/chord"  # metrics, TensorBoard, checkpoints and generated data go here
+    # cuda: stop at startup when torch sees no GPU (e.g. a driver older than torch's CUDA build
+    # needs) instead of training on CPU over gloo; auto: CUDA when torch sees it, else CPU
+    device: str = one_of("auto", "cuda")
 
 
 @dataclass(frozen=True)
@@ -584,6 +593,8 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         )
     if p.sequence_parallel and p.tensor == 1:
         fail("parallel.sequence_parallel", "needs parallel.tensor > 1")
+    if not p.rank0_wait_minutes > 0:
+        fail("parallel.rank0_wait_minutes", f"must be > 0, got {p.rank0_wait_minutes}")
     if p.context > 1 and (m.max_seq_length % (2 * p.context)):
         fail("parallel.context", f"2 x {p.context} must divide model.max_seq_length={m.max_seq_length}")
 

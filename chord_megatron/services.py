@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 
 from .algo import adaptive_mu, group_advantages
 from .config import Config
@@ -24,7 +23,7 @@ from .data import seeding
 from .data.batch import build_train_batch, expert_rows_per_step
 from .data.task import load_task
 from .rollout.sampling import evaluation_params, stop_token_ids
-from .train.parallel import is_rank0
+from .train.parallel import is_rank0, rank0_object
 from .types import Rollout
 
 
@@ -252,9 +251,7 @@ def _sft_only(cfg: Config, mu: Optional[float]) -> bool:
 
 
 def _broadcast(obj):
-    """Rank 0's object on every rank (a no-op in a single process)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    """Rank 0's object on every rank (a no-op in a single process), through the gloo object
+    group (train/parallel.py object_group): the other ranks may wait here for as long as rank 0
+    rolls out, with parallel.rank0_wait_minutes as the limit and no GPU kept busy meanwhile."""
+    return rank0_object(obj)

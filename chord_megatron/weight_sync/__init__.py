@@ -2,7 +2,8 @@
 
   convert.py   Megatron full parameters <-> Hugging Face Llama/Qwen2 names and layouts (pure)
   buckets.py   size-bounded buckets of named tensors, and SyncStats (bytes, seconds, bytes/s)
-  tensor.py    colocated SGLang servers: CUDA-IPC handles via /update_weights_from_tensor
+  tensor.py    colocated SGLang servers: CUDA-IPC handles via /update_weights_from_tensor, every
+               TP rank fed by the trainer rank on its GPU (gpu_seats.py says which)
   nccl.py      separate nodes: a broadcast group via /update_weights_from_distributed
   disk.py      a shared file system: an HF checkpoint folder via /update_weights_from_disk
   factory.py   the transport rollout.weight_sync names

@@ -15,7 +15,7 @@ def transport_from_config(cfg):
     if r.weight_sync == "tensor":
         from .tensor import TensorSync
 
-        return TensorSync(bucket_mb=r.sync_bucket_mb)
+        return TensorSync(bucket_mb=r.sync_bucket_mb, server_visible_devices=r.server_visible_devices)
     if r.weight_sync == "nccl":
         from ..net import free_port
         from .nccl import NcclSync
@@ -33,3 +33,17 @@ def transport_from_config(cfg):
             Path(cfg.train.output_dir) / "hf_weights", bucket_mb=r.sync_bucket_mb, config=hf_config(cfg.model).to_dict()
         )
     raise ValueError(f"rollout.weight_sync must be tensor, nccl or disk, got {r.weight_sync!r}")
+
+
+def peer_feed_from_config(cfg):
+    """What a rank other than 0 does with the HF tensors of a sync: None (nothing: only rank 0
+    sends), or, for the tensor transport to SGLang servers, a callable that feeds the servers'
+    TP ranks on this rank's GPU (tensor.feed_tensor_sync)."""
+    import torch.distributed as dist
+
+    r = cfg.rollout
+    if r.engine != "sglang" or r.weight_sync != "tensor" or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    from .tensor import feed_tensor_sync
+
+    return lambda named: feed_tensor_sync(named, bucket_mb=r.sync_bucket_mb)

@@ -22,13 +22,12 @@ import time
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 
 from ..config import Config
 from ..data import seeding
 from ..data.batch import build_train_batch
 from ..errors import ChordError
-from ..train.parallel import is_rank0
+from ..train.parallel import is_rank0, rank0_object
 from .buckets import tensor_bytes
 
 
@@ -86,8 +85,14 @@ class WeightSync:
             finally:
                 self.rollout.resume()
         else:
-            for _ in named:  # take part in the gathers
-                pass
+            from .factory import peer_feed_from_config
+
+            feed = peer_feed_from_config(self.cfg)  # the tensor transport needs every rank's GPU
+            if feed is not None:
+                feed(megatron_to_hf(named, Layout.from_model_config(self.cfg.model, self.cfg.megatron)))
+            else:
+                for _ in named:  # take part in the gathers
+                    pass
         seconds = time.perf_counter() - t0
         self.pushes += 1
         metrics = {"sync/seconds": seconds, "sync/bytes_per_s": nbytes[0] / max(seconds, 1e-9)}
@@ -134,10 +139,7 @@ class WeightSync:
             )
             rollouts = self.rollout.generate(self.probe_prompts, 2, params)
             batch = build_train_batch(rollouts, torch.zeros(len(rollouts)), [], pad_id=self.pad_id)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            box = [batch]
-            dist.broadcast_object_list(box, src=0)
-            batch = box[0]
+        batch = rank0_object(batch)  # the gloo object group: no GPU spins while rank 0 samples
         trainer = self.engine.compute_logprobs(batch)
         stats = logprob_mismatch(trainer, batch.rollout_logp, on_policy_mask(batch))
         check_served(stats, verify_tolerance(self.cfg), f"after weight sync {version}")

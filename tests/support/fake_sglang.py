@@ -91,6 +91,7 @@ class State:
         self.drop_end_answers = args.drop_end_answers
         self.abort_epoch = 0
         self.paused = False
+        self.health_while_paused = 0  # /health requests that came in while paused
         self.session_open = False
         self.weight_version = args.weight_version
         self.weight_updates = []
@@ -143,6 +144,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         s = self.state
         path = self.path.split("?")[0]
+        if path in ("/health", "/health_generate") and s.paused and s.args.paused_health_s is not None:
+            # As SGLang 0.5.23 does: /health generates a token, which waits while generation is
+            # paused; after SGLANG_HEALTH_CHECK_TIMEOUT (20 s) it gives up with 503.
+            deadline = time.monotonic() + s.args.paused_health_s
+            while s.paused and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with s.lock:
+                s.health_while_paused += 1
+            return self._send(503 if s.paused else 200, raw=b"")
         if path in ("/health", "/health_generate", "/ready"):
             return self._send(503 if s.starting() else 200, raw=b"")
         if path in ("/model_info", "/get_model_info"):
@@ -176,6 +186,8 @@ class Handler(BaseHTTPRequestHandler):
                     "port": s.args.port,
                     "frontend": "python",
                     "tp_size": s.args.tp_size,
+                    "base_gpu_id": s.args.base_gpu_id,
+                    "gpu_id_step": 1,
                     "dp_size": s.args.dp_size,
                     "pp_size": s.args.pp_size,
                     "enable_memory_saver": s.args.enable_memory_saver,
@@ -193,6 +205,7 @@ class Handler(BaseHTTPRequestHandler):
                         "generate_disconnected": s.generate_disconnected,
                         "in_flight": s.in_flight,
                         "paused": s.paused,
+                        "health_while_paused": s.health_while_paused,
                         "session_open": s.session_open,
                         "weight_version": s.weight_version,
                         "weight_updates": s.weight_updates,
@@ -556,7 +569,14 @@ def serve(argv=None, *, handler=None):
     p.add_argument("--die-after", type=int, default=0, help="exit on receiving the N-th /generate (0 = never)")
     p.add_argument("--malformed", type=int, default=0, help="answer the first N /generate with broken JSON")
     p.add_argument("--flush-busy", type=int, default=0, help="answer the first N /flush_cache with 400")
+    p.add_argument(
+        "--paused-health-s",
+        type=float,
+        default=None,
+        help="while paused, /health waits this long and then answers 503 (SGLang: 20 s); default: answers at once",
+    )
     p.add_argument("--tp-size", type=int, default=1, help="reported in /server_info")
+    p.add_argument("--base-gpu-id", type=int, default=0, help="reported in /server_info")
     p.add_argument("--dp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument("--pp-size", type=int, default=1, help="reported in /server_info")
     p.add_argument(

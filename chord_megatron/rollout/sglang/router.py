@@ -10,13 +10,24 @@ Three ways in, picked from the rollout config:
 
 Only processes started here are stopped here, by their process-group id; attached ones are
 left alone. The router is started with `python -m sglang_router.launch_router`; its worker
-health checks and startup checks default to 60 s / 30 s intervals, too slow to notice a
-restarted worker in a short run, so this module sets them shorter unless `router:` says otherwise.
+startup checks default to 30 s intervals, too slow for a short run, so this module sets them
+shorter unless `router:` says otherwise.
+
+Health checks and weight syncs: SGLang 0.5.23's /health generates one token, and while a sync
+keeps the server paused that token waits; after 20 s (SGLANG_HEALTH_CHECK_TIMEOUT) /health
+answers 503. sglang-router 0.3.2's defaults (a 5 s check timeout, 3 failures) would drop a
+paused server after ~20 s -- and the rollouts after the sync would find no healthy worker. So
+the router's checks wait out SGLang's own limit, and the number of failures that marks a worker
+unhealthy spans the longest pause a sync may take (SYNC_PAUSE_TOLERANCE_S). A worker that
+really died is still caught at once by the router's per-request retries and circuit breaker
+(10 failed requests). The same defaults reach the slurm launch (commands/launch/plan.py reads
+ROUTER_DEFAULTS into ROUTER_ARGS); `sglang.router` overrides any of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,10 +43,27 @@ from ...config import sglang_gpus_per_server
 from ...errors import ChordError
 from ...net import free_port
 
+SGLANG_HEALTH_TIMEOUT_S = 20.0  # how long SGLang 0.5.23's /health waits for its token (env SGLANG_HEALTH_CHECK_TIMEOUT)
+# The longest a weight sync may keep the servers paused without the router dropping them: a
+# disk sync of a 7B model (write 15 GB, then every server reads it) fits with room to spare.
+SYNC_PAUSE_TOLERANCE_S = 600.0
+
+
+def health_check_options(pause_s: float = SYNC_PAUSE_TOLERANCE_S, interval_s: float = 5.0) -> Dict[str, Any]:
+    """sglang-router health-check flags under which a worker paused for up to `pause_s` stays
+    healthy: each check may take as long as SGLang's own /health limit (plus slack), and a worker
+    is marked unhealthy only after more consecutive failures than fit into `pause_s`."""
+    return {
+        "health_check_interval_secs": int(math.ceil(interval_s)),
+        "health_check_timeout_secs": int(SGLANG_HEALTH_TIMEOUT_S + 10),
+        "health_failure_threshold": int(math.ceil(pause_s / interval_s)) + 1,
+    }
+
+
 ROUTER_DEFAULTS: Dict[str, Any] = {
     "policy": "cache_aware",  # keeps a prompt's samples on one worker: the prefix is cached once
     "worker_startup_check_interval": 1,
-    "health_check_interval_secs": 5,
+    **health_check_options(),
 }
 
 
