@@ -36,7 +36,7 @@ def train(
     t, steps = cfg.train, cfg.train.steps
     ckpt_dir = str(cfg.checkpoint.dir or Path(t.output_dir) / "checkpoints")
     services = Services(cfg)
-    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
+    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg, progress=progress))
     start = engine.load(ckpt_dir)[0] if resume else 0
     services.start(start, resume=resume)
     sync = WeightSync(
