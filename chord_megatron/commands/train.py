@@ -88,7 +88,11 @@ def relaunch(nproc: int, chord_args: List[str]) -> int:
         "chord_megatron.cli",
         *chord_args,
     ]
-    proc = subprocess.Popen(cmd)
+    # What torchrun would set with a banner about it (OMP_NUM_THREADS), and what launch/env.sh sets
+    # for slurm jobs (Megatron warns in every worker with tensor parallelism otherwise); a value
+    # the user set stays.
+    env = {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1", **os.environ}
+    proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
