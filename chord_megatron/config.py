@@ -354,9 +354,7 @@ def load_config(
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            raise ConfigError(source, "", f"{where}not valid YAML ({getattr(e, 'problem', e)})") from None
+            raise ConfigError(source, "", yaml_error_text(e)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -377,6 +375,21 @@ def load_config(
     cfg = _build(Config, raw, "", sources, default_source)
     validate(cfg, sources, default_source)
     return cfg
+
+
+def yaml_error_text(e: yaml.YAMLError) -> str:
+    """Where a YAML (or JSON, which YAML reads) file is wrong, as line and column. An unclosed
+    bracket is found only at the end of the file, so the place it opened is named too."""
+    mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    text = f"{where}not valid YAML ({getattr(e, 'problem', None) or e}"
+    if (
+        context is not None
+        and getattr(e, "context", None)
+        and (context.line, context.column) != (mark.line, mark.column)
+    ):
+        text += f"; {e.context} that starts at line {context.line + 1}, column {context.column + 1}"
+    return text + ")"
 
 
 def _deep_copy(d: Mapping[str, Any]) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 from .config import Config
 from .memory_handover import release_rollout_memory, return_training_memory
@@ -19,8 +19,12 @@ from .metrics.table import logged
 from .services import Services
 
 
-def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[str, float]:
+def train(
+    cfg: Config, *, resume: bool = False, progress: bool = True, stop: Optional[Callable[[int], bool]] = None
+) -> Dict[str, float]:
     """Run (or resume) the CHORD loop of `cfg`; returns the last evaluation's metrics (rank 0).
+    `stop(updates)`, asked after every step, ends the run early with a checkpoint of that step
+    (Ctrl-C: stop.py).
 
     metrics.jsonl gets one record per update, `step` = its 0-based index (rollouts of the policy
     before the update, then the update's losses), and one record per evaluation, `step` = the
@@ -33,7 +37,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
     t, steps = cfg.train, cfg.train.steps
     ckpt_dir = str(cfg.checkpoint.dir or Path(t.output_dir) / "checkpoints")
     services = Services(cfg)
-    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg))
+    engine = MegatronEngine(cfg, full_state_dict=base_weights(cfg, progress=progress))
     start, state = engine.load(ckpt_dir) if resume else (0, {})
     services.start(start, resume=resume, state=state)
     sync = WeightSync(
@@ -76,12 +80,15 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Dict[s
         # records from the resumed step on). The other order loses the record for good.
         services.log(step, metrics)
         fault_point("between-record-and-checkpoint", step)
-        if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps:
+        stopping = stop is not None and stop(updates)
+        if (cfg.checkpoint.save_every and updates % cfg.checkpoint.save_every == 0) or updates == steps or stopping:
             engine.save(ckpt_dir, {"step": updates, **services.state()}, step=updates)
-        if eval_due(updates):
+        if eval_due(updates) and not stopping:  # a resumed run evaluates its first step again
             last_eval = services.evaluate(updates)
             metrics.update(last_eval)
         bar.update(metrics)
+        if stopping:
+            break
     bar.close()
     services.close()
     return last_eval

@@ -33,14 +33,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"--- {part}{'' if part == 'baseline' else ': ' + ' '.join(args.vs)}")
         _print_table(result[part])
     print("--- variant / baseline")
-    _print_table(result["ratios"])
+    _print_table(result["ratios"], ratios=True)
     return 0
 
 
-def _print_table(result) -> None:
+def _print_table(result, *, ratios: bool = False) -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {format_value(key, value, ratio=ratios)}")
+
+
+# the unit a key's suffix stands for (the keys are what bench_train_step returns)
+_UNITS = (("tokens_per_s", "tokens/s"), ("_s", "s"), ("_mb", "MiB"))
+
+
+def format_value(key: str, value: Any, *, ratio: bool = False) -> str:
+    """A number as a reader takes it in: 4 significant digits and its unit ("0.1234 s",
+    "12070 tokens/s", "1.032x"); lists of numbers alike; anything else as it is."""
+    unit = "x" if ratio else next((u for suffix, u in _UNITS if key.endswith(suffix)), "")
+    sep = "" if unit == "x" else " "
+
+    def number(v: Any) -> str:
+        if not isinstance(v, float):
+            return str(v)
+        rounded = float(f"{v:.4g}")
+        return f"{rounded:.0f}" if 1e4 <= abs(rounded) < 1e12 else f"{v:.4g}"  # 12070, not 1.207e+04
+
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return ", ".join(number(v) for v in value) + (sep + unit if unit else "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return number(value) + (sep + unit if unit else "")
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def bench_shapes(cfg: Config) -> Dict[str, int]:

@@ -104,6 +104,19 @@ def score_samples(
         return score(scorer, reward, tokenizer, rollouts, prompts)
 
 
+def check_inputs(cfg: Config, checkpoint: Optional[str]) -> None:
+    """A misspelt reward or a checkpoint path that holds none: one line now, not after the model is built."""
+    from ..demo.arith import register_arith_reward
+    from ..rewards import get_reward
+
+    register_arith_reward()
+    get_reward(cfg.data.reward, key="data.reward")
+    if checkpoint:
+        from ..train.checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(checkpoint)
+
+
 def run_eval(
     cfg: Config,
     *,
@@ -122,6 +135,7 @@ def run_eval(
     k = k or cfg.train.eval_samples
     if k < 1:
         raise ValueError(f"chord eval: k must be >= 1, got {k}")
+    check_inputs(cfg, checkpoint)  # before minutes go into a model
     trainer, named, label, updates = model_weights(cfg, checkpoint)
     if not is_rank0():  # other ranks only take part in gathering the checkpoint's tensors
         for _ in named or ():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..hf.export import check_export_target, export_hf
+from ..train.checkpoint import resolve_checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +24,7 @@ def run_export_hf(cfg: Config, checkpoint_dir: str, out_dir: str, *, overwrite: 
     (a step folder, or a root with a `latest` pointer) and write them as a Hugging Face folder."""
     # Before minutes go into building the model: a refused OUT fails now.
     check_export_target(out_dir, cfg, overwrite=overwrite, checkpoint=checkpoint_dir)
+    resolve_checkpoint(checkpoint_dir)  # a path that holds no checkpoint: one line, now
     replaced = sorted(p.name for p in Path(out_dir).iterdir()) if Path(out_dir).is_dir() else []
     from ..train.engine import MegatronEngine  # imports Megatron: only when run
 

@@ -13,6 +13,8 @@ after and writes a PNG of the run's curves.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ from typing import List
 
 from ..config import load_config
 from ..net import free_port
-from ..run_dir import check_output_dir
+from ..run_dir import check_output_dir, checkpoint_root
+from ..stop import EXIT_CODE, StopOnCtrlC, latest_step, resume_command, stopped
 from ..train.parallel import is_rank0, require_device
 
 
@@ -39,18 +42,41 @@ def run(args: argparse.Namespace) -> int:
             )
             if on
         ]
-        return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
+        try:
+            return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too; torchrun has ended them
+            raise stopped(None, checkpoint_root(cfg), resume_command_of(args)) from None
     from ..loop import train
 
-    result = train(cfg, resume=args.resume, progress=not args.no_progress and cfg.logging.progress)
+    progress = not args.no_progress and cfg.logging.progress
+    stop = StopOnCtrlC()
+    workers = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        if workers:  # the ranks would have to agree on the step to stop at: Ctrl-C stays plain
+            result = train(cfg, resume=args.resume, progress=progress)
+        else:
+            with stop.armed():
+                result = train(cfg, resume=args.resume, progress=progress, stop=stop)
+    except KeyboardInterrupt:
+        if workers:  # no traceback from every rank; `--nproc`'s parent prints the line
+            return EXIT_CODE
+        raise stopped(None, checkpoint_root(cfg), resume_command_of(args)) from None
+    if stop.at is not None:
+        raise stopped(stop.at, checkpoint_root(cfg), resume_command_of(args))
     if result:
         print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        summarise_run(cfg)
+    summarise_run(cfg)
     return 0
 
 
+def resume_command_of(args: argparse.Namespace) -> str:
+    return resume_command(args.config, args.overrides, nproc=args.nproc, no_progress=args.no_progress)
+
+
 def relaunch(nproc: int, chord_args: List[str]) -> int:
-    """Run `chord <chord_args>` in `nproc` processes; returns the worst exit status."""
+    """Run `chord <chord_args>` in `nproc` processes; returns the worst exit status. On Ctrl-C
+    (which reaches torchrun and its workers as well) it waits for torchrun to end them, then
+    raises KeyboardInterrupt."""
     cmd = [
         sys.executable,
         "-m",
@@ -63,16 +89,32 @@ def relaunch(nproc: int, chord_args: List[str]) -> int:
         "chord_megatron.cli",
         *chord_args,
     ]
-    return subprocess.call(cmd)
+    # What torchrun would set with a banner about it (OMP_NUM_THREADS), and what launch/env.sh sets
+    # for slurm jobs (Megatron warns in every worker with tensor parallelism otherwise); a value
+    # the user set stays.
+    env = {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1", **os.environ}
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(KeyboardInterrupt):
+            proc.wait()
+        raise
 
 
 def summarise_run(cfg) -> None:
-    """Held-out accuracy before and after, and a PNG of the run's curves (rank 0 only)."""
+    """Held-out accuracy before and after, a PNG of the run's curves, and where everything is
+    (rank 0 only; also after a run without evaluations, which prints nothing else)."""
     from ..metrics.logger import read_metrics
     from ..metrics.report import plot_curves, series
 
-    out = Path(cfg.train.output_dir)
-    if not is_rank0() or not (out / "metrics.jsonl").exists():
+    if not is_rank0():
+        return
+    out, root = Path(cfg.train.output_dir), checkpoint_root(cfg)
+    saved = latest_step(root)
+    checkpoint = f"checkpoint: {root} (step {saved})" if saved is not None else "no checkpoint"
+    if not (out / "metrics.jsonl").exists():
+        print(f"done: {cfg.train.steps} steps; {checkpoint}")
         return
     records = read_metrics(out / "metrics.jsonl")
     steps, acc = series(records, "eval/accuracy")
@@ -81,5 +123,11 @@ def summarise_run(cfg) -> None:
             f"held-out accuracy (avg@{cfg.train.eval_samples}): base model {acc[0]:.3f} -> "
             f"{acc[-1]:.3f} after {steps[-1]} steps"
         )
-    png = plot_curves({cfg.model.name: records}, out / "curves.png")
-    print(f"metrics: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'}), curves: {png}")
+    try:
+        curves = f", curves: {plot_curves({cfg.model.name: records}, out / 'curves.png')}"
+    except ValueError:  # nothing to plot (a run resumed at its last step)
+        curves = ""
+    print(
+        f"done: {cfg.train.steps} steps; metrics: {out / 'metrics.jsonl'} (TensorBoard: {out / 'tensorboard'})"
+        f"{curves}; {checkpoint}"
+    )

@@ -38,7 +38,13 @@ class HFTokenizer:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such tokenizer folder (a local Hugging Face folder is needed)")
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:  # transformers' message runs over many lines
+            from ..hf.config import HFCheckpointError
+
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise HFCheckpointError(f"{folder}: no tokenizer transformers can load ({first})") from None
         return cls(tok, extra_stop_ids=_generation_eos_ids(folder))
 
     @property

@@ -45,7 +45,10 @@ def read_rows(paths: Sequence[str | Path]) -> Iterator[Dict[str, Any]]:
                 for row in batch.to_pylist():
                     yield {k: v for k, v in row.items() if v is not None}
         elif f.suffix == ".json":
-            data = json.loads(f.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{f}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
             if not isinstance(data, list):
                 raise DataError(f"{f}: expected a JSON array of records")
             yield from data
@@ -56,7 +59,7 @@ def read_rows(paths: Sequence[str | Path]) -> Iterator[Dict[str, Any]]:
                         try:
                             yield json.loads(line)
                         except json.JSONDecodeError as e:
-                            raise DataError(f"{f}:{n}: not valid JSON ({e.msg})") from None
+                            raise DataError(f"{f}:{n}:{e.colno}: not valid JSON ({e.msg})") from None
 
 
 def write_outputs(

@@ -69,7 +69,15 @@ def write_arith_files(cfg: Config, out_dir: str | Path) -> Dict[str, Path]:
 def load_task(cfg: Config) -> Task:
     """The task of a config: generated (data.task = arith, written to <output_dir>/data and read
     back through the same validated loader as user files) or read from JSONL files."""
+    from ..rewards import get_reward
+
     d = cfg.data
+    register_arith_reward()
+    get_reward(d.reward, key="data.reward")  # a typo stops here, before a base model and an engine are built
+    if cfg.model.hf_path:  # and so does a checkpoint folder that is not one
+        from ..hf.weights import check_hf_checkpoint
+
+        check_hf_checkpoint(cfg)
     tokenizer = load_tokenizer(cfg)  # data.tokenizer or model.hf_path (HF), else characters
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(
@@ -112,5 +120,4 @@ def load_task(cfg: Config) -> Task:
             eval_path, tokenizer, max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row
         )
     skipped = {k: v for k, v in skipped.items() if v}
-    register_arith_reward()
     return Task(tokenizer, prompts, expert, evaluation, d.reward, cfg.train.seed, skipped, evaluation_source)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -62,9 +62,10 @@ def pretrain_config(cfg: Config) -> Config:
     )
 
 
-def base_weights(cfg: Config):
+def base_weights(cfg: Config, *, progress: Optional[bool] = None):
     """Full Megatron state dict of the base model (training and caching it on first use), or
-    None when the run starts from random weights. Collective: call on every rank."""
+    None when the run starts from random weights. Collective: call on every rank. `progress`
+    (default logging.progress): a progress bar over the base stage on rank 0."""
     if cfg.model.hf_path:  # checked against config.json, read lazily layer by layer (hf/weights.py)
         from ..hf.weights import hf_state_dict
 
@@ -73,7 +74,7 @@ def base_weights(cfg: Config):
         return None
     path = cache_path(cfg)
     if not path.exists():
-        weights = train_base(cfg)
+        weights = train_base(cfg, progress=cfg.logging.progress if progress is None else progress)
         if is_rank0():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -84,7 +85,8 @@ def base_weights(cfg: Config):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
+def train_base(cfg: Config, *, progress: bool = False) -> Dict[str, torch.Tensor]:
+    from ..metrics.progress import ProgressBar
     from ..train.engine import MegatronEngine
 
     pcfg = pretrain_config(cfg)
@@ -97,10 +99,13 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
     rows = [ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id]) for p in problems]
     engine = MegatronEngine(pcfg)
     n = cfg.base.batch_rows
+    # about a minute of silence otherwise, before a demo run shows anything
+    bar = ProgressBar(0, cfg.base.steps, enabled=progress and is_rank0(), desc="base model", keys=(("loss", "loss"),))
     for step in range(cfg.base.steps):
         chunk = [rows[(step * n + i) % len(rows)] for i in range(n)]
         batch = build_train_batch([], torch.zeros(0), chunk, pad_id=tok.pad_id)
-        engine.train_step(batch, step, mu=1.0)
+        bar.update(engine.train_step(batch, step, mu=1.0))
+    bar.close()
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}
     del engine
     return weights

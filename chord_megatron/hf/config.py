@@ -22,6 +22,7 @@ cannot express is refused with the config.json key that asks for it:
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -48,6 +49,10 @@ def read_hf_config(path: str | Path):
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise HFCheckpointError(f"{folder}: no config.json (model.hf_path must be a local Hugging Face folder)")
+    try:  # transformers' own message names neither the line nor the column
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HFCheckpointError(f"{folder / 'config.json'}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     return AutoConfig.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -12,6 +12,7 @@ generation_config.json, which is what stops `generate()` at the end of an answer
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -150,6 +151,12 @@ def check_export_target(
         raise ExportTargetError(f"OUT {out} is a link: give the folder itself, {target}")
     if out.exists() and not out.is_dir():
         raise ExportTargetError(f"OUT {out} is a file, not a folder")
+    # the folder is written beside OUT and renamed into place: its parent must be a folder we can write in
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ExportTargetError(f"OUT {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportTargetError(f"OUT {out}: cannot write in {parent} (permission denied)")
     if out.is_dir() and not overwrite:
         entries = sum(1 for _ in out.iterdir())
         if entries:

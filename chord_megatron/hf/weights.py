@@ -153,6 +153,14 @@ def _canonical(name: str) -> Tuple[int, int, str]:
     return (2, 0, name)
 
 
+def check_hf_checkpoint(cfg: Config) -> None:
+    """model.hf_path as a whole, in seconds: config.json readable, an architecture we convert, the
+    model section matching it, and safetensors weights present (HFCheckpointError / ConfigError
+    naming the file or key). A run checks this before it builds anything."""
+    check_model_config(cfg.model)
+    safetensors_index(cfg.model.hf_path)
+
+
 def hf_state_dict(cfg: Config, *, check: bool = True) -> HFWeights:
     """model.hf_path as a full Megatron state dict, after checking the model section against the
     checkpoint's config.json (ConfigError naming the key otherwise)."""

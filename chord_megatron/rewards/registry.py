@@ -36,11 +36,23 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return deco
 
 
-def get_reward(name: str) -> RewardFn:
+class UnknownReward(ChordError, KeyError):
+    """A reward name nothing registered: a config mistake (exit 2), found when the task loads."""
+
+    exit_code, kind = 2, "config error"
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0])
+
+
+def get_reward(name: str, *, key: str = "") -> RewardFn:
+    """The function registered as `name`; `key` (e.g. "data.reward") names where it was asked for."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown reward '{name}' (registered: {', '.join(sorted(_REGISTRY)) or 'none'})") from None
+        where = f"{key}: " if key else ""
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UnknownReward(f"{where}unknown reward '{name}' (registered: {known})") from None
 
 
 def registered_rewards() -> List[str]:

@@ -47,6 +47,12 @@ def _call(fn: RewardFn, prompt: str, response: str, metadata: Dict[str, Any], ti
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _ignore_ctrl_c() -> None:
+    """A worker's initializer: a Ctrl-C at the terminal reaches the whole process group, and the
+    trainer decides what it means (stop.py); a worker would report it as the reward failing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def check_reward_value(name: str, index: int, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise RewardError(name, index, f"returned {value!r} ({type(value).__name__}), expected a number")
@@ -75,7 +81,7 @@ class RewardRunner:
 
     def _get_pool(self):
         if self._pool is None:
-            self._pool = mp.get_context(self.start_method).Pool(self.num_workers)
+            self._pool = mp.get_context(self.start_method).Pool(self.num_workers, initializer=_ignore_ctrl_c)
         return self._pool
 
     def __call__(

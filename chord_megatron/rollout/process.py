@@ -11,6 +11,7 @@ thread count: a function of the weights, the prompts and the seed.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +22,8 @@ from .engine import RolloutEngine, RolloutError, SamplingParams
 
 def _serve(conn, cfg, eos_token_id: Optional[int], threads: int) -> None:
     """The child: build the engine, then answer (method, args) messages until 'close'."""
+    # Ctrl-C reaches the whole process group: the parent finishes its step and closes us (stop.py)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     from .inprocess import InProcessEngine
 

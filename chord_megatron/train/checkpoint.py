@@ -57,6 +57,7 @@ import torch.distributed as dist
 from ..config import CHOICES
 from ..errors import ChordError
 from .compat import optimizer_load
+from .compat.ckpt_warnings import quiet_checkpoint_load
 from .parallel import ParallelState
 
 LATEST = "latest"
@@ -223,7 +224,10 @@ def resolve_checkpoint(path: str) -> str:
     pointer = os.path.join(path, LATEST)
     if os.path.isfile(pointer):
         with open(pointer) as f:
-            return os.path.join(path, f.read().strip())
+            named = os.path.join(path, f.read().strip())
+        if not os.path.isfile(os.path.join(named, "metadata.json")):
+            raise CheckpointNotFound(f"{pointer} names {named}, which holds no checkpoint")
+        return named
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return path
     raise CheckpointNotFound(f"{path}: neither a checkpoint nor a checkpoint root with a '{LATEST}' file")
@@ -276,7 +280,8 @@ def load_checkpoint(
         sd = _sharded_state_dict(
             model, optimizer if load_optimizer else None, par, with_rng=same_layout, optimizer_format=optimizer_format
         )
-        loaded = dist_checkpointing.load(sd, directory)
+        with quiet_checkpoint_load():
+            loaded = dist_checkpointing.load(sd, directory)
         for i, chunk in enumerate(model):
             chunk.module.load_state_dict(loaded["model" if len(model) == 1 else f"model{i}"], strict=True)
         if load_optimizer:

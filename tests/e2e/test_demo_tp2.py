@@ -32,7 +32,7 @@ def one_process(tmp_path_factory, base_cache):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_process_demo_matches_one_process(tmp_path, base_cache, one_process, layout):
-    chord(
+    out = chord(
         "train",
         DEMO,
         *ARGS,
@@ -42,6 +42,8 @@ def test_two_process_demo_matches_one_process(tmp_path, base_cache, one_process,
         "--nproc",
         "2",
     )
+    # no launcher banner, no CUDA / dependency warnings from the workers (issue #16 item 8)
+    assert "Warning" not in out.stderr and "OMP_NUM_THREADS" not in out.stderr, out.stderr[-3000:]
     one, two = one_process, read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in two]
     for a, b in zip(one, two):

@@ -128,6 +128,19 @@ def test_bad_yaml_names_the_line(tmp_path):
     assert message.startswith(f"{p}: line ") and "not valid YAML" in message
 
 
+def test_a_json_config_error_names_its_line_and_column(tmp_path):
+    # YAML reads JSON; the stray comma is on line 2
+    line2 = ' {"steps": 3, "seed": 4,, "eval_every": 1}}'
+    p = write(tmp_path, '{"train":\n' + line2 + "\n", name="run.json")
+    column = line2.index(",,") + 2
+    assert error_of(p).startswith(
+        f"{p}: line 2, column {column}: not valid YAML (expected the node content, but found ',')"
+    )
+    # an unclosed bracket is only noticed at the end of the file: the place it opened is named
+    p = write(tmp_path, "train:\n  steps: 3\n  seed: [1, 2\n")
+    assert error_of(p).endswith("while parsing a flow sequence that starts at line 3, column 9)")
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     assert "the top level must be a mapping" in error_of(write(tmp_path, "- a\n- b\n"))
 

@@ -193,12 +193,42 @@ def router_workers(router_url: str) -> List[Dict[str, Any]]:
     return list(payload.get("workers", []))
 
 
+def attached_router_workers(router_url: str) -> List[Dict[str, Any]]:
+    """router_workers of a router someone else runs (rollout.router_url): one that does not
+    answer, or answers something other than its worker list, is a DeploymentError naming it."""
+    try:
+        return router_workers(router_url)
+    except urllib.error.HTTPError as e:
+        raise DeploymentError(f"rollout.router_url {router_url}: GET /workers answered HTTP {e.code}") from None
+    except urllib.error.URLError as e:
+        raise DeploymentError(
+            f"rollout.router_url {router_url}: {e.reason} (is sglang-router running there?)"
+        ) from None
+    except (OSError, ValueError, AttributeError) as e:  # a timeout; not JSON; JSON but not an object
+        what = "not JSON" if isinstance(e, json.JSONDecodeError) else str(e) or type(e).__name__
+        raise DeploymentError(
+            f"rollout.router_url {router_url}: GET /workers: {what} (is it an sglang-router?)"
+        ) from None
+
+
 def wait_router_ready(router_url: str, n_workers: int, timeout_s: float, procs: Sequence[ManagedProcess] = ()) -> None:
     def ready():
         workers = router_workers(router_url)
         return sum(1 for w in workers if w.get("is_healthy")) >= n_workers
 
     wait_until(ready, f"{n_workers} healthy workers behind {router_url}", timeout_s, procs)
+
+
+def check_listening(url: str, key: str) -> None:
+    """DeploymentError when nothing accepts connections at `url` (a server still starting, which
+    answers 503, passes)."""
+    try:
+        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5).close()  # noqa: S310
+    except (urllib.error.HTTPError, TimeoutError):  # there, but busy or starting: the wait below decides
+        return
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, OSError) and not isinstance(e.reason, TimeoutError):
+            raise DeploymentError(f"{key}: {url}: {e.reason} (is the SGLang server running there?)") from None
 
 
 def wait_server_healthy(url: str, timeout_s: float, procs: Sequence[ManagedProcess] = ()) -> None:
@@ -275,11 +305,13 @@ def deploy(rollout_cfg, sglang_options: Mapping[str, Any], *, log_dir: Path, hos
     options = dict(sglang_options or {})
     router_options = dict(options.pop("router", {}) or {})
     if rollout_cfg.router_url:
-        urls = list(rollout_cfg.server_urls) or [w["url"] for w in router_workers(rollout_cfg.router_url)]
+        urls = list(rollout_cfg.server_urls) or [w["url"] for w in attached_router_workers(rollout_cfg.router_url)]
         if not urls:
             raise DeploymentError(f"router {rollout_cfg.router_url} has no workers and rollout.server_urls is empty")
         return Deployment(rollout_cfg.router_url.rstrip("/"), urls)
     dep = Deployment(None, list(rollout_cfg.server_urls))
+    for url in dep.worker_urls:  # servers said to run already: a wrong URL fails now, not after the startup timeout
+        check_listening(url, "rollout.server_urls")
     try:
         if not dep.worker_urls:
             n = int(getattr(rollout_cfg, "num_servers", 1))
