@@ -11,15 +11,9 @@ import time
 import pytest
 
 from chord_megatron.metrics.logger import read_metrics
-from tests.support.chord_cli import DEMO, SHORT, chord
+from tests.support.chord_cli import DEMO, SHORT, chord, comparable
 
 pytestmark = pytest.mark.slow
-
-TIMING = ("seconds", "per_s")  # wall-clock metrics differ between any two runs
-
-
-def comparable(records):
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in records]
 
 
 STEPS = 12

@@ -32,3 +32,15 @@ def chord(*args, check=True, timeout=600, **popen):
     if check and out.returncode != 0:
         raise AssertionError(f"chord {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return out
+
+
+# What differs between two runs of the same training by design: wall-clock metrics, and the
+# probe check of the served weights, which a process runs at its first sync (a resumed run's
+# record of that step carries sync/verify_*, an uninterrupted run's does not; the probe changes
+# nothing the training sees).
+PER_PROCESS = ("seconds", "per_s", "sync/verify_")
+
+
+def comparable(records):
+    """metrics.jsonl records without what differs between two runs of the same training."""
+    return [{k: v for k, v in r.items() if not any(t in k for t in PER_PROCESS)} for r in records]
