@@ -247,6 +247,54 @@ def test_explicit_rollout_nodes_and_script_values(qwen, tmp_path):
     assert "--prometheus-port 12002" in router and "http://gpu02:12007" in router
 
 
+def test_rollout_nodes_come_from_the_config_unless_the_command_line_says(qwen, capsys):
+    # launch.rollout_nodes=2 on 4 nodes: 2 rollout + 2 training nodes (TP 2 -> DP 8), where the
+    # default ceil(4 / 4) = 1 would give 1 + 3 (DP 12)
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=4, gpus_per_node=8)
+    assert (p.rollout_nodes, p.train_nodes, p.layout.dp, p.num_servers) == (2, 2, 8, 8)
+    assert [n.roles for n in p.node_roles] == [("sglang", "router"), ("sglang",), ("train",), ("train",)]
+    # the config carries the count, so the sbatch line needs no ROLLOUT_NODES
+    assert (
+        p.commands["sbatch"]
+        == "mkdir -p runs/slurm && sbatch --nodes=4 --gpus-per-node=8 launch/disaggregated.sbatch CONFIG"
+    )
+    # --rollout-nodes (ROLLOUT_NODES in the scripts) wins
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=4, gpus_per_node=8, rollout_nodes=1)
+    assert (p.rollout_nodes, p.train_nodes, p.layout.dp) == (1, 3, 12)
+    # and the CLI reads it too
+    rc, out, _ = cli(capsys, qwen, "--nodes", 4, "launch.rollout_nodes=2")
+    assert rc == 0 and "2 rollout node(s) (SGLang), 2 training node(s)" in out and "DP=8  (DP = 16" in out
+    # too many is refused naming the key that said so
+    rc, _, err = cli(capsys, qwen, "--nodes", 2, "launch.rollout_nodes=2")
+    assert rc == 2 and "2 rollout node(s) of 2 leave none (use more --nodes, fewer launch.rollout_nodes" in err
+    # colocated has no rollout nodes: the key is ignored, with a warning
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=2, gpus_per_node=8, mode="colocated")
+    assert p.rollout_nodes == 0 and any("launch.rollout_nodes=2 applies to disaggregated" in w for w in p.warnings)
+
+
+def test_rollout_nodes_key_is_checked(qwen, capsys):
+    rc, _, err = cli(capsys, qwen, "--nodes", 4, "launch.rollout_nodes=0")
+    assert rc == 2 and "launch.rollout_nodes: must be >= 1 (or null for the default), got 0" in err
+
+
+def test_script_env_takes_the_configs_rollout_nodes(qwen, capsys):
+    rc = lp.main(
+        [
+            "script-env",
+            str(qwen),
+            "launch.rollout_nodes=3",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--mode",
+            "disaggregated",
+        ]
+    )
+    env = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert rc == 0 and (env["ROLLOUT_NODES"], env["TRAIN_NODES"]) == ("3", "1")
+
+
 # ----------------------------------------------------------------------------------------------
 # Refusals: exit 2, one line naming the reason
 # ----------------------------------------------------------------------------------------------

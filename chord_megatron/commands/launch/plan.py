@@ -9,7 +9,8 @@ checks before starting anything (`chord launch script-env ...`, see
 
 Modes
   disaggregated  the first R nodes of the allocation run SGLang servers (the router on the first
-                 of them); the other N - R nodes run Megatron training. R defaults to
+                 of them); the other N - R nodes run Megatron training. R is --rollout-nodes
+                 (ROLLOUT_NODES in the scripts), else the config's launch.rollout_nodes, else
                  ceil(N / 4), at least 1 (`default_rollout_nodes`): one rollout node for every
                  three training nodes, a starting point for RL where generation takes about as
                  long as the update. Weights travel by NCCL broadcast (rollout.weight_sync=nccl)
@@ -171,14 +172,20 @@ def plan_launch(
     warnings: List[str] = []
 
     # -- which nodes do what -------------------------------------------------------------------
+    configured = cfg.launch.rollout_nodes  # the config's; --rollout-nodes (ROLLOUT_NODES) wins
     if mode == "disaggregated":
-        R = default_rollout_nodes(nodes) if rollout_nodes is None else rollout_nodes
+        if rollout_nodes is not None:
+            R, source = rollout_nodes, "--rollout-nodes"
+        elif configured is not None:
+            R, source = configured, "launch.rollout_nodes"
+        else:
+            R, source = default_rollout_nodes(nodes), "--rollout-nodes"
         if R < 1:
             raise LayoutError(f"disaggregated mode needs --rollout-nodes >= 1, got {R}")
         if R >= nodes:
             raise LayoutError(
                 f"disaggregated mode needs a training node: {R} rollout node(s) of {nodes} leave none "
-                f"(use more --nodes, fewer --rollout-nodes, or --mode colocated)"
+                f"(use more --nodes, fewer {source}, or --mode colocated)"
             )
         engine = "sglang"
         train_nodes = nodes - R
@@ -190,6 +197,8 @@ def plan_launch(
         R = 0
         engine = cfg.rollout.engine
         train_nodes = nodes
+        if configured is not None:
+            warnings.append(f"launch.rollout_nodes={configured} applies to disaggregated jobs; colocated ignores it")
 
     # -- trainer layout ------------------------------------------------------------------------
     p = cfg.parallel
