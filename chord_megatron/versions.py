@@ -65,7 +65,12 @@ def _requires(dist: str):
         return []
 
 
-def versions() -> dict:
+IMPORT_CHECKS = ("megatron.core", "transformer_engine.pytorch", "apex")
+
+
+def versions(import_checks=IMPORT_CHECKS) -> dict:
+    """This environment's versions; `import_checks`: the modules to try importing (seconds each
+    when present), their errors under "import_errors"."""
     v = {
         "python": platform.python_version(),
         "executable": sys.executable,
@@ -78,7 +83,7 @@ def versions() -> dict:
     }
     # transformer_engine's top-level import succeeds even when its torch part is broken (it
     # swallows the ImportError), so the part Megatron needs is what gets imported here.
-    v["import_errors"] = {m: _import_error(m) for m in ("megatron.core", "transformer_engine.pytorch", "apex")}
+    v["import_errors"] = {m: _import_error(m) for m in import_checks}
     try:
         import torch
 

@@ -72,20 +72,31 @@ class Problem:
 # ----------------------------------------------------------------------------------------------
 # Asking an interpreter
 # ----------------------------------------------------------------------------------------------
-def query_source() -> str:
+def query_source(import_checks: Sequence[str]) -> str:
     """versions.py's source plus a line printing its answer as JSON (the last line of stdout)."""
     from .. import versions
 
-    return Path(versions.__file__).read_text() + "\nimport json as _json\nprint(_json.dumps(versions()))\n"
+    call = f"versions(import_checks={tuple(import_checks)!r})"
+    return Path(versions.__file__).read_text() + f"\nimport json as _json\nprint(_json.dumps({call}))\n"
 
 
-def query(python: Sequence[str], *, timeout_s: float = QUERY_TIMEOUT_S) -> dict:
-    """`versions()` as `python` sees it; raises EnvironmentProblem naming the interpreter when
-    it cannot be run or gives no answer."""
+def query(
+    python: Sequence[str],
+    *,
+    import_checks: Sequence[str] = ("transformer_engine.pytorch",),
+    timeout_s: float = QUERY_TIMEOUT_S,
+) -> dict:
+    """`versions()` as `python` sees it (trying only `import_checks`: megatron.core and apex
+    take seconds and the rules below do not need them); raises EnvironmentProblem naming the
+    interpreter when it cannot be run or gives no answer."""
     name = shlex.join(python)
     try:
         out = subprocess.run(
-            [*python, "-c", query_source()], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+            [*python, "-c", query_source(import_checks)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError:
         raise EnvironmentProblem(f"{name}: no such program") from None
@@ -326,7 +337,7 @@ def doctor(
         key = pythons[role]
         if key not in seen:
             try:
-                seen[key] = query(cmd)
+                seen[key] = query(cmd, import_checks=() if cpu else ("transformer_engine.pytorch",))
             except EnvironmentProblem as e:
                 raise EnvironmentProblem(f"{ROLE_NAMES[role]}: {e} ({WHERE_SET[role]})") from None
         answers[role] = seen[key]
