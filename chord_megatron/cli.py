@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="disaggregated",
         help="disaggregated: SGLang on some nodes, training on the others",
     )
-    plan.add_argument("--rollout-nodes", type=int, help="nodes for SGLang in disaggregated mode")
+    plan.add_argument(
+        "--rollout-nodes",
+        type=int,
+        help="nodes for SGLang in disaggregated mode (default: the config's launch.rollout_nodes, else ceil(N / 4))",
+    )
     plan.set_defaults(func=_command("launch.plan"))
     _add_pass_through(
         launch,
