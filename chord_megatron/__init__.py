@@ -18,6 +18,7 @@ Layers, from the inside out (tests/unit/test_layering.py keeps them so):
   commands/     one module per `chord` subcommand; only cli.py imports them
   cli.py        the `chord` command: arguments, and errors as one line + exit code
   net.py        a free TCP port
+  versions.py   what a Python environment has (torch, CUDA, NCCL, TE, megatron-core, SGLang)
 """
 
 __version__ = "0.1.0"

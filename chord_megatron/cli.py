@@ -14,6 +14,9 @@
     chord launch plan CONFIG --nodes N [--gpus-per-node G] [--mode colocated|disaggregated]
                                                  node roles, ranks, layout and exact commands
     chord launch script-env CONFIG ...           the same check, as shell assignments (launch/*.sbatch)
+    chord doctor [--sglang-python P] [--router-python P] [--cpu] [--trainer-only]
+                                                 versions of the trainer's, SGLang's and the router's
+                                                 Python; refuses what cannot work together
     chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
                                                  tokens/s and peak memory of a training step
                                                  (--vs: against a variant, as ratios)
@@ -127,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="disaggregated",
         help="disaggregated: SGLang on some nodes, training on the others",
     )
-    plan.add_argument("--rollout-nodes", type=int, help="nodes for SGLang in disaggregated mode")
+    plan.add_argument(
+        "--rollout-nodes",
+        type=int,
+        help="nodes for SGLang in disaggregated mode (default: the config's launch.rollout_nodes, else ceil(N / 4))",
+    )
     plan.set_defaults(func=_command("launch.plan"))
     _add_pass_through(
         launch,
@@ -135,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the plan's check and shell assignments, for launch/*.sbatch",
         _command("launch.plan", "script_env"),
     )
+
+    doctor = sub.add_parser(
+        "doctor", help="torch/CUDA/NCCL/driver/TE/megatron-core of the trainer's, SGLang's and the router's Python"
+    )
+    doctor.add_argument("--sglang-python", help="SGLang's Python (a command; default: $SGLANG_PYTHON)")
+    doctor.add_argument(
+        "--router-python", help="the Python that runs sglang-router (default: $ROUTER_PYTHON, else the trainer's)"
+    )
+    doctor.add_argument("--trainer-python", help="the trainer's Python (default: this one)")
+    doctor.add_argument("--trainer-only", action="store_true", help="no SGLang in this job: check the trainer alone")
+    doctor.add_argument("--cpu", action="store_true", help="a CPU run: skip NCCL, driver and transformer-engine")
+    doctor.set_defaults(func=_command("doctor"))
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     step = bench.add_parser("train-step", help="tokens/s and peak memory of one training step")

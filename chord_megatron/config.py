@@ -156,6 +156,9 @@ class RolloutConfig:
     # tensor sync: the SGLang servers' CUDA_VISIBLE_DEVICES (e.g. "4,5,6,7" or GPU UUIDs) when it
     # is not the trainer's; each server TP rank is fed by the trainer rank on its GPU. null = the trainer's
     server_visible_devices: Optional[str] = None
+    # ports the NCCL weight-update group may take on trainer rank 0's host, [first, last]; the
+    # launch scripts give the job's reserved range; [] = any free port
+    sync_ports: List[int] = field(default_factory=list)
     router_url: Optional[str] = None  # attach to a running sglang-router
     server_urls: List[str] = field(default_factory=list)  # SGLang servers to put behind a router started here
     concurrency: int = 64  # in-flight /generate requests
@@ -258,6 +261,15 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class LaunchConfig:
+    """How `chord launch plan` and launch/*.sbatch lay out a slurm job (--rollout-nodes and
+    ROLLOUT_NODES win over the config)."""
+
+    # disaggregated jobs: the nodes that run SGLang; null = ceil(nodes / 4), at least 1
+    rollout_nodes: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -269,6 +281,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     # Pass-through: handed to Megatron's TransformerConfig / SGLang's server arguments untouched.
     megatron: Dict[str, Any] = field(default_factory=dict)
     sglang: Dict[str, Any] = field(default_factory=dict)
@@ -636,6 +649,8 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         fail("rollout.temperature", f"must be > 0, got {r.temperature}")
     if not 0.0 < r.top_p <= 1.0:
         fail("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if r.sync_ports and not (len(r.sync_ports) == 2 and 0 < r.sync_ports[0] <= r.sync_ports[1] < 65536):
+        fail("rollout.sync_ports", f"must be [first, last] with 0 < first <= last < 65536, got {r.sync_ports}")
     if r.engine == "sglang" and not (r.router_url or r.server_urls or cfg.sglang):
         fail("rollout.engine", "sglang needs rollout.router_url, rollout.server_urls or an sglang: section to launch")
     if r.engine == "sglang":
@@ -665,6 +680,9 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be in [0, 1), got {get(key)}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+
+    if cfg.launch.rollout_nodes is not None and cfg.launch.rollout_nodes < 1:
+        fail("launch.rollout_nodes", f"must be >= 1 (or null for the default), got {cfg.launch.rollout_nodes}")
 
     if cfg.data.task == "jsonl":
         for key in ("data.prompt_path",):

@@ -6,6 +6,8 @@
 #      uses the same numbers);
 #   3. the plan: `chord launch script-env` checks the layout (exit 2 with the
 #      reason if impossible), writes $LOG_DIR/plan.txt and says how many servers go where;
+#      then `chord doctor` checks that the trainer's, SGLang's and the router's Python fit
+#      together (one NCCL version, sglang-router present; exit 2 with the fix), $LOG_DIR/doctor.txt;
 #   4. SGLang servers (launch/sglang_node.sh, one srun task per server node), waits for /health;
 #   5. sglang-router on the first node, waits until it sees every server healthy;
 #   6. training: launch/train_node.sh, one srun task per training node, torchrun inside;
@@ -14,15 +16,21 @@
 # Nothing is ever stopped by process name: only the srun steps recorded in CHORD_PIDS/CHORD_STEPS.
 #
 # The caller sets: MODE, CONFIG, OVERRIDES (array), CHORD_ROOT, PYTHON, SGLANG_PYTHON,
-# SGLANG_SERVER_CMD, LOG_DIR, NPROC_PER_NODE, CHORD_CPU, STARTUP_TIMEOUT_S, STOP_GRACE_S, and
-# optionally ROLLOUT_NODES.
+# ROUTER_PYTHON, SGLANG_SERVER_CMD, LOG_DIR, NPROC_PER_NODE, CHORD_CPU, STARTUP_TIMEOUT_S,
+# STOP_GRACE_S, and optionally ROLLOUT_NODES.
 
 # ---- ports (offsets from PORT_BASE) --------------------------------------------------------
-PORT_SPAN=32                # ports a job reserves on every node
+# Every port the job opens is one of these (SGLang too: --nccl-port, or it draws one at random
+# from 22000-29999, where other jobs' blocks lie); chord_megatron/commands/launch/plan.py has
+# the same numbers (a unit test checks).
+PORT_SPAN=64                # ports a job reserves on every node
 TRAIN_PORT_OFFSET=0         # torchrun master on the first training node
 ROUTER_PORT_OFFSET=1        # sglang-router
 ROUTER_METRICS_PORT_OFFSET=2  # the router's Prometheus exporter
-SERVER_PORT_OFFSET=4        # SGLang server i of a node: PORT_BASE + 4 + i
+SYNC_PORT_OFFSET=8          # the NCCL weight-update group on trainer rank 0: +8 ... (rollout.sync_ports)
+SYNC_PORTS=8                # ... +15, a new port for each group after a failed sync
+SERVER_PORT_OFFSET=16       # SGLang server i of a node: PORT_BASE + 16 + i
+SERVER_NCCL_PORT_OFFSET=40  # its --nccl-port (its own NCCL group): PORT_BASE + 40 + i
 
 CHORD_PIDS=()     # srun clients started in the background by this job, stopped by chord_cleanup
 CHORD_STEPS=()    # their job-step names (srun --job-name), to signal the steps' tasks
@@ -134,11 +142,12 @@ chord_run_job() {
     local -a hosts
     mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
     local nodes=${#hosts[@]}
-    PORT_BASE=${PORT_BASE:-$((10000 + (SLURM_JOB_ID % 600) * PORT_SPAN))}
+    PORT_BASE=${PORT_BASE:-$((10000 + (SLURM_JOB_ID % 300) * PORT_SPAN))}
     export PORT_BASE
     export TRAIN_PORT=$((PORT_BASE + TRAIN_PORT_OFFSET))
     export ROUTER_PORT=$((PORT_BASE + ROUTER_PORT_OFFSET))
     export SERVER_PORT_BASE=$((PORT_BASE + SERVER_PORT_OFFSET))
+    export SERVER_NCCL_PORT_BASE=$((PORT_BASE + SERVER_NCCL_PORT_OFFSET))
     mkdir -p "$LOG_DIR"
     chord_log "job $SLURM_JOB_ID: $MODE on $nodes node(s): ${hosts[*]}; PORT_BASE=$PORT_BASE; logs in $LOG_DIR"
 
@@ -155,6 +164,23 @@ chord_run_job() {
     # shellcheck disable=SC1091  # NAME=value lines, values shell-quoted by the plan (shlex.quote)
     source "$LOG_DIR/plan.env"
     cat "$LOG_DIR/plan.txt"
+
+    # ---- the environments ----------------------------------------------------------------
+    # Here, on the first node, before any step: every node is assumed to see the same
+    # environments (a shared filesystem or the same container image).
+    local -a doctor_args=(doctor)
+    if [[ $ENGINE == sglang ]]; then
+        doctor_args+=(--sglang-python "$SGLANG_PYTHON" --router-python "$ROUTER_PYTHON")
+    else
+        doctor_args+=(--trainer-only)
+    fi
+    [[ $CHORD_CPU == 1 ]] && doctor_args+=(--cpu)
+    if ! "$PYTHON" -m chord_megatron.cli "${doctor_args[@]}" >"$LOG_DIR/doctor.txt"; then
+        cat "$LOG_DIR/doctor.txt"
+        chord_log "ERROR: chord doctor refused the environments (fixes above); nothing was started"
+        return 2
+    fi
+    cat "$LOG_DIR/doctor.txt"
 
     local -a server_hosts=() train_hosts=("${hosts[@]:ROLLOUT_NODES}") train_overrides=()
     if [[ $ENGINE == sglang ]]; then
@@ -179,16 +205,24 @@ chord_run_job() {
             chord_wait "SGLang server $u" "$STARTUP_TIMEOUT_S" "$servers_pid" chord_http_ok "$u/health" || return 1
         done
         local router_host=${hosts[0]}
-        local -a router_args
+        local -a router_args router_python router_cmd
         eval "router_args=($ROUTER_ARGS)"
+        read -ra router_python <<<"$ROUTER_PYTHON"
+        # ROUTER_PYTHON, not SGLANG_PYTHON: sglang[all]==0.5.23 does not install sglang-router.
+        router_cmd=("${router_python[@]}" -m sglang_router.launch_router --host 0.0.0.0 --port "$ROUTER_PORT"
+            --worker-urls "${urls[@]}" "${router_args[@]}")
+        chord_log "router command: ${router_cmd[*]}"
+        # --gres=none: the router needs no GPU. By default a step gets all the job's GRES on its
+        # node, so it would hold the GPUs the server step uses (and wait for them on slurm
+        # versions whose --overlap does not share GRES).
         chord_step "sglang-router on $router_host" chord-router \
-            --overlap --nodes=1 --ntasks=1 --nodelist="$router_host" --output="$LOG_DIR/router.log" \
-            "$SGLANG_PYTHON" -m sglang_router.launch_router --host 0.0.0.0 --port "$ROUTER_PORT" \
-            --worker-urls "${urls[@]}" "${router_args[@]}"
+            --overlap --gres=none --nodes=1 --ntasks=1 --nodelist="$router_host" --output="$LOG_DIR/router.log" \
+            "${router_cmd[@]}"
         local router_url="http://$router_host:$ROUTER_PORT"
         chord_wait "router $router_url with ${#urls[@]} healthy workers" "$STARTUP_TIMEOUT_S" "$!" \
             chord_router_ready "$router_url" "${#urls[@]}" || return 1
-        train_overrides=(rollout.engine=sglang "rollout.router_url=$router_url" "rollout.weight_sync=$WEIGHT_SYNC")
+        # rollout.engine, router_url, weight_sync (and sync_ports for nccl): the plan's, as plan.txt shows them
+        eval "train_overrides=($TRAIN_OVERRIDES)"
     fi
 
     # ---- 6. training ---------------------------------------------------------------------

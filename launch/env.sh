@@ -23,10 +23,14 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 # Megatron's recommendation for its grad/param buffers (less allocator fragmentation).
 export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}
 
-# ---- CUDA / Megatron ------------------------------------------------------------------------
+# ---- CUDA / Megatron: the trainer only ---------------------------------------------------------
 # Megatron needs one hardware work queue so that tensor-parallel communication kernels are
-# scheduled in issue order ahead of the GEMMs they overlap with.
-export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
+# scheduled in issue order ahead of the GEMMs they overlap with. SGLang's servers must not get
+# it (one queue serialises their overlapped streams), so it is not exported to every process:
+# launch/train_node.sh puts CHORD_TRAINER_ENV (NAME=value words) into torchrun's environment.
+CHORD_TRAINER_ENV="CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
+export CHORD_TRAINER_ENV
+unset CUDA_DEVICE_MAX_CONNECTIONS  # a value exported before sbatch also reaches the trainer only
 
 # ---- SGLang ----------------------------------------------------------------------------------
 # /health answers without generating a token. By default SGLang 0.5.23 runs a one-token request

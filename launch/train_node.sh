@@ -4,7 +4,8 @@
 # torchrun with a static rendezvous: node rank = this node's position in TRAIN_HOSTS (so ranks
 # follow allocation order: node r runs ranks r*NPROC_PER_NODE ...), master = the first training
 # node at TRAIN_PORT. Arguments: CONFIG [key=value ...], passed to `chord train`.
-# From the batch script: TRAIN_HOSTS NPROC_PER_NODE TRAIN_PORT PYTHON CHORD_CPU.
+# From the batch script: TRAIN_HOSTS NPROC_PER_NODE TRAIN_PORT PYTHON CHORD_CPU, and from launch/env.sh
+# CHORD_TRAINER_ENV: the settings for the trainer only (NAME=value words), set here for torchrun.
 set -euo pipefail
 
 read -ra train_hosts <<<"$TRAIN_HOSTS"
@@ -31,7 +32,8 @@ echo "train_node: $node is node $node_rank of ${#train_hosts[@]}, master ${train
 progress=()
 [[ ${CHORD_PROGRESS:-0} == 1 ]] || progress=(--no-progress)  # progress bars make long log lines
 
+read -ra trainer_env <<<"${CHORD_TRAINER_ENV:-}"
 # exec: srun's task is torchrun itself, which passes TERM on to its workers.
-exec "$PYTHON" -m torch.distributed.run --nnodes="${#train_hosts[@]}" --node-rank="$node_rank" \
+exec env "${trainer_env[@]}" "$PYTHON" -m torch.distributed.run --nnodes="${#train_hosts[@]}" --node-rank="$node_rank" \
     --nproc-per-node="$NPROC_PER_NODE" --master-addr="${train_hosts[0]}" --master-port="$TRAIN_PORT" \
     -m chord_megatron.cli train "${progress[@]}" "$@"

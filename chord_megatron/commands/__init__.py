@@ -7,6 +7,7 @@ imports them (tests/unit/test_layering.py).
   export_hf.py  chord export-hf: a training checkpoint as a Hugging Face folder
   bench.py      chord bench train-step: tokens/s and peak memory of a training step
   config.py     chord config show | reference | from-hf
+  doctor.py     chord doctor: the trainer's, SGLang's and the router's Python, checked together
   launch/       chord launch plan | script-env: node roles, layout, memory estimate
   data.py       chord data prep-openr1 | prep-toolace
 """

@@ -17,13 +17,17 @@ def transport_from_config(cfg):
 
         return TensorSync(bucket_mb=r.sync_bucket_mb, server_visible_devices=r.server_visible_devices)
     if r.weight_sync == "nccl":
-        from ..net import free_port
         from .nccl import NcclSync
 
-        # The servers connect to the trainer's rank 0: torchrun's MASTER_ADDR is that host.
+        # The servers connect to the trainer's rank 0: torchrun's MASTER_ADDR is that host. Its
+        # port comes from rollout.sync_ports when set (launch/ gives the job's reserved range).
         address = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
         return NcclSync(
-            address, free_port(""), bucket_mb=r.sync_bucket_mb, backend="nccl" if torch.cuda.is_available() else "gloo"
+            address,
+            None,
+            port_range=tuple(r.sync_ports) or None,
+            bucket_mb=r.sync_bucket_mb,
+            backend="nccl" if torch.cuda.is_available() else "gloo",
         )
     if r.weight_sync == "disk":
         from ..hf.config import hf_config

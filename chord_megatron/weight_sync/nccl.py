@@ -70,7 +70,7 @@ class NcclSync:
     def __init__(
         self,
         master_address: str,
-        master_port: int,
+        master_port: Optional[int],
         *,
         bucket_mb: float = 512,
         backend: str = "nccl",
@@ -80,12 +80,14 @@ class NcclSync:
         poll_s: float = 0.01,
         port_range: Optional[Tuple[int, int]] = None,
     ):
-        """`port_range` (first, last), inclusive: where the ports of later groups come from
-        (the job's reserved ports); without one, any free port of this host."""
+        """`port_range` (first, last), inclusive: where the ports of the groups come from (the
+        job's reserved ports: a launched job's other ports and SGLang's own lie next to them);
+        without one, any free port of this host. `master_port` None: the first free one."""
         if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
             raise ValueError(f"port_range must be (first, last) with 0 < first <= last < 65536, got {port_range}")
-        self.master_address, self.master_port = master_address, int(master_port)
-        self.port_range = port_range
+        self.master_address, self.port_range = master_address, port_range
+        self.master_port = 0  # none yet: _fresh_port may take any port of the range
+        self.master_port = int(master_port) if master_port is not None else self._fresh_port()
         self.max_bytes = int(bucket_mb * 2**20)
         self.backend, self.group_name = backend, group_name
         self._base_group_name = group_name

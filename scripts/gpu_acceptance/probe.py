@@ -2,82 +2,14 @@
 megatron-core, SGLang), the GPU's properties, and its copy bandwidth: the ceiling the kernel's
 bandwidth fraction is read against.
 
-`versions()` uses only the standard library and optional imports, so that the same function can
-answer for any Python environment (the trainer's, SGLang's) by running this file there.
+`versions()` lives in chord_megatron/versions.py, which `chord doctor` also runs in the trainer's,
+SGLang's and the router's environments; it needs only the standard library.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
-import platform
-import shutil
-import subprocess
-import sys
-
+from chord_megatron.versions import versions
 from scripts.gpu_acceptance.report import StepReport
-
-PACKAGES = (
-    "torch",
-    "triton",
-    "transformers",
-    "megatron-core",
-    "transformer-engine",
-    "apex",
-    "sglang",
-    "sglang-router",
-    "nvidia-nccl-cu13",
-    "nvidia-nccl-cu12",
-    "flash-attn",
-    "numpy",
-)
-
-
-def _dist_version(name: str):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
-def _import_error(module: str):
-    """None when `module` imports, else the error's one line (what a user would need to fix)."""
-    try:
-        importlib.import_module(module)
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure to import is the answer
-        return f"{type(e).__name__}: {e}"[:300]
-
-
-def versions() -> dict:
-    v = {
-        "python": platform.python_version(),
-        "executable": sys.executable,
-        "packages": {p: _dist_version(p) for p in PACKAGES},
-    }
-    # transformer_engine's top-level import succeeds even when its torch part is broken (it
-    # swallows the ImportError), so the part Megatron needs is what gets imported here.
-    v["import_errors"] = {m: _import_error(m) for m in ("megatron.core", "transformer_engine.pytorch", "apex")}
-    try:
-        import torch
-
-        v["torch_cuda"] = torch.version.cuda
-        v["cuda_available"] = torch.cuda.is_available()
-        try:
-            v["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-        except Exception as e:  # noqa: BLE001
-            v["nccl"] = f"unknown ({type(e).__name__})"
-    except ImportError as e:
-        v["torch_error"] = str(e)
-    if shutil.which("nvidia-smi"):
-        q = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        v["nvidia_smi"] = q.stdout.strip().splitlines()
-    return v
 
 
 def copy_bandwidth(device, gib: float = 2.0) -> float:

@@ -9,8 +9,10 @@ scheduler tick. The daemons are started here and stopped by their PIDs.
 
 What runs: launch/colocated.sbatch with CHORD_CPU=1 (the CPU demo, 2 processes, TP=2 over gloo);
 the same script with rollout.engine=sglang over the project's fake SGLang workers and the real
-sglang-router (servers, health waits, router, shutdown), and with a server that dies at once (the
-job fails without waiting out its timeout); launch/disaggregated.sbatch refusing a 1-node job
+sglang-router (chord doctor, servers with their --nccl-port, health waits, the router in the
+trainer's Python with the plan's command line, shutdown), with a server that dies at once (the job
+fails without waiting out its timeout), and with a router Python that lacks sglang-router (chord
+doctor stops the job before anything starts); launch/disaggregated.sbatch refusing a 1-node job
 before starting anything; launch/bench_kernels.sbatch at --quick.
 
 Skipped, with the reason, where slurm is not installed or the user is not root; CI installs it
@@ -19,6 +21,7 @@ with `apt-get install -y --no-install-recommends slurmctld slurmd slurm-client m
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -210,6 +213,26 @@ def _job_env(**extra):
     return {"PYTHON": sys.executable, "CHORD_ROOT": str(ROOT), "CHORD_CPU": "1", "STOP_GRACE_S": "10", **extra}
 
 
+def _sglang_env_python(folder: Path) -> str:
+    """A stand-in for SGLang's Python as `sglang[all]==0.5.23` installs it: this interpreter, but
+    without sglang-router (a sitecustomize hides the module), so a router started with it fails
+    the way it would on a cluster."""
+    blocker = folder / "no-sglang-router"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n\n\n"
+        "class _NoRouter:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'sglang_router':\n"
+        "            raise ModuleNotFoundError(\"No module named 'sglang_router' (SGLang's environment)\")\n\n\n"
+        "sys.meta_path.insert(0, _NoRouter())\n"
+    )
+    script = folder / "sglang-python"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={blocker}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
 def _job_files(submit_dir: Path, info: dict):
     name, job_id = info["JobName"], info["JobId"]
     out = submit_dir / "runs" / "slurm" / f"{name}-{job_id}.out"
@@ -257,9 +280,17 @@ def test_cpu_demo_tp2_runs_under_slurm(slurm, submit_dir, base_cache):
 def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
     """The SGLang path of the scripts on CPU: launch/sglang_node.sh starts the project's fake
     workers in place of `sglang.launch_server`, the real sglang-router goes in front of them,
-    training talks to the router, and at the end the job stops both steps gracefully."""
+    training talks to the router, and at the end the job stops both steps gracefully.
+
+    SGLANG_PYTHON is a Python without sglang-router (as sglang[all] installs it) and ROUTER_PYTHON
+    is left to its default, the trainer's Python: the router starts with the command line
+    plan.txt shows, as on a cluster."""
     run = submit_dir / "run"
     fake = f"env PYTHONPATH={ROOT} {sys.executable} -m tests.e2e.slurm.fake_sglang_server"
+    sglang_python = _sglang_env_python(submit_dir)
+    assert subprocess.run(
+        [sglang_python, "-m", "sglang_router.launch_router", "--help"], capture_output=True
+    ).returncode
     vocab = load_config(DEMO).model.vocab_size  # the fake samples token ids below --vocab
     job = slurm.sbatch(
         "launch/colocated.sbatch",
@@ -273,7 +304,7 @@ def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
         "sglang.model_path=/tmp",
         f"sglang.vocab={vocab}",  # fake-worker flags (sglang: pass-through)
         "rollout.verify_every=0",  # the fake's log-probs are made up
-        env=_job_env(SGLANG_SERVER_CMD=fake),
+        env=_job_env(SGLANG_SERVER_CMD=fake, SGLANG_PYTHON=sglang_python),
         cwd=submit_dir,
         options=["--nodes=1", f"--cpus-per-task={os.cpu_count()}"],
     )
@@ -297,8 +328,46 @@ def test_sglang_servers_and_router_under_slurm(slurm, submit_dir):
     steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss/total" in r]
     assert [r["step"] for r in steps] == [0, 1] and all("reward/mean" in r for r in steps), detail
     trainer_log = next(log_dir.glob("trainer-*.log")).read_text()
-    assert "rollout.router_url=http://localhost:" in (log_dir / "plan.txt").read_text()
+    plan_text = (log_dir / "plan.txt").read_text()
+    assert "rollout.router_url=http://localhost:" in plan_text
     assert "final evaluation" in trainer_log, detail
+    # chord doctor ran first and saw both Pythons
+    doctor = (log_dir / "doctor.txt").read_text()
+    assert f"sglang: {sglang_python}" in doctor and "the environments fit together" in doctor, detail
+    # the router ran the plan's command line, word for word, in the trainer's Python
+    planned = plan_text.split("# router on localhost\n")[1].splitlines()[0]
+    planned = shlex.split(planned.replace("$ROUTER_PYTHON", shlex.quote(sys.executable)))
+    ran = shlex.split(re.search(r"router command: (.*)", text).group(1))
+    assert ran == planned and ran[:3] == [sys.executable, "-m", "sglang_router.launch_router"], detail
+    # every server got an NCCL port of the job's block, and not the trainer's CUDA setting
+    port_base = int(re.search(r"PORT_BASE=(\d+)", text).group(1))
+    server_logs = [f.read_text() for f in sorted(log_dir.glob("sglang-*-[01].log"))]
+    nccl_ports = [int(re.search(r"nccl port (\d+)", t).group(1)) for t in server_logs]
+    assert nccl_ports == [port_base + 40, port_base + 41], detail
+    assert all("CUDA_DEVICE_MAX_CONNECTIONS unset" in t for t in server_logs), detail
+
+
+def test_a_router_python_without_sglang_router_stops_the_job_before_it_starts(slurm, submit_dir):
+    """chord doctor, run by the script after the plan, refuses ROUTER_PYTHON = SGLang's Python
+    (no sglang-router) with the pip command, and nothing is started."""
+    sglang_python = _sglang_env_python(submit_dir)
+    job = slurm.sbatch(
+        "launch/colocated.sbatch",
+        DEMO,
+        "rollout.engine=sglang",
+        "sglang.model_path=/tmp",
+        env=_job_env(SGLANG_SERVER_CMD="/bin/false", SGLANG_PYTHON=sglang_python, ROUTER_PYTHON=sglang_python),
+        cwd=submit_dir,
+        options=["--nodes=1"],
+    )
+    info = slurm.wait(job, timeout_s=120)
+    out, log_dir = _job_files(submit_dir, info)
+    detail = _describe(out, log_dir)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", detail
+    text = out.read_text()
+    assert f"fix: {sglang_python} -m pip install sglang-router==0.3.2" in text, detail
+    assert "chord: doctor: 1 problem(s)" in text and "nothing was started" in text, detail
+    assert not re.search(r"\] started ", text), detail
 
 
 def test_a_server_that_dies_at_start_fails_the_job_without_waiting(slurm, submit_dir):

@@ -161,15 +161,20 @@ def test_disaggregated_layout_and_commands(qwen, capsys, nodes):
     assert sorted({int(re.search(r"--base-gpu-id (\d+)", c).group(1)) for c in server_cmds}) == [0, 2, 4, 6]
     router = next(c for k, c in cmds.items() if k.startswith("router on node0"))
     urls = router.split("--worker-urls ")[1].split(" --")[0].split()
-    assert len(urls) == servers and urls[0] == "http://node0:$((PORT_BASE+4))"
-    assert f"http://node{R - 1}:$((PORT_BASE+7))" in urls
+    assert len(urls) == servers and urls[0] == "http://node0:$((PORT_BASE+16))"
+    assert f"http://node{R - 1}:$((PORT_BASE+19))" in urls
+    assert router.startswith("$ROUTER_PYTHON -m sglang_router.launch_router ")  # not SGLang's Python
+    # each server's own NCCL port is pinned inside the job's block, next to its HTTP port
+    nccl = sorted({re.search(r"--nccl-port (\S+)", c).group(1) for c in server_cmds})
+    assert nccl == [f"$((PORT_BASE+{40 + i}))" for i in range(4)]
     trainers = [c for k, c in cmds.items() if k.startswith("trainer node")]
     assert len(trainers) == T
     for rank, c in enumerate(trainers):
         assert f"--nnodes={T} --node-rank={rank} --nproc-per-node=8 --master-addr=node{R}" in c
         assert c.endswith(
             "train --no-progress cfg.yaml rollout.engine=sglang "
-            "rollout.router_url=http://node0:$((PORT_BASE+1)) rollout.weight_sync=nccl train.steps=5"
+            "rollout.router_url=http://node0:$((PORT_BASE+1)) rollout.weight_sync=nccl "
+            '"rollout.sync_ports=[$((PORT_BASE+8)),$((PORT_BASE+15))]" train.steps=5'
         )
 
     rc, out, err = cli(capsys, qwen, "--nodes", nodes, "--gpus-per-node", 8)
@@ -244,7 +249,56 @@ def test_explicit_rollout_nodes_and_script_values(qwen, tmp_path):
     trainer = next(c for k, c in p.commands.items() if k.startswith("trainer node 4 on gpu07"))
     assert "--master-addr=gpu03 --master-port=12000" in trainer and "router_url=http://gpu00:12001" in trainer
     router = next(c for k, c in p.commands.items() if k.startswith("router on gpu00"))
-    assert "--prometheus-port 12002" in router and "http://gpu02:12007" in router
+    assert "--prometheus-port 12002" in router and "http://gpu02:12019" in router
+    assert "'rollout.sync_ports=[12008,12015]'" in trainer
+
+
+def test_rollout_nodes_come_from_the_config_unless_the_command_line_says(qwen, capsys):
+    # launch.rollout_nodes=2 on 4 nodes: 2 rollout + 2 training nodes (TP 2 -> DP 8), where the
+    # default ceil(4 / 4) = 1 would give 1 + 3 (DP 12)
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=4, gpus_per_node=8)
+    assert (p.rollout_nodes, p.train_nodes, p.layout.dp, p.num_servers) == (2, 2, 8, 8)
+    assert [n.roles for n in p.node_roles] == [("sglang", "router"), ("sglang",), ("train",), ("train",)]
+    # the config carries the count, so the sbatch line needs no ROLLOUT_NODES
+    assert (
+        p.commands["sbatch"]
+        == "mkdir -p runs/slurm && sbatch --nodes=4 --gpus-per-node=8 launch/disaggregated.sbatch CONFIG"
+    )
+    # --rollout-nodes (ROLLOUT_NODES in the scripts) wins
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=4, gpus_per_node=8, rollout_nodes=1)
+    assert (p.rollout_nodes, p.train_nodes, p.layout.dp) == (1, 3, 12)
+    # and the CLI reads it too
+    rc, out, _ = cli(capsys, qwen, "--nodes", 4, "launch.rollout_nodes=2")
+    assert rc == 0 and "2 rollout node(s) (SGLang), 2 training node(s)" in out and "DP=8  (DP = 16" in out
+    # too many is refused naming the key that said so
+    rc, _, err = cli(capsys, qwen, "--nodes", 2, "launch.rollout_nodes=2")
+    assert rc == 2 and "2 rollout node(s) of 2 leave none (use more --nodes, fewer launch.rollout_nodes" in err
+    # colocated has no rollout nodes: the key is ignored, with a warning
+    p = plan(qwen, "launch.rollout_nodes=2", nodes=2, gpus_per_node=8, mode="colocated")
+    assert p.rollout_nodes == 0 and any("launch.rollout_nodes=2 applies to disaggregated" in w for w in p.warnings)
+
+
+def test_rollout_nodes_key_is_checked(qwen, capsys):
+    rc, _, err = cli(capsys, qwen, "--nodes", 4, "launch.rollout_nodes=0")
+    assert rc == 2 and "launch.rollout_nodes: must be >= 1 (or null for the default), got 0" in err
+
+
+def test_script_env_takes_the_configs_rollout_nodes(qwen, capsys):
+    rc = lp.main(
+        [
+            "script-env",
+            str(qwen),
+            "launch.rollout_nodes=3",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--mode",
+            "disaggregated",
+        ]
+    )
+    env = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert rc == 0 and (env["ROLLOUT_NODES"], env["TRAIN_NODES"]) == ("3", "1")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,12 +537,49 @@ def test_ports_in_common_sh_match_the_plan():
     def value(name):
         return int(re.search(rf"^{name}=(\d+)", text, re.M).group(1))
 
-    assert value("PORT_SPAN") == lp.PORT_SPAN
-    assert value("TRAIN_PORT_OFFSET") == lp.TRAIN_PORT_OFFSET
-    assert value("ROUTER_PORT_OFFSET") == lp.ROUTER_PORT_OFFSET
-    assert value("ROUTER_METRICS_PORT_OFFSET") == lp.ROUTER_METRICS_PORT_OFFSET
-    assert value("SERVER_PORT_OFFSET") == lp.SERVER_PORT_OFFSET
-    assert "PORT_BASE=${PORT_BASE:-$((10000 + (SLURM_JOB_ID % 600) * PORT_SPAN))}" in text
-    assert lp.PORT_BASE_FORMULA == "10000 + (SLURM_JOB_ID % 600) * 32"
+    for name in (
+        "PORT_SPAN",
+        "TRAIN_PORT_OFFSET",
+        "ROUTER_PORT_OFFSET",
+        "ROUTER_METRICS_PORT_OFFSET",
+        "SYNC_PORT_OFFSET",
+        "SYNC_PORTS",
+        "SERVER_PORT_OFFSET",
+        "SERVER_NCCL_PORT_OFFSET",
+    ):
+        assert value(name) == getattr(lp, name), name
+    assert "PORT_BASE=${PORT_BASE:-$((10000 + (SLURM_JOB_ID % 300) * PORT_SPAN))}" in text
+    assert lp.PORT_BASE_FORMULA == "10000 + (SLURM_JOB_ID % 300) * 64"
     # every job's block stays below the ephemeral port range (32768+)
-    assert 10000 + 599 * lp.PORT_SPAN + lp.PORT_SPAN <= 32768
+    assert 10000 + 299 * lp.PORT_SPAN + lp.PORT_SPAN <= 32768
+    # the offsets do not overlap: master, router, metrics, 8 sync ports, 24 servers x (HTTP, NCCL)
+    used = [lp.TRAIN_PORT_OFFSET, lp.ROUTER_PORT_OFFSET, lp.ROUTER_METRICS_PORT_OFFSET]
+    used += range(lp.SYNC_PORT_OFFSET, lp.SYNC_PORT_OFFSET + lp.SYNC_PORTS)
+    used += range(lp.SERVER_PORT_OFFSET, lp.SERVER_PORT_OFFSET + lp.MAX_SERVERS_PER_NODE)
+    used += range(lp.SERVER_NCCL_PORT_OFFSET, lp.SERVER_NCCL_PORT_OFFSET + lp.MAX_SERVERS_PER_NODE)
+    assert len(used) == len(set(used)) and max(used) < lp.PORT_SPAN and lp.MAX_SERVERS_PER_NODE == 24
+
+
+def test_every_port_of_a_plan_lies_in_the_jobs_block(qwen):
+    """Both modes, real host names and PORT_BASE (what script-env writes to plan.txt): every port
+    in every command -- torchrun, router, metrics, each server's HTTP and NCCL port, the
+    weight-sync range handed to the trainer -- is in PORT_BASE .. PORT_BASE + 63."""
+    base = 12000
+    for mode, nodes in (("disaggregated", 4), ("colocated", 2)):
+        p = plan(qwen, nodes=nodes, gpus_per_node=8, mode=mode, hosts=[f"h{i}" for i in range(nodes)], port_base=base)
+        text = "\n".join(c for role, c in p.commands.items() if role != "sbatch")
+        ports = [int(x) for x in re.findall(r"(?:--[\w-]*port[= ]|:|\[|,)(\d{4,5})\b", text)]
+        assert len(ports) > 10 and all(base <= x < base + lp.PORT_SPAN for x in ports), (mode, sorted(set(ports)))
+        assert f"--nccl-port {base + 40}" in text
+        if mode == "disaggregated":
+            assert f"'rollout.sync_ports=[{base + 8},{base + 15}]'" in text
+        # the env the script reads hands `chord train` the plan's overrides, word for word
+        overrides = shlex.split(p.env["TRAIN_OVERRIDES"])
+        trainer = shlex.split(next(c for role, c in p.commands.items() if role.startswith("trainer node 0")))
+        assert trainer[trainer.index("train") + 3 : trainer.index("train") + 3 + len(overrides)] == overrides
+
+
+def test_sglang_nccl_port_in_the_config_is_left_to_the_plan(qwen):
+    p = plan(qwen, "sglang.nccl_port=29500", nodes=2, gpus_per_node=8, port_base=12000)
+    servers = [c for role, c in p.commands.items() if role.startswith("sglang server")]
+    assert all(c.count("--nccl-port") == 1 and "29500" not in c for c in servers)

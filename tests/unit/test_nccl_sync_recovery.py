@@ -22,6 +22,45 @@ needs_wheel = pytest.mark.skipif(
 
 
 @needs_wheel
+def test_every_group_of_a_configured_sync_takes_its_port_from_rollout_sync_ports(tmp_path, monkeypatch):
+    """rollout.sync_ports (what launch/ passes: the job's reserved range) -> transport_from_config:
+    the first group and the one after a failed sync both rendezvous on ports of the range."""
+    import socket
+
+    from chord_megatron.config import load_config
+    from chord_megatron.weight_sync.factory import transport_from_config
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    lo = free_port()
+    hi = lo + 5
+    faults = ["--join-groups", "--refuse-distributed-after-s", "0.5", "--refuse-distributed-times", "1"]
+    with socket.socket() as busy, fake_sglang.running(1, tmp_path, {0: faults}) as (w,):
+        busy.bind(("", lo))  # the range's first port is taken: it is skipped, not used
+        busy.listen()
+        cfg = load_config(None, ["rollout.weight_sync=nccl", f"rollout.sync_ports=[{lo},{hi}]"])
+        sync = transport_from_config(cfg)
+        assert isinstance(sync, NcclSync) and sync.port_range == (lo, hi) and sync.master_port == lo + 1
+        sync.init_timeout_s = 30
+        big = [("model.embed_tokens.weight", torch.ones(4 * 2**20))]
+        with SGLangEngine(SGLangClient([w.url], [w.url], backoff_s=0.05), weight_sync=sync) as eng:
+            with pytest.raises(SGLangError, match="fault injection"):
+                eng.update_weights(big, "1")
+            eng.update_weights([("model.norm.weight", torch.ones(8))], "2")
+            sync.close(eng)
+        ports = [b["master_port"] for p, b in stats(w)["requests"] if p == "/init_weights_update_group"]
+        assert len(ports) == 2 and ports[0] != ports[1] and all(lo < p <= hi for p in ports), (ports, lo, hi)
+
+
+def test_sync_ports_must_be_a_first_last_pair():
+    from chord_megatron.config import ConfigError, load_config
+
+    for bad in ("[10008]", "[10015,10008]", "[0,10]", "[10008,70000]"):
+        with pytest.raises(ConfigError, match="rollout.sync_ports: must be \\[first, last\\]"):
+            load_config(None, [f"rollout.sync_ports={bad}"])
+    assert load_config(None, ["rollout.sync_ports=[10008,10015]"]).rollout.sync_ports == [10008, 10015]
+
+
+@needs_wheel
 def test_sync_after_a_failed_one_reconnects_with_a_fresh_group_and_port(tmp_path):
     faults = ["--join-groups", "--refuse-distributed-after-s", "0.5", "--refuse-distributed-times", "1"]
     with fake_sglang.running(1, tmp_path, {0: faults}) as (w,):

@@ -7,6 +7,7 @@ models' actual config.json contents, reproduced below from the Hugging Face mode
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,7 @@ def test_parallel_layout_fits_h100_nodes(path):
     p, m = cfg.parallel, cfg.model
     gpus_per_node = 8
     assert gpus_per_node % p.tensor == 0 and m.vocab_size % p.tensor == 0 and p.pipeline == 1
-    trainer_gpus = 8 if path.stem.endswith("1x8") else 8 * (4 - (2 if kind_of(path) == "math" else 1))
+    trainer_gpus = 8 if path.stem.endswith("1x8") else 8 * (4 - cfg.launch.rollout_nodes)
     dp = trainer_gpus // (p.tensor * p.pipeline)
     rows = cfg.rollout.prompts_per_step * 8
     assert dp * p.tensor * p.pipeline == trainer_gpus and rows % dp == 0
@@ -164,3 +165,23 @@ def test_gpu_speed_settings(path):
     assert cfg.model.transformer_impl == "transformer_engine"
     assert cfg.train.pack_sequences
     assert cfg.parallel.sequence_parallel == (cfg.parallel.tensor > 1)
+
+
+@pytest.mark.parametrize("path", [p for p in PAPER if p.stem.endswith("4x8")], ids=lambda p: p.stem)
+def test_the_4x8_header_layout_is_what_the_plan_makes_of_the_config(path):
+    """`chord launch plan CONFIG --nodes 4` (the header's command, no --rollout-nodes) gives the
+    rollout / training node split and DP the header states: the count lives in launch.rollout_nodes."""
+    from chord_megatron.commands.launch.plan import plan_launch
+
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    header = " ".join(header.replace("#", " ").split())
+    m = re.search(
+        r"Four nodes of 8 H100, disaggregated: (\d) rollout nodes? .*? and (\d) training nodes? .*?DP=(\d+)\)", header
+    )
+    assert m, header
+    rollout, training, dp = map(int, m.groups())
+    assert f"chord launch plan configs/paper/{path.name} --nodes 4 " in header + " " and "--rollout-nodes" not in header
+    cfg = load_config(path)
+    assert cfg.launch.rollout_nodes == rollout
+    plan = plan_launch(cfg, nodes=4, gpus_per_node=8)
+    assert (plan.rollout_nodes, plan.train_nodes, plan.layout.dp) == (rollout, training, dp)

@@ -9,6 +9,7 @@ stopped by PID at teardown, and exits by itself after --max-lifetime-s anyway.""
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.request
 
@@ -159,7 +160,22 @@ def test_all_workers_dead_fails_naming_the_router(cluster):
         assert not eng.health()
 
 
-def test_router_binary_is_the_rust_gateway():
+def test_the_router_runs_in_router_python_else_the_trainers(monkeypatch):
+    from chord_megatron.rollout.sglang.router import router_command
+
+    monkeypatch.delenv("ROUTER_PYTHON", raising=False)
+    assert router_command(["http://127.0.0.1:1"], host="127.0.0.1", port=2)[:3] == [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+    ]
+    monkeypatch.setenv("ROUTER_PYTHON", "/envs/router/bin/python -X utf8")
+    cmd = router_command(["http://127.0.0.1:1"], host="127.0.0.1", port=2)
+    assert cmd[:5] == ["/envs/router/bin/python", "-X", "utf8", "-m", "sglang_router.launch_router"]
+
+
+def test_router_binary_is_the_rust_gateway(monkeypatch):
+    monkeypatch.delenv("ROUTER_PYTHON", raising=False)
     import sglang_router
 
     from chord_megatron.rollout.sglang.router import router_command

@@ -9,7 +9,8 @@ checks before starting anything (`chord launch script-env ...`, see
 
 Modes
   disaggregated  the first R nodes of the allocation run SGLang servers (the router on the first
-                 of them); the other N - R nodes run Megatron training. R defaults to
+                 of them); the other N - R nodes run Megatron training. R is --rollout-nodes
+                 (ROLLOUT_NODES in the scripts), else the config's launch.rollout_nodes, else
                  ceil(N / 4), at least 1 (`default_rollout_nodes`): one rollout node for every
                  three training nodes, a starting point for RL where generation takes about as
                  long as the update. Weights travel by NCCL broadcast (rollout.weight_sync=nccl)
@@ -56,13 +57,19 @@ from .memory import GIB, H100_MEMORY_GIB, MemoryEstimate, estimate_memory, step_
 from .memory_table import format_memory
 
 # Ports, as offsets from PORT_BASE (launch/common.sh uses the same numbers; a unit test checks).
-PORT_SPAN = 32  # ports reserved per job on every node
+# Every port a job opens on purpose is one of these: nothing of a job then lands on another
+# job's block, and SGLang, which otherwise draws its NCCL port at random from 22000-29999, stays
+# out of ours. (Ephemeral ports, 32768 and up, lie above every block.)
+PORT_SPAN = 64  # ports reserved per job on every node
 TRAIN_PORT_OFFSET = 0  # torchrun's master (static rendezvous) on the first training node
 ROUTER_PORT_OFFSET = 1  # sglang-router on the first rollout node
 ROUTER_METRICS_PORT_OFFSET = 2  # the router's Prometheus exporter
-SERVER_PORT_OFFSET = 4  # SGLang server i of a node listens on PORT_BASE + 4 + i
-MAX_SERVERS_PER_NODE = PORT_SPAN - SERVER_PORT_OFFSET
-PORT_BASE_FORMULA = "10000 + (SLURM_JOB_ID % 600) * 32"
+SYNC_PORT_OFFSET = 8  # the NCCL weight-update group on trainer rank 0: the first group and
+SYNC_PORTS = 8  # ... each one after a failed sync takes a new port (weight_sync/nccl.py)
+SERVER_PORT_OFFSET = 16  # SGLang server i of a node listens on PORT_BASE + 16 + i
+SERVER_NCCL_PORT_OFFSET = 40  # ... and its own NCCL group (--nccl-port) uses PORT_BASE + 40 + i
+MAX_SERVERS_PER_NODE = SERVER_NCCL_PORT_OFFSET - SERVER_PORT_OFFSET
+PORT_BASE_FORMULA = "10000 + (SLURM_JOB_ID % 300) * 64"
 
 SCRIPTS = {"disaggregated": "launch/disaggregated.sbatch", "colocated": "launch/colocated.sbatch"}
 
@@ -76,6 +83,7 @@ class Server:
     index: int  # on its node
     gpus: Tuple[int, ...]
     port_offset: int
+    nccl_port_offset: int  # --nccl-port: the server's own NCCL group (its TP ranks)
 
 
 @dataclass(frozen=True)
@@ -171,14 +179,20 @@ def plan_launch(
     warnings: List[str] = []
 
     # -- which nodes do what -------------------------------------------------------------------
+    configured = cfg.launch.rollout_nodes  # the config's; --rollout-nodes (ROLLOUT_NODES) wins
     if mode == "disaggregated":
-        R = default_rollout_nodes(nodes) if rollout_nodes is None else rollout_nodes
+        if rollout_nodes is not None:
+            R, source = rollout_nodes, "--rollout-nodes"
+        elif configured is not None:
+            R, source = configured, "launch.rollout_nodes"
+        else:
+            R, source = default_rollout_nodes(nodes), "--rollout-nodes"
         if R < 1:
             raise LayoutError(f"disaggregated mode needs --rollout-nodes >= 1, got {R}")
         if R >= nodes:
             raise LayoutError(
                 f"disaggregated mode needs a training node: {R} rollout node(s) of {nodes} leave none "
-                f"(use more --nodes, fewer --rollout-nodes, or --mode colocated)"
+                f"(use more --nodes, fewer {source}, or --mode colocated)"
             )
         engine = "sglang"
         train_nodes = nodes - R
@@ -190,6 +204,8 @@ def plan_launch(
         R = 0
         engine = cfg.rollout.engine
         train_nodes = nodes
+        if configured is not None:
+            warnings.append(f"launch.rollout_nodes={configured} applies to disaggregated jobs; colocated ignores it")
 
     # -- trainer layout ------------------------------------------------------------------------
     p = cfg.parallel
@@ -297,7 +313,13 @@ def plan_launch(
         if i in server_nodes:
             r.append("sglang")
             servers = tuple(
-                Server(i, j, tuple(range(j * sg_gpus, (j + 1) * sg_gpus)), SERVER_PORT_OFFSET + j)
+                Server(
+                    i,
+                    j,
+                    tuple(range(j * sg_gpus, (j + 1) * sg_gpus)),
+                    SERVER_PORT_OFFSET + j,
+                    SERVER_NCCL_PORT_OFFSET + j,
+                )
                 for j in range(servers_per_node)
             )
         if engine == "sglang" and i == 0:
@@ -320,6 +342,9 @@ def plan_launch(
             f"rollout.router_url=http://{router_host}:{port(ROUTER_PORT_OFFSET)}",
             f"rollout.weight_sync={weight_sync}",
         ]
+        if weight_sync == "nccl":
+            sync_ports = (port(SYNC_PORT_OFFSET), port(SYNC_PORT_OFFSET + SYNC_PORTS - 1))
+            trainer_overrides.append(f"rollout.sync_ports=[{sync_ports[0]},{sync_ports[1]}]")
     env_prefix = [] if rollout_nodes is None or mode != "disaggregated" else [f"ROLLOUT_NODES={R}"]
     if cpu:
         env_prefix += ["CHORD_CPU=1"] + ([] if G == 2 else [f"NPROC_PER_NODE={G}"])
@@ -343,13 +368,15 @@ def plan_launch(
                         port(s.port_offset),
                         "--base-gpu-id",
                         str(s.gpus[0]),
+                        "--nccl-port",
+                        port(s.nccl_port_offset),
                         *server_args,
                     ]
                 )
         workers = [f"http://{n.host}:{port(s.port_offset)}" for n in roles for s in n.servers]
         commands[f"router on {router_host}"] = shell_join(
             [
-                "$SGLANG_PYTHON",
+                "$ROUTER_PYTHON",  # not SGLang's: sglang[all] does not install sglang-router
                 "-m",
                 "sglang_router.launch_router",
                 "--host",
@@ -397,6 +424,9 @@ def plan_launch(
         "NUM_SERVERS": str(num_servers),
         "WEIGHT_SYNC": weight_sync,
         "SGLANG_SERVER_ARGS": shlex.join(sglang_server_args(cfg.sglang)) if engine == "sglang" else "",
+        # what launch/common.sh hands `chord train` before the user's overrides (real hosts
+        # and ports when the script passes them: the plan's trainer command, word for word)
+        "TRAIN_OVERRIDES": shlex.join(trainer_overrides),
         "ROUTER_ARGS": shlex.join(
             router_args(
                 cfg.sglang, metrics_port=None if port_base is None else str(port_base + ROUTER_METRICS_PORT_OFFSET)
@@ -430,19 +460,30 @@ def plan_launch(
 
 def shell_join(argv: Sequence[str]) -> str:
     """A command line; arguments are shell-quoted except the script's own variables and
-    arithmetic ($PYTHON, $((PORT_BASE+1)), ...), which are shown as the script writes them."""
-    return " ".join(a if _SCRIPT_VAR.fullmatch(a) else shlex.quote(a) for a in argv)
+    arithmetic ($PYTHON, $((PORT_BASE+1)), ...), which are shown as the script writes them
+    (in double quotes where the word also holds characters the shell would glob)."""
+    return " ".join(_shell_word(a) for a in argv)
+
+
+def _shell_word(a: str) -> str:
+    if _SCRIPT_VAR.fullmatch(a):
+        return a
+    if _PORT_LIST.fullmatch(a):
+        return f'"{a}"'
+    return shlex.quote(a)
 
 
 _SCRIPT_VAR = re.compile(r"([\w.-]+=)?(\$[A-Z_]+|(http://[\w.-]+:)?\$\(\(PORT_BASE\+\d+\)\))")
+_PORT_LIST = re.compile(r"[\w.-]+=\[\$\(\(PORT_BASE\+\d+\)\),\$\(\(PORT_BASE\+\d+\)\)\]")
 
 
 def sglang_server_args(sglang: Mapping[str, Any]) -> List[str]:
     """The `sglang:` section as SGLang server flags, without what each server gets on its own
-    (--host, --port, --base-gpu-id) and without the router's `router:` options."""
+    (--host, --port, --base-gpu-id, --nccl-port) and without the router's `router:` options."""
     from ...rollout.sglang.router import cli_flags
 
-    options = {k: v for k, v in sglang.items() if k not in ("router", "host", "port", "base_gpu_id")}
+    own = ("router", "host", "port", "base_gpu_id", "nccl_port")
+    options = {k: v for k, v in sglang.items() if k not in own}
     return cli_flags(options)
 
 
@@ -491,7 +532,9 @@ def format_plan(plan: LaunchPlan) -> str:
         if n.servers:
             parts.append(
                 f"{len(n.servers)} SGLang server(s): "
-                + ", ".join(f"GPUs {_ranges(s.gpus)} port +{s.port_offset}" for s in n.servers)
+                + ", ".join(
+                    f"GPUs {_ranges(s.gpus)} port +{s.port_offset} nccl +{s.nccl_port_offset}" for s in n.servers
+                )
             )
         if "router" in n.roles:
             parts.append(f"router port +{ROUTER_PORT_OFFSET}")
@@ -520,9 +563,11 @@ def format_plan(plan: LaunchPlan) -> str:
     out.append("")
     this_job = "" if plan.port_base == "$PORT_BASE" else f" (this job: {plan.port_base})"
     out.append(
-        f"ports: PORT_BASE = {PORT_BASE_FORMULA} unless set{this_job}; "
-        f"torchrun master +{TRAIN_PORT_OFFSET}, router +{ROUTER_PORT_OFFSET}, router metrics "
-        f"+{ROUTER_METRICS_PORT_OFFSET}, SGLang server i +{SERVER_PORT_OFFSET}+i"
+        f"ports: PORT_BASE = {PORT_BASE_FORMULA} unless set{this_job}; every port of the job is in "
+        f"PORT_BASE..+{PORT_SPAN - 1}: torchrun master +{TRAIN_PORT_OFFSET}, router +{ROUTER_PORT_OFFSET}, "
+        f"router metrics +{ROUTER_METRICS_PORT_OFFSET}, weight-sync group +{SYNC_PORT_OFFSET}.."
+        f"+{SYNC_PORT_OFFSET + SYNC_PORTS - 1}, SGLang server i +{SERVER_PORT_OFFSET}+i (its --nccl-port "
+        f"+{SERVER_NCCL_PORT_OFFSET}+i)"
     )
     out.append("commands:")
     for role, cmd in plan.commands.items():

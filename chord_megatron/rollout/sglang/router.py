@@ -9,7 +9,9 @@ Three ways in, picked from the rollout config:
     then a router over them.
 
 Only processes started here are stopped here, by their process-group id; attached ones are
-left alone. The router is started with `python -m sglang_router.launch_router`; its worker
+left alone. The router is started with `python -m sglang_router.launch_router` of ROUTER_PYTHON,
+else of this (the trainer's) Python -- as launch/ starts it: `sglang[all]` does not install
+sglang-router, the trainer's `gpu` and `test` extras do. Its worker
 startup checks default to 30 s intervals, too slow for a short run, so this module sets them
 shorter unless `router:` says otherwise.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,6 +92,12 @@ def cli_flags(options: Mapping[str, Any]) -> List[str]:
     return out
 
 
+def router_python() -> List[str]:
+    """The command of the Python that runs sglang-router (module docstring)."""
+    configured = os.environ.get("ROUTER_PYTHON", "").strip()
+    return shlex.split(configured) if configured else [sys.executable]
+
+
 def router_command(worker_urls: Sequence[str], *, host: str, port: int, options: Mapping[str, Any] = ()) -> List[str]:
     opts = dict(ROUTER_DEFAULTS)
     opts.update(options or {})
@@ -96,7 +105,7 @@ def router_command(worker_urls: Sequence[str], *, host: str, port: int, options:
     opts.setdefault("prometheus_host", host)
     opts.setdefault("prometheus_port", free_port(host))
     return [
-        sys.executable,
+        *router_python(),
         "-m",
         "sglang_router.launch_router",
         "--host",
