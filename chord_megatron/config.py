@@ -116,11 +116,17 @@ class BaseModelConfig:
     cached, so that later runs (and `chord compare`'s variants) start from the same weights.
     Needs data.task=arith; unused when model.hf_path names a checkpoint."""
 
-    steps: int = 600  # 0 = start RL from random weights
+    steps: int = 600  # the most steps of the stage (0 = start RL from random weights)
     lr: float = 3e-3
     batch_rows: int = 64
     problems: int = 50000
     cache_dir: str = "runs/base-cache"
+    # The stop rule (demo/plateau.py): a plateau, so that the base does not hinge on where a
+    # still-rising curve was cut.
+    eval_every: int = 0  # score held-out problems every N steps (0 = no rule: train all `steps`)
+    patience: int = 3  # stop after this many scores in a row without a gain of min_delta on the best
+    min_delta: float = 0.005  # the score: mean probability of the exact answer at temperature 1
+    val_problems: int = 200  # scored problems: held out from pre-training and from the RL evaluation set
 
 
 @dataclass(frozen=True)
@@ -527,6 +533,8 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "data.arith_eval_prompts",
         "base.batch_rows",
         "base.problems",
+        "base.patience",
+        "base.val_problems",
     ]
     for key in positive_ints:
         if get(key) < 1:
@@ -544,6 +552,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "algorithm.mu.sft_steps",
         "data.arith_expert_rows",
         "base.steps",
+        "base.eval_every",
         "train.pack_length",
     ]:
         if get(key) < 0:
@@ -641,6 +650,8 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be in [0, 1), got {get(key)}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    if cfg.base.min_delta < 0:
+        fail("base.min_delta", f"must be >= 0, got {cfg.base.min_delta}")
 
     if cfg.data.task == "jsonl":
         for key in ("data.prompt_path",):

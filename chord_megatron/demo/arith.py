@@ -51,13 +51,16 @@ class Problem:
         return ",".join(steps) + f"|{self.answer}"
 
 
-def make_splits(digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int) -> Dict[str, List[Problem]]:
-    """Disjoint problem sets: RL prompts, expert (SFT) problems, held-out evaluation, and the
-    base model's pre-training problems (disjoint from evaluation)."""
+def make_splits(
+    digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int, n_val: int = 0
+) -> Dict[str, List[Problem]]:
+    """Disjoint problem sets: RL prompts, expert (SFT) problems, held-out evaluation and the
+    base stage's validation problems (its stop rule). Drawn in that order from one generator, so
+    asking for validation problems leaves the other sets as they were."""
     lo, hi = 10 ** (digits - 1), 10**digits - 1
     space = (hi - lo + 1) ** 2
-    if n_rl + n_expert + n_eval > space // 2:
-        raise ValueError(f"arith: {n_rl + n_expert + n_eval} problems asked of a space of {space}")
+    if n_rl + n_expert + n_eval + n_val > space // 2:
+        raise ValueError(f"arith: {n_rl + n_expert + n_eval + n_val} problems asked of a space of {space}")
     rng = random.Random(seed)
     seen: set = set()
 
@@ -73,7 +76,8 @@ def make_splits(digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int) -
     evaluation = draw(n_eval)
     rl = draw(n_rl)
     expert = draw(n_expert)
-    return {"eval": evaluation, "rl": rl, "expert": expert}
+    val = draw(n_val)
+    return {"eval": evaluation, "rl": rl, "expert": expert, "val": val}
 
 
 def pretrain_problems(digits: int, n: int, seed: int, exclude: Sequence[Problem]) -> List[Problem]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,7 @@ from ..data import CharTokenizer, ExpertRow
 from ..data.batch import build_train_batch
 from ..train.parallel import is_rank0
 from .arith import make_splits, pretrain_problems
+from .plateau import Plateau
 
 
 def cache_key(cfg: Config) -> str:
@@ -84,23 +85,63 @@ def base_weights(cfg: Config):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def stage_log_path(cfg: Config) -> Path:
+    """What the stage did (steps run, why it stopped, its held-out scores), beside the weights."""
+    return cache_path(cfg).with_suffix(".json")
+
+
+def read_stage_log(cfg: Config) -> Optional[dict]:
+    path = stage_log_path(cfg)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
     from ..train.engine import MegatronEngine
 
     pcfg = pretrain_config(cfg)
-    d = cfg.data
+    d, b = cfg.data, cfg.base
     tok = CharTokenizer()
-    held_out = make_splits(d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed)[
-        "eval"
-    ]
-    problems = pretrain_problems(d.arith_digits, cfg.base.problems, cfg.train.seed, exclude=held_out)
-    rows = [ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id]) for p in problems]
+    n_val = b.val_problems if b.eval_every else 0
+    splits = make_splits(
+        d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed, n_val=n_val
+    )
+    problems = pretrain_problems(d.arith_digits, b.problems, cfg.train.seed, exclude=splits["eval"] + splits["val"])
+    rows = [_direct_row(tok, p) for p in problems]
+    val = [_direct_row(tok, p) for p in splits["val"]]
+    val = build_train_batch([], torch.zeros(0), val, pad_id=tok.pad_id) if val else None
     engine = MegatronEngine(pcfg)
-    n = cfg.base.batch_rows
-    for step in range(cfg.base.steps):
+    rule = Plateau(b.patience, b.min_delta)
+    n, stopped, step = b.batch_rows, "max_steps", 0
+    for step in range(b.steps):
         chunk = [rows[(step * n + i) % len(rows)] for i in range(n)]
         batch = build_train_batch([], torch.zeros(0), chunk, pad_id=tok.pad_id)
         engine.train_step(batch, step, mu=1.0)
+        if b.eval_every and (step + 1) % b.eval_every == 0 and rule.update(step + 1, exact_answer_prob(engine, val)):
+            stopped = "plateau"
+            break
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}
     del engine
+    log = {"steps_run": step + 1 if b.steps else 0, "stopped": stopped, "val_exact_prob": rule.history}
+    if is_rank0():
+        print(
+            f"base stage: {log['steps_run']} steps ({stopped})"
+            + (f", held-out exact-answer probability {rule.history[-1][1]:.3f}" if rule.history else ""),
+            flush=True,
+        )
+        path = stage_log_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(log) + "\n")
     return weights
+
+
+def _direct_row(tok: CharTokenizer, p) -> ExpertRow:
+    return ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id])
+
+
+def exact_answer_prob(engine, batch) -> float:
+    """Mean over rows of p(the whole answer, <eos> included): the probability that one sample
+    at temperature 1 is exactly the answer, i.e. the base's expected accuracy when it answers
+    directly, computed without sampling noise from one forward pass. Collective."""
+    logp = engine.compute_logprobs(batch)
+    per_row = torch.where(batch.loss_mask > 0, logp, torch.zeros_like(logp)).sum(dim=1)  # padding may hold anything
+    return float(per_row.exp().mean())
