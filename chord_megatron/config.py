@@ -108,6 +108,7 @@ class DataConfig:
     arith_rl_prompts: int = 2000
     arith_expert_rows: int = 1000
     arith_eval_prompts: int = 200
+    expert_error_rate: float = 0.0  # share of expert rows with a forgotten carry (a wrong answer): an imperfect expert
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class BaseModelConfig:
     patience: int = 3  # stop after this many scores in a row without a gain of min_delta on the best
     min_delta: float = 0.005  # the score: mean probability of the exact answer at temperature 1
     val_problems: int = 200  # scored problems: held out from pre-training and from the RL evaluation set
+    expert_style_frac: float = 0.0  # share of pre-training rows written as the expert writes (correctly)
 
 
 @dataclass(frozen=True)
@@ -650,6 +652,9 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be in [0, 1), got {get(key)}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    for key in ("data.expert_error_rate", "base.expert_style_frac"):
+        if not 0.0 <= get(key) < 1.0:
+            fail(key, f"must be in [0, 1), got {get(key)}")
     if cfg.base.min_delta < 0:
         fail("base.min_delta", f"must be >= 0, got {cfg.base.min_delta}")
 

@@ -21,7 +21,7 @@ from ..config import Config
 from ..data import CharTokenizer, ExpertRow
 from ..data.batch import build_train_batch
 from ..train.parallel import is_rank0
-from .arith import make_splits, pretrain_problems
+from .arith import make_splits, pretrain_problems, styled_rows
 from .plateau import Plateau
 
 
@@ -106,8 +106,11 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
         d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed, n_val=n_val
     )
     problems = pretrain_problems(d.arith_digits, b.problems, cfg.train.seed, exclude=splits["eval"] + splits["val"])
-    rows = [_direct_row(tok, p) for p in problems]
-    val = [_direct_row(tok, p) for p in splits["val"]]
+    styled = styled_rows(len(problems), b.expert_style_frac, cfg.train.seed)
+    rows = [_row(tok, p, expert=i in styled) for i, p in enumerate(problems)]
+    # Scored: the probability of the exact answer, and with style mixed in also of the exact
+    # correct scratchpad (two disjoint sequences: their probabilities add).
+    val = [_row(tok, p) for p in splits["val"]] + ([_row(tok, p, expert=True) for p in splits["val"]] if styled else [])
     val = build_train_batch([], torch.zeros(0), val, pad_id=tok.pad_id) if val else None
     engine = MegatronEngine(pcfg)
     rule = Plateau(b.patience, b.min_delta)
@@ -116,7 +119,11 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
         chunk = [rows[(step * n + i) % len(rows)] for i in range(n)]
         batch = build_train_batch([], torch.zeros(0), chunk, pad_id=tok.pad_id)
         engine.train_step(batch, step, mu=1.0)
-        if b.eval_every and (step + 1) % b.eval_every == 0 and rule.update(step + 1, exact_answer_prob(engine, val)):
+        if (
+            b.eval_every
+            and (step + 1) % b.eval_every == 0
+            and rule.update(step + 1, exact_answer_prob(engine, val, forms=2 if styled else 1))
+        ):
             stopped = "plateau"
             break
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}
@@ -134,14 +141,16 @@ def train_base(cfg: Config) -> Dict[str, torch.Tensor]:
     return weights
 
 
-def _direct_row(tok: CharTokenizer, p) -> ExpertRow:
-    return ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id])
+def _row(tok: CharTokenizer, p, expert: bool = False) -> ExpertRow:
+    return ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.expert() if expert else p.direct()) + [tok.eos_id])
 
 
-def exact_answer_prob(engine, batch) -> float:
-    """Mean over rows of p(the whole answer, <eos> included): the probability that one sample
-    at temperature 1 is exactly the answer, i.e. the base's expected accuracy when it answers
-    directly, computed without sampling noise from one forward pass. Collective."""
+def exact_answer_prob(engine, batch, forms: int = 1) -> float:
+    """p(the whole response, <eos> included) per row, summed over the `forms` blocks of rows
+    (the same problems in each block, written differently), averaged over problems: the
+    probability that one sample at temperature 1 is exactly a correct response, i.e. the base's
+    expected accuracy in those forms, computed without sampling noise from one forward pass.
+    Collective."""
     logp = engine.compute_logprobs(batch)
     per_row = torch.where(batch.loss_mask > 0, logp, torch.zeros_like(logp)).sum(dim=1)  # padding may hold anything
-    return float(per_row.exp().mean())
+    return float(per_row.exp().view(forms, -1).sum(dim=0).mean())
