@@ -120,3 +120,28 @@ def test_quick_is_a_third_of_the_steps():
         "optim.lr=3e-4",
         "optim.min_lr=0",
     ]
+
+
+def test_the_command_line_quick_grid_records_what_it_ran(tmp_path, monkeypatch, capsys):
+    from chord_megatron.cli import main
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    results = tmp_path / "r.jsonl"
+    argv = ["compare", "configs/demo.yaml", "train.steps=18", "--variants", "grpo,sft", "--seeds", "2"]
+    argv += ["--lr-grid", "1e-3,2e-3", "--quick", "--record", str(results), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--no-progress"]) == 0
+    assert len(calls) == 8 and all("train.steps=6" in c and "train.eval_every=2" in c for c in calls)
+    records = read_results(results)
+    assert len(records) == 8
+    assert {(r["variant"], r["seed"], r["lr"]) for r in records} == {
+        (v, s, lr) for v in ("grpo", "sft") for s in (1234, 1235) for lr in (1e-3, 2e-3)
+    }
+    r = records[0]
+    assert r["quick"] is True and r["steps"] == 6 and r["experiment"] == "demo train.steps=18 (quick)"
+    assert r["command"] == (
+        "chord compare configs/demo.yaml train.steps=18 --seeds 2 --lr-grid 1e-3,2e-3 --quick --variants grpo,sft"
+    )
+    assert "smoke reading, not a result" in (tmp_path / "o" / "compare.md").read_text()
+    assert main(["compare", "configs/demo.yaml", "--seeds", "0"]) == 2
+    assert "--seeds: 0: must be >= 1" in capsys.readouterr().err
