@@ -18,7 +18,9 @@ BEGIN, END = "<!-- demo-results -->", "<!-- /demo-results -->"
 
 
 def _lr(lr: float) -> str:
-    return f"{lr:g}"
+    """1e-4, 3e-4, 2.5e-3: the way learning rates are written on command lines."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _provenance(records: Sequence[Mapping]) -> str:
@@ -29,7 +31,7 @@ def _provenance(records: Sequence[Mapping]) -> str:
     span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else dates[0][:10]
     cpus = uniq("cpu")
     return (
-        f"{len(records)} runs, {span}, commit {', '.join(uniq('commit'))}; "
+        f"{len(records)} run{'s' if len(records) != 1 else ''}, {span}, commit {', '.join(uniq('commit'))}; "
         f"{' / '.join(cpus)} ({len(cpus)} CPU kind{'s' if len(cpus) > 1 else ''}), "
         f"{', '.join(uniq('cores'))} cores, {', '.join(uniq('torch_threads'))} torch threads"
     )

@@ -73,8 +73,8 @@ def test_grid_runs_every_cell_records_it_and_reports_the_best_lr(tmp_path, monke
     text = report.read_text()
     grpo = [accuracy("grpo", 2e-3, s) for s in (1234, 1235, 1236)]  # grpo's best lr: 2e-3
     sft = [accuracy("sft", 1e-3, s) for s in (1234, 1235, 1236)]  # sft's: 1e-3
-    assert f"| grpo | 0.002 | {statistics.mean(grpo):.3f} ± {statistics.stdev(grpo):.3f} |" in text
-    assert f"| sft | 0.001 | {statistics.mean(sft):.3f} ± {statistics.stdev(sft):.3f} |" in text
+    assert f"| grpo | 2e-3 | {statistics.mean(grpo):.3f} ± {statistics.stdev(grpo):.3f} |" in text
+    assert f"| sft | 1e-3 | {statistics.mean(sft):.3f} ± {statistics.stdev(sft):.3f} |" in text
     # sft 0.53 ± 0.03 against grpo 0.51 ± 0.01: the intervals overlap, so not separated
     assert "sft (0.530 ± 0.030) ≈ grpo (0.510 ± 0.010)" in text
     assert "| grpo | 0.410 ± 0.010 | 0.510 ± 0.010 |" in text  # the grid table, lr 1e-3 then 2e-3

@@ -39,11 +39,11 @@ def test_readme_block_and_doc_are_written_from_the_file(tmp_path, capsys):
     assert main(["report", str(results), "--readme", str(readme), "--doc", str(doc)]) == 0
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
-    assert "| grpo | 0.001 | 0.500 ± 0.141 | +0.300 ± 0.141 |" in text  # mean, stdev of (0.4, 0.6)
-    assert "| sft | 0.001 | 0.100 (1 seed) |" in text
+    assert "| grpo | 1e-3 | 0.500 ± 0.141 | +0.300 ± 0.141 |" in text  # mean, stdev of (0.4, 0.6)
+    assert "| sft | 1e-3 | 0.100 (1 seed) |" in text
     assert "Measured: 3 runs, 2026-12-01, commit abc; Some CPU (1 CPU kind), 2 cores, 2 torch threads." in text
     page = doc.read_text()
-    assert "| grpo | 0.001 | 0.500 ± 0.141 |" in page and "![curves: accuracy and entropies](cmp-e.png)" in page
+    assert "| grpo | 1e-3 | 0.500 ± 0.141 |" in page and "![curves: accuracy and entropies](cmp-e.png)" in page
     assert (doc.parent / "cmp-e.png").stat().st_size > 10_000
 
 
