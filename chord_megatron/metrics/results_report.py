@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Sequence
 from .results import Stats, best_lr, by_variant_and_lr, experiments, ordering, stats
 
 BEGIN, END = "<!-- demo-results -->", "<!-- /demo-results -->"
+VARIANTS = ("grpo", "sft", "sft-then-rl", "chord-mu", "chord-phi")  # chord compare's, when --variants is not given
 
 
 def _lr(lr: float) -> str:
@@ -71,6 +72,13 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             f"| {v} | {_lr(best[v])} | {acc.fmt()} | {_signed(delta)} | {stats(runs, 'response_length').fmt(1)} | "
             f"{stats(runs, 'entropy_rl').fmt()} | {stats(runs, 'entropy_expert').fmt()} |"
         )
+    planned = planned_runs(first)
+    if planned and len(records) < planned:
+        out += [
+            "",
+            f"**Partial grid: {len(records)} of the {planned} runs the command asks for are recorded**; a variant's best "
+            "lr is the best of the rates it has run, and a value marked (1 seed) has no spread yet.",
+        ]
     out += ["", f'Ordering (">": ±1 std apart; "≈": not separated by these seeds): {ordering(accuracy)}.']
     if len(lrs) > 1:
         out += ["", "| variant | " + " | ".join(f"lr {_lr(lr)}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
@@ -79,6 +87,22 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             out.append(f"| {v} | " + " | ".join(cells) + " |")
     out += ["", f"Measured: {_provenance(records)}."]
     return "\n".join(out) + "\n"
+
+
+def planned_runs(record: Mapping) -> int | None:
+    """How many runs the record's command asks for: variants x learning rates x seeds."""
+    words = str(record.get("command", "")).split()
+
+    def after(flag):
+        return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+    n_variants = len(after("--variants").split(",")) if after("--variants") else len(VARIANTS)
+    n_lrs = len(after("--lr-grid").split(",")) if after("--lr-grid") else 1
+    try:
+        n_seeds = int(after("--seeds") or 1)
+    except ValueError:
+        return None
+    return n_variants * n_lrs * n_seeds
 
 
 def _signed(s: Stats) -> str:

@@ -86,3 +86,13 @@ def test_the_doc_is_generated_from_the_committed_results(tmp_path):
     fresh = write_doc(chosen, str(tmp_path / "demo-compare.md"), "results/demo.jsonl").read_text()
     fresh = fresh.replace(f"--doc {tmp_path / 'demo-compare.md'}", "--doc docs/demo-compare.md")
     assert (ROOT / "docs" / "demo-compare.md").read_text() == fresh
+
+
+def test_a_partial_grid_says_so():
+    from chord_megatron.metrics.results_report import experiment_markdown, planned_runs
+
+    rec = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --seeds 3 --lr-grid 1e-4,3e-4,1e-3")
+    assert planned_runs(rec) == 5 * 3 * 3
+    assert "**Partial grid: 1 of the 45 runs" in experiment_markdown([rec])
+    full = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --variants grpo")
+    assert planned_runs(full) == 1 and "Partial" not in experiment_markdown([full])
