@@ -6,7 +6,10 @@
     chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
+            [--seeds N] [--lr-grid a,b,c] [--quick] [--record FILE]
                                                  the method and its baselines; table + curves
+    chord report RESULTS [--markdown] [--doc FILE] [--readme FILE]
+                                                 the tables and curves of a results file
     chord eval CONFIG [key=value ...] [--data FILE] [--k K] [--checkpoint DIR]
                                                  avg@k on a benchmark file
     chord export-hf CONFIG CHECKPOINT OUT [--overwrite]
@@ -100,8 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VARIANT:key=value",
         help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)",
     )
+    compare.add_argument(
+        "--seeds", type=int, default=1, help="seeds per variant: train.seed, +1, ... (each its own base)"
+    )
+    compare.add_argument(
+        "--lr-grid", metavar="a,b,c", help="run every variant at each learning rate; report each at its best"
+    )
+    compare.add_argument("--quick", action="store_true", help="a shorter budget that says something in minutes")
+    compare.add_argument("--record", metavar="FILE", help="append one record per run to this JSONL results file")
+    compare.add_argument("--name", help="the experiment's name in the results file (default: config and overrides)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_command("compare"))
+
+    report = sub.add_parser("report", help="tables and curves of a results file (chord compare --record)")
+    report.add_argument("results", help="a JSONL results file, e.g. results/demo.jsonl")
+    report.add_argument("--experiment", action="append", help="only this experiment (repeatable; default: all)")
+    report.add_argument("--markdown", action="store_true", help="print the tables (the default without --doc/--readme)")
+    report.add_argument("--doc", metavar="FILE", help="write a markdown page, with each experiment's curves beside it")
+    report.add_argument("--readme", metavar="FILE", help="replace the block between <!-- demo-results --> markers")
+    report.set_defaults(func=_command("report"))
 
     ev = sub.add_parser("eval", help="avg@k of a model on a benchmark file with the task's reward")
     _add_config_args(ev)

@@ -111,6 +111,7 @@ class DataConfig:
     arith_rl_prompts: int = 2000
     arith_expert_rows: int = 1000
     arith_eval_prompts: int = 200
+    expert_error_rate: float = 0.0  # share of expert rows with a forgotten carry (a wrong answer): an imperfect expert
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,18 @@ class BaseModelConfig:
     cached, so that later runs (and `chord compare`'s variants) start from the same weights.
     Needs data.task=arith; unused when model.hf_path names a checkpoint."""
 
-    steps: int = 600  # 0 = start RL from random weights
+    steps: int = 600  # the most steps of the stage (0 = start RL from random weights)
     lr: float = 3e-3
     batch_rows: int = 64
     problems: int = 50000
     cache_dir: str = "runs/base-cache"
+    # The stop rule (demo/plateau.py): a plateau, so that the base does not hinge on where a
+    # still-rising curve was cut.
+    eval_every: int = 0  # score held-out problems every N steps (0 = no rule: train all `steps`)
+    patience: int = 3  # stop after this many scores in a row without a gain of min_delta on the best
+    min_delta: float = 0.005  # the score: mean probability of the exact answer at temperature 1
+    val_problems: int = 200  # scored problems: held out from pre-training and from the RL evaluation set
+    expert_style_frac: float = 0.0  # share of pre-training rows written as the expert writes (correctly)
 
 
 @dataclass(frozen=True)
@@ -562,6 +570,8 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "data.arith_eval_prompts",
         "base.batch_rows",
         "base.problems",
+        "base.patience",
+        "base.val_problems",
     ]
     for key in positive_ints:
         if get(key) < 1:
@@ -579,6 +589,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "algorithm.mu.sft_steps",
         "data.arith_expert_rows",
         "base.steps",
+        "base.eval_every",
         "train.pack_length",
     ]:
         if get(key) < 0:
@@ -680,6 +691,11 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be in [0, 1), got {get(key)}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    for key in ("data.expert_error_rate", "base.expert_style_frac"):
+        if not 0.0 <= get(key) < 1.0:
+            fail(key, f"must be in [0, 1), got {get(key)}")
+    if cfg.base.min_delta < 0:
+        fail("base.min_delta", f"must be >= 0, got {cfg.base.min_delta}")
 
     if cfg.launch.rollout_nodes is not None and cfg.launch.rollout_nodes < 1:
         fail("launch.rollout_nodes", f"must be >= 1 (or null for the default), got {cfg.launch.rollout_nodes}")

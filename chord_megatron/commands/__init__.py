@@ -3,6 +3,7 @@ imports them (tests/unit/test_layering.py).
 
   train.py      chord train (and --nproc: N local processes, torchrun-style)
   compare.py    chord compare: the method and its baselines, same budget and seeds
+  report.py     chord report: the tables and curves of a results file
   eval.py       chord eval: avg@k on a benchmark file
   export_hf.py  chord export-hf: a training checkpoint as a Hugging Face folder
   bench.py      chord bench train-step: tokens/s and peak memory of a training step

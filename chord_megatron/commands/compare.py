@@ -3,32 +3,108 @@
 Each variant is the user's config plus a few overrides, run as its own `chord train` process
 (clean Megatron state per run) into <out>/<variant>; afterwards the runs' metrics.jsonl are
 read back into compare.md (final held-out accuracy, response length, entropies) and curves.png.
+
+With `--seeds N` and/or `--lr-grid a,b,c` every variant runs at every (learning rate, seed) into
+<out>/<variant>/lr<lr>/seed<seed>; compare.md then reports each variant at its best learning
+rate as mean ± std over the seeds (metrics/results_report.py), and `--record FILE` appends one
+record per run, with the machine, thread count and commit (provenance.json, written beside each
+run when it starts), to a results file that `chord report` turns into tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError, load_config
+from ..metrics.provenance import provenance
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
+from ..metrics.results import append_records, run_record
+from ..metrics.results_report import experiment_markdown, plot_experiment
 from ..run_dir import earlier_run
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    cfg = load_config(args.config, overrides)
+    if args.quick:
+        overrides += quick_overrides(cfg)
+        cfg = load_config(args.config, overrides)
+    if args.seeds < 1:
+        raise ConfigError("--seeds", str(args.seeds), "must be >= 1")
     names = args.variants.split(",") if args.variants else None
-    out = args.out or f"{cfg.train.output_dir}-compare"
+    out = args.out or f"{cfg.train.output_dir}-compare{'-quick' if args.quick else ''}"
     per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
+    lrs = parse_lr_grid(args.lr_grid, per_variant) if args.lr_grid else None
+    command = " ".join(
+        ["chord compare", args.config, *args.overrides]
+        + ([f"--seeds {args.seeds}"] if args.seeds > 1 else [])
+        + ([f"--lr-grid {args.lr_grid}"] if args.lr_grid else [])
+        + (["--quick"] if args.quick else [])
+        + [f"--set {s}" for s in args.set]
+        + ([f"--variants {args.variants}"] if args.variants else [])
+    )
     report = run_compare(
-        args.config, args.overrides, cfg, out, names, progress=not args.no_progress, per_variant=per_variant
+        args.config,
+        overrides,
+        cfg,
+        out,
+        names,
+        progress=not args.no_progress,
+        per_variant=per_variant,
+        seeds=[cfg.train.seed + i for i in range(args.seeds)] if (args.seeds > 1 or lrs) else None,
+        lrs=lrs,
+        record=args.record,
+        experiment=args.name or experiment_name(args.config, args.overrides, args.quick),
+        command=command,
+        quick=args.quick,
     )
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
+    if args.record:
+        print(f"recorded in {args.record} (tables: chord report {args.record})")
     return 0
+
+
+def quick_overrides(cfg: Config) -> List[str]:
+    """`--quick`: a third of the steps (the variants' schedules scale with them) and three
+    evaluations, enough to see which variants learn at all in a few minutes, not to rank them."""
+    steps = max(3, cfg.train.steps // 3)
+    return [f"train.steps={steps}", f"train.eval_every={max(1, steps // 3)}"]
+
+
+def experiment_name(config_path: str, overrides: Sequence[str], quick: bool) -> str:
+    return " ".join([Path(config_path).stem, *overrides] + (["(quick)"] if quick else []))
+
+
+def parse_lr_grid(text: str, per_variant: Mapping[str, Sequence[str]]) -> List[str]:
+    """ "1e-4,3e-4,1e-3" -> the learning rates as given (they name the run folders)."""
+    lrs = [x.strip() for x in text.split(",") if x.strip()]
+    for x in lrs:
+        try:
+            ok = float(x) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError("--lr-grid", text, f"'{x}' is not a positive number")
+    if len(set(map(float, lrs))) != len(lrs):
+        raise ConfigError("--lr-grid", text, "a learning rate appears twice")
+    clash = [n for n, extra in per_variant.items() if any(e.startswith("optim.lr=") for e in extra)]
+    if clash:
+        raise ConfigError("--set", f"{clash[0]}:optim.lr", "conflicts with --lr-grid: the grid sets every variant's lr")
+    return lrs
+
+
+def lr_overrides(cfg: Config, lr: str) -> List[str]:
+    """optim.lr, and optim.min_lr scaled with it (the config's min_lr / lr ratio), so that a decaying
+    schedule keeps its shape at every rate of the grid."""
+    ratio = cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr else 0.0
+    return [f"optim.lr={lr}", f"optim.min_lr={float(lr) * ratio:.6g}"]
 
 
 def variants(cfg: Config) -> Dict[str, List[str]]:
@@ -94,9 +170,17 @@ def run_compare(
     names: Sequence[str] | None = None,
     progress: bool = True,
     per_variant: Optional[Mapping[str, Sequence[str]]] = None,
+    *,
+    seeds: Optional[Sequence[int]] = None,
+    lrs: Optional[Sequence[str]] = None,
+    record: Optional[str | Path] = None,
+    experiment: Optional[str] = None,
+    command: str = "",
+    quick: bool = False,
 ) -> Path:
     """Train every variant (skipping those already finished in out_dir), then write the report.
-    `per_variant`: extra overrides of single variants, applied after the variant's own."""
+    `per_variant`: extra overrides of single variants, applied after the variant's own.
+    `seeds` / `lrs`: run each variant at every (lr, seed) (None: the config's own, one run)."""
     table = variants(cfg)
     names = list(names or table)
     unknown = [n for n in names if n not in table]
@@ -106,12 +190,30 @@ def run_compare(
     for name, extra in per_variant.items():  # a bad key fails now, not after the other variants ran
         load_config(config_path, [*overrides, *table[name], *extra])
     out = Path(out_dir)
-    for i, name in enumerate(names, 1):
-        run_dir = out / name
+    grid = seeds is not None or lrs is not None
+    # Seed-major: a grid stopped part-way has every variant and rate at the first seeds.
+    cells = [
+        (name, lr, seed)
+        for seed in (seeds if seeds is not None else [cfg.train.seed])
+        for lr in (lrs or [None])
+        for name in names
+    ]
+    records = []
+    for i, (name, lr, seed) in enumerate(cells, 1):
+        lr_label = lr if lr is not None else f"{cfg.optim.lr:g}"
+        run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
+        label = name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
         if _finished(run_dir, cfg.train.steps):
-            print(f"[{i}/{len(names)}] {name}: already done in {run_dir}")
+            print(f"[{i}/{len(cells)}] {label}: already done in {run_dir}")
+            if grid:
+                records.append(
+                    _record(run_dir, cfg, (name, lr, seed), experiment, command, quick, overrides, per_variant)
+                )
+                if record:  # each run as it is done: a grid stopped part-way keeps what it measured
+                    append_records(record, records[-1:])
             continue
-        print(f"[{i}/{len(names)}] {name}: training into {run_dir}", flush=True)
+        print(f"[{i}/{len(cells)}] {label}: training into {run_dir}", flush=True)
+        cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
         cmd = [
             sys.executable,
             "-m",
@@ -121,17 +223,65 @@ def run_compare(
             *overrides,
             *table[name],
             *per_variant.get(name, []),
+            *cell,
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
         # An unfinished variant (stopped earlier) is compare's own output: it starts over.
         if earlier_run(cfg.replace(**{"train.output_dir": str(run_dir)})):
             cmd.append("--overwrite")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        began = time.time()
+        (run_dir / "provenance.json").write_text(json.dumps(provenance()) + "\n")
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")
-    runs = load_runs({n: out / n for n in names})
-    base = _base_accuracy(runs)
+        prov = json.loads((run_dir / "provenance.json").read_text())
+        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": round(time.time() - began, 1)}) + "\n")
+        if grid:
+            records.append(_record(run_dir, cfg, (name, lr, seed), experiment, command, quick, overrides, per_variant))
+            if record:
+                append_records(record, records[-1:])
     report = out / "compare.md"
+    if not grid:
+        _plain_report(report, config_path, overrides, cfg, {n: out / n for n in names}, per_variant)
+        return report
+    report.write_text(experiment_markdown(records, heading="#") + "\n![curves](curves.png)\n")
+    plot_experiment(records, out / "curves.png")
+    return report
+
+
+def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overrides, per_variant) -> dict:
+    from ..metrics.logger import read_metrics
+
+    name, lr, seed = cell
+    extra = per_variant.get(name, [])
+    path = run_dir / "provenance.json"
+    # A run finished by an earlier compare without a provenance file is recorded as of now, marked so.
+    prov = json.loads(path.read_text()) if path.exists() else {**provenance(), "recorded_later": True}
+    meta = {
+        "kind": "compare-run",
+        "experiment": experiment or "",
+        "command": command,
+        "variant": name,
+        "lr": float(lr) if lr is not None else cfg.optim.lr,
+        "seed": seed,
+        "steps": cfg.train.steps,
+        "quick": quick,
+        "overrides": [*overrides, *extra],
+        "eval_samples": cfg.train.eval_samples,
+        "eval_prompts": cfg.data.arith_eval_prompts if cfg.data.task != "jsonl" else None,
+        "temperature": cfg.rollout.temperature,
+        "run_dir": str(run_dir),
+        **prov,
+    }
+    return run_record(read_metrics(run_dir / "metrics.jsonl"), **meta)
+
+
+def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, per_variant) -> None:
+    """One run per variant: the table of their last values and curves.png (as before the grid)."""
+    names = list(run_dirs)
+    runs = load_runs(run_dirs)
+    base = _base_accuracy(runs)
     report.write_text(
         f"# chord compare: {config_path} {' '.join(overrides)}\n\n"
         f"{cfg.train.steps} steps per variant, seed {cfg.train.seed}; held-out accuracy is avg@{cfg.train.eval_samples} "
@@ -143,8 +293,7 @@ def run_compare(
         + comparison_table(runs, base_accuracy=base)
         + "\n![curves](curves.png)\n"
     )
-    plot_curves(runs, out / "curves.png")
-    return report
+    plot_curves(runs, report.parent / "curves.png")
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

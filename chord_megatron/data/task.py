@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ..config import Config
-from ..demo.arith import make_splits, register_arith_reward
+from ..demo.arith import make_splits, register_arith_reward, wrong_expert_rows
 from . import ExpertRow, PromptRow, load_expert, load_prompts, seeding, write_jsonl
 from .hf_tokenizer import load_tokenizer
 from .overlap import drop_overlap
@@ -61,7 +61,11 @@ def write_arith_files(cfg: Config, out_dir: str | Path) -> Dict[str, Path]:
     out = Path(out_dir)
     paths = {k: out / f"{k}.jsonl" for k in ("prompts", "expert", "eval")}
     write_jsonl(paths["prompts"], ({"prompt": p.prompt, "answer": p.answer} for p in splits["rl"]))
-    write_jsonl(paths["expert"], ({"prompt": p.prompt, "response": p.expert()} for p in splits["expert"]))
+    wrong = wrong_expert_rows(splits["expert"], d.expert_error_rate, d.seed)
+    write_jsonl(
+        paths["expert"],
+        ({"prompt": p.prompt, "response": p.expert(drop_carry=i in wrong)} for i, p in enumerate(splits["expert"])),
+    )
     write_jsonl(paths["eval"], ({"prompt": p.prompt, "answer": p.answer} for p in splits["eval"]))
     return paths
 

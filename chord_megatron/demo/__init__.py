@@ -2,4 +2,5 @@
 
 arith.py       multi-digit addition: direct answers, the expert's scratchpad, the reward
 base_model.py  the base model: trained in a first stage (mu = 1 on direct answers), cached
+plateau.py     the base stage's stop rule: a plateau of held-out accuracy
 """

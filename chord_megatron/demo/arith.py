@@ -38,26 +38,40 @@ class Problem:
     def direct(self) -> str:
         return str(self.answer)
 
-    def expert(self) -> str:
-        """The written-out carrying: one "x+y+c=ss" step per digit, right to left, then |answer."""
+    def expert(self, drop_carry: bool = False) -> str:
+        """The written-out carrying: one "x+y+c=ss" step per digit, right to left, then |answer.
+        drop_carry: the imperfect expert's mistake, the first carry forgotten (written as 0) and
+        the rest, answer included, worked out consistently from there (a wrong answer whenever
+        the problem has a carry)."""
         xs, ys = str(self.a)[::-1], str(self.b)[::-1]
-        steps, carry = [], 0
+        steps, carry, dropped, digits = [], 0, False, []
         for i in range(max(len(xs), len(ys))):
             x = int(xs[i]) if i < len(xs) else 0
             y = int(ys[i]) if i < len(ys) else 0
+            if drop_carry and carry and not dropped:
+                carry, dropped = 0, True
             s = x + y + carry
             steps.append(f"{x}+{y}+{carry}={s:02d}")
+            digits.append(s % 10)
             carry = s // 10
-        return ",".join(steps) + f"|{self.answer}"
+        value = int("".join(map(str, ([carry] if carry else []) + digits[::-1])))
+        return ",".join(steps) + f"|{value}"
+
+    @property
+    def has_carry(self) -> bool:
+        return self.expert(drop_carry=True) != self.expert()
 
 
-def make_splits(digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int) -> Dict[str, List[Problem]]:
-    """Disjoint problem sets: RL prompts, expert (SFT) problems, held-out evaluation, and the
-    base model's pre-training problems (disjoint from evaluation)."""
+def make_splits(
+    digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int, n_val: int = 0
+) -> Dict[str, List[Problem]]:
+    """Disjoint problem sets: RL prompts, expert (SFT) problems, held-out evaluation and the
+    base stage's validation problems (its stop rule). Drawn in that order from one generator, so
+    asking for validation problems leaves the other sets as they were."""
     lo, hi = 10 ** (digits - 1), 10**digits - 1
     space = (hi - lo + 1) ** 2
-    if n_rl + n_expert + n_eval > space // 2:
-        raise ValueError(f"arith: {n_rl + n_expert + n_eval} problems asked of a space of {space}")
+    if n_rl + n_expert + n_eval + n_val > space // 2:
+        raise ValueError(f"arith: {n_rl + n_expert + n_eval + n_val} problems asked of a space of {space}")
     rng = random.Random(seed)
     seen: set = set()
 
@@ -73,7 +87,8 @@ def make_splits(digits: int, n_rl: int, n_expert: int, n_eval: int, seed: int) -
     evaluation = draw(n_eval)
     rl = draw(n_rl)
     expert = draw(n_expert)
-    return {"eval": evaluation, "rl": rl, "expert": expert}
+    val = draw(n_val)
+    return {"eval": evaluation, "rl": rl, "expert": expert, "val": val}
 
 
 def pretrain_problems(digits: int, n: int, seed: int, exclude: Sequence[Problem]) -> List[Problem]:
@@ -111,3 +126,23 @@ def register_arith_reward() -> None:
 
     if "arith" not in registered_rewards():
         register_reward("arith")(arith_reward)
+
+
+def wrong_expert_rows(problems: Sequence[Problem], rate: float, seed: int) -> set:
+    """Indices of the expert problems the imperfect expert gets wrong: round(rate * n) of them,
+    drawn (seeded) from those with a carry to forget, so that `rate` is the exact share of wrong
+    rows. Refused when there are too few problems with a carry."""
+    if not rate:
+        return set()
+    candidates = [i for i, p in enumerate(problems) if p.has_carry]
+    k = round(rate * len(problems))
+    if k > len(candidates):
+        raise ValueError(
+            f"arith: an expert error rate of {rate} needs {k} problems with a carry, there are {len(candidates)}"
+        )
+    return set(random.Random(seed + 104729).sample(candidates, k))
+
+
+def styled_rows(n: int, frac: float, seed: int) -> set:
+    """Indices of the base stage's pre-training problems written in the expert's style: round(frac * n)."""
+    return set(random.Random(seed + 15485863).sample(range(n), round(frac * n))) if frac else set()

@@ -21,7 +21,8 @@ from ..config import Config
 from ..data import CharTokenizer, ExpertRow
 from ..data.batch import build_train_batch
 from ..train.parallel import is_rank0
-from .arith import make_splits, pretrain_problems
+from .arith import make_splits, pretrain_problems, styled_rows
+from .plateau import Plateau
 
 
 def cache_key(cfg: Config) -> str:
@@ -85,27 +86,76 @@ def base_weights(cfg: Config, *, progress: Optional[bool] = None):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def stage_log_path(cfg: Config) -> Path:
+    """What the stage did (steps run, why it stopped, its held-out scores), beside the weights."""
+    return cache_path(cfg).with_suffix(".json")
+
+
+def read_stage_log(cfg: Config) -> Optional[dict]:
+    path = stage_log_path(cfg)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def train_base(cfg: Config, *, progress: bool = False) -> Dict[str, torch.Tensor]:
     from ..metrics.progress import ProgressBar
     from ..train.engine import MegatronEngine
 
     pcfg = pretrain_config(cfg)
-    d = cfg.data
+    d, b = cfg.data, cfg.base
     tok = CharTokenizer()
-    held_out = make_splits(d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed)[
-        "eval"
-    ]
-    problems = pretrain_problems(d.arith_digits, cfg.base.problems, cfg.train.seed, exclude=held_out)
-    rows = [ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.direct()) + [tok.eos_id]) for p in problems]
+    n_val = b.val_problems if b.eval_every else 0
+    splits = make_splits(
+        d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed, n_val=n_val
+    )
+    problems = pretrain_problems(d.arith_digits, b.problems, cfg.train.seed, exclude=splits["eval"] + splits["val"])
+    styled = styled_rows(len(problems), b.expert_style_frac, cfg.train.seed)
+    rows = [_row(tok, p, expert=i in styled) for i, p in enumerate(problems)]
+    # Scored: the probability of the exact answer, and with style mixed in also of the exact
+    # correct scratchpad (two disjoint sequences: their probabilities add).
+    val = [_row(tok, p) for p in splits["val"]] + ([_row(tok, p, expert=True) for p in splits["val"]] if styled else [])
+    val = build_train_batch([], torch.zeros(0), val, pad_id=tok.pad_id) if val else None
     engine = MegatronEngine(pcfg)
-    n = cfg.base.batch_rows
+    rule = Plateau(b.patience, b.min_delta)
+    n, stopped, step = b.batch_rows, "max_steps", 0
     # about a minute of silence otherwise, before a demo run shows anything
-    bar = ProgressBar(0, cfg.base.steps, enabled=progress and is_rank0(), desc="base model", keys=(("loss", "loss"),))
-    for step in range(cfg.base.steps):
+    bar = ProgressBar(0, b.steps, enabled=progress and is_rank0(), desc="base model", keys=(("loss", "loss"),))
+    for step in range(b.steps):
         chunk = [rows[(step * n + i) % len(rows)] for i in range(n)]
         batch = build_train_batch([], torch.zeros(0), chunk, pad_id=tok.pad_id)
         bar.update(engine.train_step(batch, step, mu=1.0))
+        if (
+            b.eval_every
+            and (step + 1) % b.eval_every == 0
+            and rule.update(step + 1, exact_answer_prob(engine, val, forms=2 if styled else 1))
+        ):
+            stopped = "plateau"
+            break
     bar.close()
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}
     del engine
+    log = {"steps_run": step + 1 if b.steps else 0, "stopped": stopped, "val_exact_prob": rule.history}
+    if is_rank0():
+        print(
+            f"base stage: {log['steps_run']} steps ({stopped})"
+            + (f", held-out exact-answer probability {rule.history[-1][1]:.3f}" if rule.history else ""),
+            flush=True,
+        )
+        path = stage_log_path(cfg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(log) + "\n")
     return weights
+
+
+def _row(tok: CharTokenizer, p, expert: bool = False) -> ExpertRow:
+    return ExpertRow(tok.encode_prompt(p.prompt), tok.encode(p.expert() if expert else p.direct()) + [tok.eos_id])
+
+
+def exact_answer_prob(engine, batch, forms: int = 1) -> float:
+    """p(the whole response, <eos> included) per row, summed over the `forms` blocks of rows
+    (the same problems in each block, written differently), averaged over problems: the
+    probability that one sample at temperature 1 is exactly a correct response, i.e. the base's
+    expected accuracy in those forms, computed without sampling noise from one forward pass.
+    Collective."""
+    logp = engine.compute_logprobs(batch)
+    per_row = torch.where(batch.loss_mask > 0, logp, torch.zeros_like(logp)).sum(dim=1)  # padding may hold anything
+    return float(per_row.exp().view(forms, -1).sum(dim=0).mean())

@@ -32,7 +32,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
         out = next(a.split("=", 1)[1] for a in cmd if a.startswith("train.output_dir="))
         lr = float(next((a.split("=", 1)[1] for a in reversed(cmd) if a.startswith("optim.lr=")), "0"))
         rows = [{"step": 0, "eval/accuracy": 0.25}, {"step": 6, "eval/accuracy": 0.5 + lr, "loss/total": 1.0}]
-        pathlib.Path(out).mkdir(parents=True)
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)  # compare made it, for provenance.json
         pathlib.Path(out, "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return 0
 

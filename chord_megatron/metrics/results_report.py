@@ -1,0 +1,185 @@
+"""Tables and curves made from a results file (results.py), never typed by hand.
+
+`chord report results/demo.jsonl --markdown` prints them; `--doc FILE` writes a page with the
+curves beside it; `--readme README.md` replaces the block between the markers below.
+tests/unit/test_results_report.py checks that the README's block is what this module makes of
+the committed results file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence
+
+from .results import Stats, best_lr, by_variant_and_lr, experiments, ordering, stats
+
+BEGIN, END = "<!-- demo-results -->", "<!-- /demo-results -->"
+VARIANTS = ("grpo", "sft", "sft-then-rl", "chord-mu", "chord-phi")  # chord compare's, when --variants is not given
+
+
+def _lr(lr: float) -> str:
+    """1e-4, 3e-4, 2.5e-3: the way learning rates are written on command lines."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _provenance(records: Sequence[Mapping]) -> str:
+    def uniq(field):
+        return sorted({str(r.get(field, "unknown")) for r in records})
+
+    dates = sorted(str(r.get("date", "")) for r in records if r.get("date"))
+    span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else dates[0][:10]
+    cpus = uniq("cpu")
+    return (
+        f"{len(records)} run{'s' if len(records) != 1 else ''}, {span}, commit {', '.join(uniq('commit'))}; "
+        f"{' / '.join(cpus)} ({len(cpus)} CPU kind{'s' if len(cpus) > 1 else ''}), "
+        f"{', '.join(uniq('cores'))} cores, {', '.join(uniq('torch_threads'))} torch threads"
+    )
+
+
+def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str:
+    """One experiment: the tuned table, the ordering it shows, the learning-rate grid, provenance."""
+    name = records[0]["experiment"]
+    grid = by_variant_and_lr(records)
+    best = {v: best_lr(per_lr) for v, per_lr in grid.items()}
+    chosen = {v: grid[v][best[v]] for v in grid}
+    seeds = sorted({r["seed"] for r in records})
+    lrs = sorted({float(r["lr"]) for r in records})
+    base = stats([{"b": r["base_accuracy"]} for r in _one_per_seed(records)], "b")
+    first = records[0]
+    quick = " (`--quick`: a smoke reading, not a result)" if first.get("quick") else ""
+    out = [
+        f"{heading} {name}{quick}",
+        "",
+        f"`{first.get('command', '')}`",
+        "",
+        f"{first.get('steps')} steps per run; held-out accuracy is avg@{first.get('eval_samples')} at temperature "
+        f"{first.get('temperature')} on {first.get('eval_prompts')} problems after the last step, mean ± std "
+        f"over seeds {', '.join(map(str, seeds))} (each seed its own base model); each variant at the learning rate of the "
+        f"grid {{{', '.join(map(_lr, lrs))}}} with the best mean (chosen on the same held-out problems, "
+        f"for every variant alike). Base model: {base.fmt()}.",
+        "",
+        "| variant | best lr | held-out accuracy | Δ vs base | response length | entropy (on-policy) | entropy (expert) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    accuracy: Dict[str, Stats] = {}
+    for v, runs in chosen.items():
+        acc = stats(runs, "final_accuracy")
+        accuracy[v] = acc
+        delta = Stats(tuple(r["final_accuracy"] - r["base_accuracy"] for r in runs))
+        out.append(
+            f"| {v} | {_lr(best[v])} | {acc.fmt()} | {_signed(delta)} | {stats(runs, 'response_length').fmt(1)} | "
+            f"{stats(runs, 'entropy_rl').fmt()} | {stats(runs, 'entropy_expert').fmt()} |"
+        )
+    planned = planned_runs(first)
+    if planned and len(records) < planned:
+        out += [
+            "",
+            f"**Partial grid: {len(records)} of the {planned} runs the command asks for are recorded**; a variant's best "
+            "lr is the best of the rates it has run, and a value marked (1 seed) has no spread yet.",
+        ]
+    out += ["", f'Ordering (">": ±1 std apart; "≈": not separated by these seeds): {ordering(accuracy)}.']
+    if len(lrs) > 1:
+        out += ["", "| variant | " + " | ".join(f"lr {_lr(lr)}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+        for v, per_lr in grid.items():
+            cells = [stats(per_lr[lr], "final_accuracy").fmt() if lr in per_lr else "not run" for lr in lrs]
+            out.append(f"| {v} | " + " | ".join(cells) + " |")
+    out += ["", f"Measured: {_provenance(records)}."]
+    return "\n".join(out) + "\n"
+
+
+def planned_runs(record: Mapping) -> int | None:
+    """How many runs the record's command asks for: variants x learning rates x seeds."""
+    words = str(record.get("command", "")).split()
+
+    def after(flag):
+        return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+    n_variants = len(after("--variants").split(",")) if after("--variants") else len(VARIANTS)
+    n_lrs = len(after("--lr-grid").split(",")) if after("--lr-grid") else 1
+    try:
+        n_seeds = int(after("--seeds") or 1)
+    except ValueError:
+        return None
+    return n_variants * n_lrs * n_seeds
+
+
+def _signed(s: Stats) -> str:
+    text = s.fmt()
+    return text if text == "—" or s.mean < 0 else "+" + text
+
+
+def _one_per_seed(records: Sequence[Mapping]) -> List[Mapping]:
+    out: Dict[int, Mapping] = {}
+    for r in records:
+        if isinstance(r.get("base_accuracy"), (int, float)) and math.isfinite(r["base_accuracy"]):
+            out.setdefault(r["seed"], r)
+    return list(out.values())
+
+
+def split_experiments(records: Sequence[Mapping]) -> Dict[str, List[Mapping]]:
+    return {name: [r for r in records if r["experiment"] == name] for name in experiments(records)}
+
+
+def plot_experiment(records: Sequence[Mapping], out_path: str | Path) -> Path:
+    """Held-out accuracy, on-policy and expert entropy against step: one line per variant at its
+    best learning rate, the mean over seeds, shaded ±1 std where there are several seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = by_variant_and_lr(records)
+    panels = (
+        ("eval/accuracy", "held-out accuracy"),
+        ("entropy/rl", "entropy (on-policy)"),
+        ("entropy/expert", "entropy (expert)"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), squeeze=False)
+    for i, (v, per_lr) in enumerate(grid.items()):
+        lr = best_lr(per_lr)
+        for ax, (key, title) in zip(axes[0], panels):
+            xs, mean, std = _mean_curve([r["curves"].get(key, []) for r in per_lr[lr]])
+            if not xs:
+                continue
+            ax.plot(xs, mean, color=f"C{i}", label=f"{v} (lr {_lr(lr)})")
+            if any(s > 0 for s in std):
+                ax.fill_between(
+                    xs,
+                    [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)],
+                    color=f"C{i}",
+                    alpha=0.15,
+                )
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]):
+    """Mean and std over seeds at the steps every seed has (runs of one experiment share them)."""
+    maps = [{s: v for s, v in c} for c in curves if c]
+    if not maps:
+        return [], [], []
+    steps = sorted(set.intersection(*(set(m) for m in maps)))
+    mean = [sum(m[s] for m in maps) / len(maps) for s in steps]
+    std = [Stats(tuple(m[s] for m in maps)).std if len(maps) > 1 else 0.0 for s in steps]
+    return steps, mean, std
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    """`text` with the part between BEGIN and END replaced by `block`; refused without the markers."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{where} has no {BEGIN} ... {END} markers: add them where the results go")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block.strip()}\n{END}{tail}"

@@ -1,0 +1,114 @@
+"""`chord report`: the README's demo-results block and docs/demo-compare.md are what the command
+makes of the committed results file, and the command refuses what it cannot do in one line."""
+
+import json
+import pathlib
+
+import pytest
+
+from chord_megatron.cli import main
+from chord_megatron.metrics.results import read_results
+from chord_megatron.metrics.results_report import BEGIN, END, split_experiments
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "results" / "demo.jsonl"
+
+
+def _record(variant, lr, seed, acc, **extra):
+    return {
+        "kind": "compare-run",
+        "experiment": "e",
+        "command": "chord compare c.yaml --seeds 2",
+        "variant": variant,
+        "lr": lr,
+        "seed": seed,
+        "steps": 10,
+        "quick": False,
+        "eval_samples": 4,
+        "eval_prompts": 200,
+        "temperature": 1.0,
+        "final_accuracy": acc,
+        "base_accuracy": 0.2,
+        "response_length": 3.0,
+        "entropy_rl": 0.5,
+        "entropy_expert": float("nan"),
+        "date": "2026-12-01T00:00:00Z",
+        "commit": "abc",
+        "cpu": "Some CPU",
+        "cores": 2,
+        "torch_threads": 2,
+        "curves": {"eval/accuracy": [[0, 0.2], [10, acc]], "entropy/rl": [[5, 0.5]], "entropy/expert": []},
+        **extra,
+    }
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_readme_block_and_doc_are_written_from_the_file(tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    _write(results, [_record("grpo", 1e-3, 1, 0.4), _record("grpo", 1e-3, 2, 0.6), _record("sft", 1e-3, 1, 0.1)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{BEGIN}\nold numbers\n{END}\nafter\n")
+    doc = tmp_path / "docs" / "cmp.md"
+    assert main(["report", str(results), "--readme", str(readme), "--doc", str(doc)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
+    assert "| grpo | 1e-3 | 0.500 ± 0.141 | +0.300 ± 0.141 |" in text  # mean, stdev of (0.4, 0.6)
+    assert "| sft | 1e-3 | 0.100 (1 seed) |" in text
+    assert "Measured: 3 runs, 2026-12-01, commit abc; Some CPU (1 CPU kind), 2 cores, 2 torch threads." in text
+    page = doc.read_text()
+    assert "| grpo | 1e-3 | 0.500 ± 0.141 |" in page and "![curves: accuracy and entropies](cmp-e.png)" in page
+    assert (doc.parent / "cmp-e.png").stat().st_size > 10_000
+
+
+def test_report_refuses_in_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    results = tmp_path / "r.jsonl"
+    _write(results, [_record("grpo", 1e-3, 1, 0.4)])
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    assert main(["report", str(results), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "markers" in err and err.count("\n") == 1 and readme.read_text() == "no markers\n"
+    assert main(["report", str(results), "--experiment", "nope"]) == 2
+    assert "it has: e" in capsys.readouterr().err
+
+
+def test_the_readme_block_is_generated_from_the_committed_results():
+    from chord_megatron.commands.report import readme_block
+
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    if not RESULTS.exists():
+        assert "not yet measured" in block.lower()
+        return
+    chosen = split_experiments(read_results(RESULTS))
+    want = readme_block(chosen, "results/demo.jsonl", "docs/demo-compare.md").strip()
+    assert block == want, (
+        "README's demo results are stale: chord report results/demo.jsonl --readme README.md --doc docs/demo-compare.md"
+    )
+
+
+def test_the_doc_is_generated_from_the_committed_results(tmp_path):
+    if not RESULTS.exists():
+        pytest.skip("no results/demo.jsonl committed yet")
+    from chord_megatron.commands.report import write_doc
+
+    chosen = split_experiments(read_results(RESULTS))
+    fresh = write_doc(chosen, str(tmp_path / "demo-compare.md"), "results/demo.jsonl").read_text()
+    fresh = fresh.replace(f"--doc {tmp_path / 'demo-compare.md'}", "--doc docs/demo-compare.md")
+    assert (ROOT / "docs" / "demo-compare.md").read_text() == fresh
+
+
+def test_a_partial_grid_says_so():
+    from chord_megatron.metrics.results_report import experiment_markdown, planned_runs
+
+    rec = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --seeds 3 --lr-grid 1e-4,3e-4,1e-3")
+    assert planned_runs(rec) == 5 * 3 * 3
+    assert "**Partial grid: 1 of the 45 runs" in experiment_markdown([rec])
+    full = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --variants grpo")
+    assert planned_runs(full) == 1 and "Partial" not in experiment_markdown([full])
