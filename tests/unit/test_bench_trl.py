@@ -4,8 +4,9 @@ Without TRL (CI): the config -> GRPOConfig mapping, setting by setting; TRL's LR
 against chord's own Megatron scheduler; the refusals of settings TRL cannot match; the prompts
 as text that the exported tokenizer encodes back to chord's ids; the one-line refusal when TRL
 is absent; the printed comparison. With TRL (skipped without): GRPOConfig accepts the mapping
-as one generation batch per step, and a 3-step GRPOTrainer run on a tiny demo config gives
-steps/s, an accuracy curve at chord's evaluation steps and a training reward per step.
+as one generation batch per step; TRL's loss under the mapping is chord_loss at mu = 0 (value and
+gradient, clipping included); a 3-step GRPOTrainer run on a tiny demo config gives steps/s, an
+accuracy curve at chord's evaluation steps and a training reward per step.
 """
 
 import math
@@ -265,3 +266,71 @@ def test_a_three_step_trl_run_gives_steps_per_second_and_an_accuracy_curve(tmp_p
     assert all(0.0 <= a <= 1.0 for a in got["eval_accuracy"].values())
     assert len(got["train_reward"]) == 3  # one scored batch per step
     assert all(-1.0 <= x <= 1.0 for x in got["train_reward"])
+
+
+def test_trls_loss_is_chords_grpo_loss(tmp_path):
+    """TRL's loss (loss_type, epsilon / epsilon_high as mapped) on a batch of completions, against
+    chord_loss at mu = 0 on the same tokens, advantages and old log-probs: same value, same
+    gradient -- with old log-probs off the current ones, so that both clip bounds bind."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from chord_megatron.algo import chord_loss
+    from chord_megatron.data.tokenizer import CharTokenizer
+    from chord_megatron.rollout.inprocess import build_hf_model
+
+    cfg = grpo_config("algorithm.clip_low=0.1", "algorithm.clip_high=0.3", "rollout.temperature=0.7")
+    CharTokenizer().save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    model = build_hf_model(cfg.model, seed=5).train()
+    args = GRPOConfig(**grpo_config_kwargs(cfg, output_dir=str(tmp_path / "o"), bf16=False))
+    data = Dataset.from_dict({"prompt": ["1+2="] * 4})
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+    )
+    trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
+
+    g = torch.Generator().manual_seed(0)
+    rows, prompt_len, resp_len = 6, 5, 7
+    prompt_ids = torch.randint(3, 29, (rows, prompt_len), generator=g)
+    completion_ids = torch.randint(3, 29, (rows, resp_len), generator=g)
+    completion_mask = torch.ones(rows, resp_len, dtype=torch.long)
+    for i, n in enumerate([7, 3, 5, 1, 6, 2]):  # responses of different lengths (right-padded)
+        completion_mask[i, n:] = 0
+    advantages = torch.randn(rows, generator=g)
+
+    logits = model(input_ids=torch.cat([prompt_ids, completion_ids], 1)).logits[:, prompt_len - 1 : -1]
+    logp = torch.log_softmax(logits.float() / cfg.rollout.temperature, -1)
+    logp = logp.gather(-1, completion_ids[..., None]).squeeze(-1)
+    old = (logp.detach() + 0.4 * torch.randn(rows, resp_len, generator=g)) * completion_mask
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "old_per_token_logps": old,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    theirs = trainer._compute_loss(model, inputs)
+    (their_grad,) = torch.autograd.grad(theirs, [model.model.embed_tokens.weight])
+    ours, metrics = chord_loss(
+        logp,
+        old,
+        advantages,
+        completion_mask,
+        torch.zeros(rows, dtype=torch.bool),
+        0.0,
+        clip_low=cfg.algorithm.clip_low,
+        clip_high=cfg.algorithm.clip_high,
+    )
+    (our_grad,) = torch.autograd.grad(ours, [model.model.embed_tokens.weight])
+    assert 0.0 < float(metrics["clip_frac"]) < 1.0  # some tokens clipped, some not
+    assert theirs.item() == pytest.approx(ours.item(), rel=1e-5)
+    torch.testing.assert_close(their_grad, our_grad, rtol=1e-4, atol=1e-7)
