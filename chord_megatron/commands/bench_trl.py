@@ -176,6 +176,7 @@ def grpo_config_kwargs(cfg: Config, *, output_dir: str, bf16: bool) -> Dict[str,
         "save_strategy": "no",
         "eval_strategy": "no",
         "disable_tqdm": True,
+        "dataloader_pin_memory": False,  # the batches are prompt texts: nothing to pin
     }
 
 
@@ -239,7 +240,8 @@ def train_trl(inputs: TrlInputs, out_dir: Path) -> Dict[str, Any]:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the Hub at start-up otherwise
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers.utils import logging as hf_logging
     from trl import GRPOConfig, GRPOTrainer
 
     from ..rewards.scoring import Scorer
@@ -249,6 +251,7 @@ def train_trl(inputs: TrlInputs, out_dir: Path) -> Dict[str, Any]:
     cfg, task = inputs.cfg, inputs.task
     bf16 = resolve_dtype(cfg.model.dtype) == torch.bfloat16
     args = GRPOConfig(**grpo_config_kwargs(cfg, output_dir=str(out_dir), bf16=bf16))
+    hf_logging.disable_progress_bar()  # the bench prints its own table; no loading bars in between
     model = AutoModelForCausalLM.from_pretrained(str(inputs.model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(inputs.model_dir))
     dataset = Dataset.from_dict({"prompt": inputs.texts, "index": list(range(len(inputs.rows)))})
@@ -264,6 +267,7 @@ def train_trl(inputs: TrlInputs, out_dir: Path) -> Dict[str, Any]:
             processing_class=tokenizer,
             callbacks=[clock, held_out],
         )
+        trainer.remove_callback(PrinterCallback)  # it prints TRL's own end-of-training summary
         trainer.train()
     return {
         "steps_per_s": steps_per_second(clock.times),
