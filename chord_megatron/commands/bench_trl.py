@@ -61,7 +61,6 @@ min_lr > 0, and a run without a base model to export (base.steps=0 and no model.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -124,7 +123,8 @@ def grpo_config_kwargs(cfg: Config, *, output_dir: str, bf16: bool) -> Dict[str,
     the module docstring says why each is what it is. Pure: TRL is not imported."""
     r, a, o, t = cfg.rollout, cfg.algorithm, cfg.optim, cfg.train
     batch = r.prompts_per_step * r.samples_per_prompt
-    per_device = batch if t.micro_batch_size >= batch else math.gcd(t.micro_batch_size, batch)
+    # TRL splits the batch evenly: the largest divisor of it that fits in chord's micro-batch
+    per_device = max(d for d in range(1, min(t.micro_batch_size, batch) + 1) if batch % d == 0)
     schedule: Dict[str, Any] = {
         "constant": {"lr_scheduler_type": "constant_with_warmup"},
         "cosine": {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": o.min_lr}},

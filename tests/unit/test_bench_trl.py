@@ -68,7 +68,7 @@ def test_the_mapping_gives_trl_the_configs_hyper_parameters():
 
     mean_only = grpo_config_kwargs(grpo_config("algorithm.adv_scale=none"), output_dir="/o", bf16=False)
     assert mean_only["scale_rewards"] == "none"
-    for micro, want in ((64, (16, 1)), (16, (16, 1)), (6, (2, 8)), (1, (1, 16))):
+    for micro, want in ((64, (16, 1)), (16, (16, 1)), (6, (4, 4)), (5, (4, 4)), (1, (1, 16))):
         kw = grpo_config_kwargs(grpo_config(f"train.micro_batch_size={micro}"), output_dir="/o", bf16=False)
         assert (kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"]) == want, micro
 
