@@ -52,8 +52,10 @@ each), and what else is made equal:
       every on_step_end), so start-up is left out and evaluations in between count.
 
 Left different: TRL's advantage is (R - mean) / (std + 1e-4), chord's adds algorithm.adv_eps
-(1e-6) -- the same for any group whose rewards differ, and 0 for one whose rewards do not;
-chord clamps log-ratios at +-20, which never binds with one update per batch (ratio = 1).
+(1e-6) -- 0 for both in a group whose rewards are all equal, else a relative difference of about
+1e-4 / std (0.3% for a group of 8 with one reward 0.1 apart); chord clamps log-ratios at +-20,
+which never binds with one update per batch (ratio = 1). The samples themselves differ (another
+sampler, another random stream), so the two curves agree up to sampling noise, not exactly.
 Settings with no TRL counterpart are refused (check_comparable): dual_clip, tis_cap,
 rollout.asynchronous, rollout.sync_every > 1, samples_per_prompt < 2, a linear schedule with
 min_lr > 0, and a run without a base model to export (base.steps=0 and no model.hf_path).
