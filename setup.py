@@ -62,6 +62,9 @@ setup(
             "pyarrow==26.0.1",
             "ruff==0.17.6",
         ],
+        # `chord bench loop --vs-trl`: TRL's GRPOTrainer on the same run; the settings mapping
+        # (chord_megatron/commands/bench_trl.py) is written against this version's source.
+        "trl": ["trl==1.16.0"],
         # Parquet data files (Hugging Face datasets' format): a 55 MB wheel, so not in the base install.
         "data": ["pyarrow==26.0.1"],
         # Trainer nodes with GPUs (NGC PyTorch containers already carry transformer-engine and

@@ -23,8 +23,9 @@
     chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
                                                  tokens/s and peak memory of a training step
                                                  (--vs: against a variant, as ratios)
-    chord bench loop CONFIG [key=value ...] [--steps N] [--runs R] [--record FILE]
+    chord bench loop CONFIG [key=value ...] [--steps N] [--runs R] [--record FILE] [--vs-trl]
                                                  steps/s of the training loop, time per phase
+                                                 (--vs-trl: against TRL's GRPOTrainer)
     chord data prep-openr1 | prep-toolace IN... OUT
                                                  the paper's datasets as JSONL files
 
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--steps", type=int, default=20, help="training steps per run (at least 3)")
     loop.add_argument("--runs", type=int, default=3, help="runs; the medians are printed")
     loop.add_argument("--record", metavar="FILE", help="append the result to this JSONL results file")
+    loop.add_argument(
+        "--vs-trl",
+        action="store_true",
+        help="also train the same GRPO run with TRL's GRPOTrainer (the trl extra) and print the ratio",
+    )
     loop.set_defaults(func=_command("bench_loop"))
 
     data = sub.add_parser("data", help="dataset preparation").add_subparsers(dest="action", required=True)

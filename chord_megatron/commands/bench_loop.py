@@ -10,6 +10,11 @@ rollout.asynchronous, generation and rewards run during the update ("bg" in the 
 step waits only for what is left of them. Runs
 repeat `--runs` times; the medians are printed, with the machine, thread count and commit,
 and appended to `--record FILE` (a JSONL results file) when asked.
+
+`--vs-trl` trains the same GRPO run with TRL's GRPOTrainer after each chord run (bench_trl.py:
+the same exported base model, tokenizer, prompts, reward and hyper-parameters), both sides with
+the grpo variant's overrides (compare.py), and prints TRL's steps/s, the ratio chord/TRL and
+both held-out accuracy curves.
 """
 
 from __future__ import annotations
@@ -43,15 +48,35 @@ OVERLAPPED = ("generate", "reward")
 
 
 def run(args: argparse.Namespace) -> int:
-    load_config(args.config, args.overrides)  # a bad config stops here, in one line
+    cfg = load_config(args.config, args.overrides)  # a bad config stops here, in one line
+    overrides = list(args.overrides)
+    vs_trl = getattr(args, "vs_trl", False)
+    if vs_trl:  # refused (TRL missing, a setting TRL cannot match) before anything runs
+        from .bench_trl import check_comparable, require_trl
+        from .compare import variants
+
+        require_trl()
+        overrides += variants(cfg)["grpo"]
+        cfg = load_config(args.config, [*overrides, f"train.steps={args.steps}"])
+        check_comparable(cfg, args.steps)
     root = Path(tempfile.mkdtemp(prefix="chord-bench-loop-"))
-    runs = [_one_run(args.config, args.overrides, args.steps, root / f"run{i}") for i in range(args.runs)]
+    runs, trl_runs, trl_inputs = [], [], None
+    for i in range(args.runs):  # chord and TRL in turns, so that both see the same machine load
+        runs.append(_one_run(args.config, overrides, args.steps, root / f"run{i}"))
+        if vs_trl:
+            from .bench_trl import prepare, train_trl
+
+            trl_inputs = trl_inputs or prepare(cfg, root / "trl")  # after run 0: the base model is cached
+            trl_runs.append(train_trl(trl_inputs, root / f"trl-run{i}"))
+    flags = [f"--steps {args.steps}"] + (["--vs-trl"] if vs_trl else [])
     result = {
-        "command": " ".join(["chord bench loop", args.config, *args.overrides, f"--steps {args.steps}"]),
+        "command": " ".join(["chord bench loop", args.config, *args.overrides, *flags]),
         **provenance(),
         **summarize(runs),
         "runs_dir": str(root),
     }
+    if vs_trl:
+        result.update(summarize_trl(trl_runs, cfg, result["steps_per_s"], forced=overrides[len(args.overrides) :]))
     print(format_result(result))
     if args.record:
         with open(args.record, "a") as f:
@@ -111,6 +136,28 @@ def summarize(runs: List[List[dict]]) -> dict:
     }
 
 
+def summarize_trl(trl_runs: List[dict], cfg, chord_steps_per_s: float, forced: List[str]) -> dict:
+    """The TRL side of a --vs-trl result: median steps/s, the ratio chord/TRL, TRL's curves and
+    exactly what TRL was given."""
+    from .bench_trl import TRL_VERSION, grpo_config_kwargs
+
+    median = statistics.median(r["steps_per_s"] for r in trl_runs)
+    settings = grpo_config_kwargs(cfg, output_dir="<run folder>", bf16=False)
+    settings.pop("bf16")  # decided on the machine (model.dtype); not a setting of the config
+    return {
+        "forced_overrides": forced,
+        "trl": {
+            "version": TRL_VERSION,
+            "steps_per_s": median,
+            "steps_per_s_runs": [r["steps_per_s"] for r in trl_runs],
+            "eval_accuracy": {i: r["eval_accuracy"] for i, r in enumerate(trl_runs)},
+            "train_reward": {i: r["train_reward"] for i, r in enumerate(trl_runs)},
+            "grpo_config": settings,
+        },
+        "chord_over_trl": chord_steps_per_s / median,
+    }
+
+
 def format_result(r: dict) -> str:
     lines = [
         f"{r['command']}",
@@ -127,4 +174,14 @@ def format_result(r: dict) -> str:
     for i, acc in r["eval_accuracy"].items():
         if acc:
             lines.append(f"  run {i} held-out accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in acc.items()))
+    if "trl" in r:
+        t = r["trl"]
+        runs = " ".join(f"{x:.3g}" for x in t["steps_per_s_runs"])
+        lines.append(f"  with {' '.join(r['forced_overrides'])} (GRPO) on both sides")
+        lines.append(f"  TRL {t['version']} GRPOTrainer steps/s: {t['steps_per_s']:.3g} (runs: {runs})")
+        lines.append(f"  chord/TRL steps/s: {r['chord_over_trl']:.2f}x")
+        for i, acc in t["eval_accuracy"].items():
+            if acc:
+                curve = ", ".join(f"{s}: {a:.3f}" for s, a in acc.items())
+                lines.append(f"  TRL run {i} held-out accuracy by step: {curve}")
     return "\n".join(lines)

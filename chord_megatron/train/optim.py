@@ -39,16 +39,23 @@ def build_optimizer(cfg: Config, model: List[torch.nn.Module], par: ParallelStat
     """(MegatronOptimizer, OptimizerParamScheduler) for the DDP-wrapped model chunks. The
     scheduler has already set the learning rate of update 0."""
     from megatron.core.optimizer import get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     # Extra gloo groups are for checkpoint formats we do not use (and megatron refuses them
     # together with explicit process groups).
     optimizer = get_megatron_optimizer(
         optimizer_config(cfg), model, use_gloo_process_groups=False, pg_collection=par.pg
     )
+    return optimizer, lr_scheduler(cfg, optimizer)
+
+
+def lr_scheduler(cfg: Config, optimizer):
+    """Megatron's OptimizerParamScheduler for optim.*, stepped once per update; any optimizer
+    with param_groups works (`chord bench loop --vs-trl` checks TRL's schedule against it)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
     o = cfg.optim
     warmup = o.lr_warmup_steps
-    scheduler = OptimizerParamScheduler(
+    return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if warmup > 0 else o.lr,
         max_lr=o.lr,
@@ -62,7 +69,6 @@ def build_optimizer(cfg: Config, model: List[torch.nn.Module], par: ParallelStat
         wd_incr_steps=max(cfg.train.steps, 1),
         wd_incr_style="constant",
     )
-    return optimizer, scheduler
 
 
 def current_lr(optimizer) -> float:
