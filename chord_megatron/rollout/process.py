@@ -4,7 +4,7 @@ With rollout.asynchronous the next step's rollouts are generated while the curre
 SGLang servers do that by nature; the in-process engine would share the trainer's Python
 interpreter (and its lock) and mostly take turns with it. Here it runs in a spawned process
 with its own torch threads, behind the same RolloutEngine verbs: each call is a message, and
-weights travel as CPU tensors. What it samples is what InProcessEngine samples in the same
+weights travel through CPU buffers in shared memory. What it samples is what InProcessEngine samples in the same
 thread count: a function of the weights, the prompts and the seed.
 """
 
@@ -15,6 +15,7 @@ import signal
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.multiprocessing  # noqa: F401  (registers the shared-memory pickling of tensors)
 
 from ..types import Rollout
 from .engine import RolloutEngine, RolloutError, SamplingParams
@@ -28,6 +29,7 @@ def _serve(conn, cfg, eos_token_id: Optional[int], threads: int) -> None:
     from .inprocess import InProcessEngine
 
     engine = InProcessEngine.from_config(cfg, eos_token_id=eos_token_id)
+    shared = []  # the parent's weight buffers, in shared memory (EngineProcess.update_weights)
     while True:
         try:
             method, args = conn.recv()
@@ -37,7 +39,13 @@ def _serve(conn, cfg, eos_token_id: Optional[int], threads: int) -> None:
             conn.send((True, None))
             return
         try:
-            conn.send((True, getattr(engine, method)(*args)))
+            if method == "share_buffers":
+                shared[:] = args[0]
+                conn.send((True, None))
+            elif method == "update_weights_from_buffers":
+                conn.send((True, engine.update_weights(shared, *args)))
+            else:
+                conn.send((True, getattr(engine, method)(*args)))
         except Exception as e:  # the parent re-raises it, named
             conn.send((False, f"{type(e).__name__}: {e}"))
 
@@ -49,6 +57,8 @@ class EngineProcess(RolloutEngine):
         self._proc = ctx.Process(target=_serve, args=(child, cfg, eos_token_id, threads), daemon=True)
         self._proc.start()
         child.close()
+        self._buffers: List[Tuple[str, torch.Tensor]] = []
+        self._layout: Optional[list] = None
 
     def _call(self, method: str, *args):
         if not self._proc.is_alive():
@@ -68,7 +78,17 @@ class EngineProcess(RolloutEngine):
         return self._call("generate", [list(p) for p in prompts], samples_per_prompt, params)
 
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], version: str) -> None:
-        self._call("update_weights", [(n, t.detach().to("cpu", copy=True)) for n, t in named_tensors], version)
+        """The first sync hands the child CPU buffers in shared memory; every sync copies the new
+        tensors into them and sends only the version: a memcpy, not a pickle of the model."""
+        named = [(n, t.detach()) for n, t in named_tensors]
+        layout = [(n, tuple(t.shape), t.dtype) for n, t in named]
+        if layout != self._layout:
+            self._buffers = [(n, torch.empty(t.shape, dtype=t.dtype).share_memory_()) for n, t in named]
+            self._call("share_buffers", self._buffers)  # travels as shared-memory handles
+            self._layout = layout
+        for (_, buf), (_, t) in zip(self._buffers, named):
+            buf.copy_(t)
+        self._call("update_weights_from_buffers", version)
 
     def health(self) -> bool:
         return self._proc.is_alive() and self._call("health")

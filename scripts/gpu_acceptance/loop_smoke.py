@@ -4,7 +4,8 @@ The trainer runs bf16 on the GPU (NCCL, world size 1); the in-process rollout en
 the CPU in fp32 and receives every update through the tensor transport; every sync is verified
 (bf16 trainer against fp32 engine: the precision-aware tolerance). Records steps per second, the
 served-weights KL at each sync, the rollout/trainer mismatch and the held-out accuracy: the
-loop's first numbers on a GPU.
+loop's first numbers on a GPU, with the time of each phase of a step (generation, rewards,
+forward/backward, sync, probe) as `chord bench loop` reports it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from chord_megatron.commands.bench_loop import phase_seconds
 from scripts.gpu_acceptance.report import StepReport
 from tests.support.chord_cli import SHORT as DEMO_SHORT
 
@@ -86,6 +88,8 @@ def main():
                 mismatch_kl=[r.get("mismatch/kl") for r in train if "mismatch/kl" in r],
                 mismatch_max=[r.get("mismatch/max") for r in train if "mismatch/max" in r],
                 eval_accuracy=[r["eval/accuracy"] for r in records if "eval/accuracy" in r],
+                # where a step's time goes, as `chord bench loop` reports it (issue #18)
+                phase_seconds={k: round(v, 4) for k, v in phase_seconds(records).items()} if len(train) >= 3 else None,
             )
     rep.finish()
 
