@@ -1,0 +1,53 @@
+"""The README's loop-speed table, generated from `chord bench loop --record`'s results file.
+
+One row per record: the command's overrides, the machine and thread count, the commit, chord's
+and TRL's steps/s (medians over runs, with the runs' range) and their ratio, and the held-out
+accuracy both reached at the last evaluation. tests/unit/test_loop_bench_table.py keeps the
+README's block equal to what the committed results file gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+BEGIN, END = "<!-- loop-bench -->", "<!-- /loop-bench -->"
+
+
+def read_records(path: Path) -> List[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _span(xs: List[float]) -> str:
+    return f"{min(xs):.1f}–{max(xs):.1f}"
+
+
+def _last_accuracy(curves: dict) -> str:
+    finals = {round(acc[max(acc, key=int)], 3) for acc in curves.values() if acc}
+    return " / ".join(f"{a:.3f}" for a in sorted(finals)) if finals else "—"
+
+
+def markdown_table(records: List[dict]) -> str:
+    lines = [
+        "| command (`chord bench loop configs/demo.yaml …`) | CPU, torch threads | commit | chord steps/s (runs) | "
+        "TRL steps/s (runs) | chord / TRL | held-out accuracy at the last step: chord, TRL |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        args = r["command"].split("configs/demo.yaml", 1)[-1].strip()
+        t = r.get("trl")
+        trl = f"{t['steps_per_s']:.1f} ({_span(t['steps_per_s_runs'])})" if t else "—"
+        ratio = f"{r['chord_over_trl']:.2f}×" if t else "—"
+        acc = _last_accuracy(r["eval_accuracy"]) + (", " + _last_accuracy(t["eval_accuracy"]) if t else "")
+        lines.append(
+            f"| `{args}` | {r['cpu']}, {r['torch_threads']} | `{r['commit']}` | "
+            f"{r['steps_per_s']:.1f} ({_span(r['steps_per_s_runs'])}) | {trl} | {ratio} | {acc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(results: str, root: Path = Path(".")) -> str:
+    """The README's block for the results file `results` (a path relative to `root`)."""
+    table = markdown_table(read_records(root / results))
+    return f"{BEGIN}\nGenerated from `{results}` (`chord bench loop … --record {results}`):\n\n{table}{END}"

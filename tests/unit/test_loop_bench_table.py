@@ -1,0 +1,34 @@
+"""The README's loop-speed table is what the committed results file gives (never typed by hand),
+and the table says what each record says."""
+
+from pathlib import Path
+
+from chord_megatron.metrics.loop_bench_table import BEGIN, END, markdown_table, readme_block
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = "results/loop_bench.jsonl"
+
+
+def test_readme_block_is_generated_from_the_results_file():
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
+    assert block == readme_block(RESULTS, ROOT), "regenerate it: chord_megatron.metrics.loop_bench_table.readme_block"
+
+
+def test_a_row_carries_the_records_numbers():
+    record = {
+        "command": "chord bench loop configs/demo.yaml optim.lr=3e-4 --steps 30 --vs-trl",
+        "cpu": "Some CPU",
+        "torch_threads": 2,
+        "commit": "abc123",
+        "steps_per_s": 20.0,
+        "steps_per_s_runs": [19.0, 20.0, 21.5],
+        "eval_accuracy": {"0": {"0": 0.5, "30": 0.75}},
+        "chord_over_trl": 0.5,
+        "trl": {"steps_per_s": 40.0, "steps_per_s_runs": [39.0, 41.0], "eval_accuracy": {"0": {"0": 0.5, "30": 0.8}}},
+    }
+    row = markdown_table([record]).splitlines()[-1]
+    assert row == (
+        "| `optim.lr=3e-4 --steps 30 --vs-trl` | Some CPU, 2 | `abc123` | 20.0 (19.0–21.5) | 40.0 (39.0–41.0) | 0.50× | "
+        "0.750, 0.800 |"
+    )
