@@ -595,6 +595,18 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")
 
+    d, b = cfg.data, cfg.base
+    if d.task == "arith":  # the generated problems are drawn without repeats from half the space
+        space = (9 * 10 ** (d.arith_digits - 1)) ** 2
+        asked = d.arith_rl_prompts + d.arith_expert_rows + d.arith_eval_prompts
+        asked += b.val_problems if b.eval_every and b.steps else 0
+        if asked > space // 2:
+            fail(
+                "data.arith_digits",
+                f"{d.arith_digits}-digit additions give {space} problems; data.arith_rl_prompts + arith_expert_rows + "
+                f"arith_eval_prompts (+ base.val_problems with base.eval_every) ask for {asked}, more than half of them",
+            )
+
     m, p = cfg.model, cfg.parallel
     if m.hidden_size % m.num_attention_heads:
         fail(

@@ -183,3 +183,30 @@ def test_one_mu_schedule_for_the_loop_and_the_engine():
     assert m.at(3) == 0.0 and m.at(5) == 0.8 and m.at(20) == 0.2
     assert all(m.at(s) == staged_mu(s, sft_steps=3, warmup=2, decay=4, peak=0.8, valley=0.2) for s in range(20))
     assert MuConfig(adaptive=True).at(0) is None
+
+
+def test_arith_sets_larger_than_the_problem_space_are_a_config_error():
+    from chord_megatron.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.arith_digits: 1-digit additions give 81 problems.*ask for 236"):
+        load_config(
+            None,
+            [
+                "data.arith_digits=1",
+                "data.arith_rl_prompts=16",
+                "data.arith_expert_rows=8",
+                "data.arith_eval_prompts=12",
+                "base.eval_every=100",
+                "base.val_problems=200",
+            ],
+        )
+    load_config(
+        None,
+        [
+            "data.arith_digits=1",
+            "data.arith_rl_prompts=16",
+            "data.arith_expert_rows=8",
+            "data.arith_eval_prompts=12",
+            "base.eval_every=0",
+        ],
+    )  # 36 of 81: fits
