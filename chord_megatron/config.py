@@ -235,7 +235,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 100  # optimiser steps (one per rollout batch)
-    micro_batch_size: int = 4  # rows per micro-batch
+    micro_batch_size: int = 4  # rows per micro-batch, at most (a step's rows are spread evenly over as few as fit)
     seed: int = 1234  # seeds weights, sampling and data order
     eval_every: int = 10  # evaluate every N steps, at step 0 and at the end (0 = never)
     eval_samples: int = 4  # k of avg@k

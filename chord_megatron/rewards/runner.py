@@ -47,6 +47,18 @@ def _call(fn: RewardFn, prompt: str, response: str, metadata: Dict[str, Any], ti
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _call_chunk(fn: RewardFn, samples: List[tuple], timeout_s: float) -> List[tuple]:
+    """_call on consecutive samples in one worker task, up to the first that fails: one message
+    each way per chunk instead of per sample (with rewards as cheap as a string comparison, the
+    messages were most of the time)."""
+    out = []
+    for prompt, response, metadata in samples:
+        out.append(_call(fn, prompt, response, metadata, timeout_s))
+        if out[-1][0] != "ok":
+            break
+    return out
+
+
 def _ignore_ctrl_c() -> None:
     """A worker's initializer: a Ctrl-C at the terminal reaches the whole process group, and the
     trainer decides what it means (stop.py); a worker would report it as the reward failing."""
@@ -92,25 +104,30 @@ class RewardRunner:
                 f"prompts, responses and metadata differ in length: {len(prompts)}, {len(responses)}, {len(metadata)}"
             )
         pool = self._get_pool()
-        pending = [
-            pool.apply_async(_call, (self.fn, p, r, m, self.timeout_s)) for p, r, m in zip(prompts, responses, metadata)
-        ]
+        samples = list(zip(prompts, responses, metadata))
+        size = max(1, math.ceil(len(samples) / self.num_workers))
+        starts = range(0, len(samples), size)
+        pending = [pool.apply_async(_call_chunk, (self.fn, samples[i : i + size], self.timeout_s)) for i in starts]
         rewards: List[float] = []
         try:
-            for i, res in enumerate(pending):
-                # Results are awaited in order and the pool starts tasks in order, so task i is
-                # running by the time its wait starts: the wait bounds its run time.
+            for start, res in zip(starts, pending):
+                n = len(samples[start : start + size])
+                # Chunks are awaited in order and the pool starts tasks in order, so chunk k is
+                # running by the time its wait starts: the wait bounds its run time (each sample
+                # in it has its own alarm; this is the backstop for code that never returns).
                 try:
-                    status, value = res.get(self.timeout_s + _GRACE_S)
+                    results = res.get(self.timeout_s * n + _GRACE_S)
                 except mp.TimeoutError:
-                    status, value = "timeout", None
+                    raise RewardError(self.name, start, f"timed out after {self.timeout_s:g}s") from None
                 except Exception as e:  # the function or its result could not be pickled
-                    raise RewardError(self.name, i, f"{type(e).__name__}: {e}") from None
-                if status == "timeout":
-                    raise RewardError(self.name, i, f"timed out after {self.timeout_s:g}s")
-                if status == "raised":
-                    raise RewardError(self.name, i, f"raised {value}")
-                rewards.append(check_reward_value(self.name, i, value))
+                    raise RewardError(self.name, start, f"{type(e).__name__}: {e}") from None
+                for j, (status, value) in enumerate(results):
+                    i = start + j
+                    if status == "timeout":
+                        raise RewardError(self.name, i, f"timed out after {self.timeout_s:g}s")
+                    if status == "raised":
+                        raise RewardError(self.name, i, f"raised {value}")
+                    rewards.append(check_reward_value(self.name, i, value))
         except RewardError:
             # Workers may still be busy (or hung) on this batch: do not reuse them.
             self.close(kill=True)

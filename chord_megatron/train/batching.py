@@ -50,9 +50,20 @@ def dp_row_range(rows: int, dp: int, dp_rank: int) -> slice:
     return slice(start, start + base + (1 if dp_rank < extra else 0))
 
 
+def micro_batch_rows(rows: int, dp: int, micro_batch_size: int) -> int:
+    """Rows per micro-batch this step: as few micro-batches of at most `micro_batch_size` rows
+    as the largest rank block needs, evenly filled. A batch of 32 rows with micro_batch_size 64
+    runs as one micro-batch of 32, not 64 with 32 inert rows: padding rows are computed in full
+    (forward and backward), so every one of them is wasted time."""
+    block = math.ceil(rows / dp)
+    return math.ceil(block / math.ceil(block / micro_batch_size))
+
+
 def rows_per_rank(rows: int, dp: int, micro_batch_size: int) -> int:
-    """Padded rows per data-parallel rank: the largest block, rounded up to whole micro-batches."""
-    return math.ceil(math.ceil(rows / dp) / micro_batch_size) * micro_batch_size
+    """Padded rows per data-parallel rank: the largest block, rounded up to whole micro-batches
+    of micro_batch_rows() rows."""
+    each = micro_batch_rows(rows, dp, micro_batch_size)
+    return math.ceil(math.ceil(rows / dp) / each) * each
 
 
 def pad_rows(batch: TrainBatch, rows: int) -> TrainBatch:
@@ -75,7 +86,8 @@ def micro_batches(batch: TrainBatch, micro_batch_size: int) -> List[TrainBatch]:
 def shard_for_rank(batch: TrainBatch, *, dp: int, dp_rank: int, micro_batch_size: int) -> List[TrainBatch]:
     """This data-parallel rank's padded micro-batches of the global `batch`."""
     local = batch.select(dp_row_range(batch.rows, dp, dp_rank))
-    return micro_batches(pad_rows(local, rows_per_rank(batch.rows, dp, micro_batch_size)), micro_batch_size)
+    each = micro_batch_rows(batch.rows, dp, micro_batch_size)
+    return micro_batches(pad_rows(local, rows_per_rank(batch.rows, dp, micro_batch_size)), each)
 
 
 def check_batch(batch: TrainBatch) -> None:

@@ -23,7 +23,7 @@ from typing import List, Optional
 import torch
 
 from ..types import TrainBatch
-from .batching import dp_row_range, rows_per_rank, shard_for_rank
+from .batching import dp_row_range, micro_batch_rows, rows_per_rank, shard_for_rank
 from .cp_attention import zigzag_positions
 from .packing import plan_packs, trained_lengths
 
@@ -81,8 +81,9 @@ def build_micro_batches(
 ) -> List[MicroBatch]:
     """This (data-, context-parallel) rank's micro-batches of the global `batch`.
 
-    Unpacked: micro_batch_size rows per micro-batch (padded with inert rows to whole
-    micro-batches, the same number on every DP rank). Packed: at most micro_batch_size model
+    Unpacked: at most micro_batch_size rows per micro-batch, as few micro-batches as that
+    allows, evenly filled (padded with inert rows to whole micro-batches, the same number on
+    every DP rank). Packed: at most micro_batch_size model
     rows of `pack_length` tokens (0: the batch's S; widened to the longest row when that is
     longer) per micro-batch, as few micro-batches as that allows, evenly filled. Model rows are padded to a multiple of `seq_multiple` (2 x CP
     for context parallelism)."""
@@ -93,6 +94,7 @@ def build_micro_batches(
         )
     ids = torch.full((rows_per_rank(batch.rows, dp, micro_batch_size),), -1, dtype=torch.long)
     ids[: block.stop - block.start] = torch.arange(block.start, block.stop)
+    each = micro_batch_rows(batch.rows, dp, micro_batch_size)
     out = []
     for i, rows in enumerate(shard_for_rank(batch, dp=dp, dp_rank=dp_rank, micro_batch_size=micro_batch_size)):
         n, S = rows.input_ids.shape
@@ -101,7 +103,7 @@ def build_micro_batches(
         out.append(
             _layout(
                 rows,
-                ids[i * micro_batch_size : (i + 1) * micro_batch_size],
+                ids[i * each : (i + 1) * each],
                 _pad(rows.input_ids, L, 0),
                 _pad(rows.labels, L, -1),
                 _pad(row_index, L, -1),

@@ -73,6 +73,7 @@ def test_registry():
 def test_runner_scores_in_order_and_is_reusable():
     with RewardRunner(length_reward, num_workers=2, timeout_s=5) as run:
         assert run(["p"] * 4, ["a", "bb", "ccc", ""], [{}, {"bonus": 0.5}, {}, {}]) == [1.0, 2.5, 3.0, 0.0]
+        assert run(["p"] * 7, ["a", "bb", "ccc", "", "x", "yy", "z"], [{}] * 7) == [1, 2, 3, 0, 1, 2, 1]  # 4 + 3
         assert run(["p"], ["xyz"], [{}]) == [3.0]
 
 
@@ -89,6 +90,11 @@ def test_raising_reward_names_function_and_sample():
             run(["p"] * 3, ["ok", "ok", "boom"], [{}] * 3)
         assert e.value.index == 2
         assert run(["p"], ["ok"], [{}]) == [1.0]  # the pool comes back after a failure
+        # Samples travel to the workers in chunks (4 + 4 here): a failure in the second chunk
+        # still names its index in the whole batch.
+        with pytest.raises(RewardError, match=r"sample 6: raised ValueError") as e:
+            run(["p"] * 8, ["ok"] * 6 + ["boom", "ok"], [{}] * 8)
+        assert e.value.index == 6
 
 
 @pytest.mark.parametrize("fn", [sleepy_reward, swallowing_sleepy_reward])

@@ -7,6 +7,7 @@ from chord_megatron.train.batching import (
     check_batch,
     count_tokens,
     dp_row_range,
+    micro_batch_rows,
     micro_batches,
     pad_rows,
     rows_per_rank,
@@ -69,6 +70,19 @@ def test_every_rank_gets_the_same_number_of_equal_micro_batches():
     assert torch.equal(ids[:4], b.input_ids[:4]) and torch.equal(ids[4:7], b.input_ids[4:7])
     assert ids[7].sum() == 0
     assert sum(count_tokens(mb).rl for s in shards for mb in s) == count_tokens(b).rl
+
+
+def test_micro_batches_are_as_few_as_fit_and_evenly_filled():
+    # (rows, dp, micro_batch_size) -> rows per micro-batch: no inert rows beyond what the
+    # largest rank block needs to split into equal micro-batches.
+    assert micro_batch_rows(32, 1, 64) == 32  # one micro-batch of 32, not 64 with 32 inert
+    assert micro_batch_rows(9, 1, 4) == 3  # 3 x 3 rather than 3 x 4
+    assert micro_batch_rows(7, 2, 2) == 2
+    assert micro_batch_rows(10, 1, 4) == 4  # 3 micro-batches either way; 4+4+2 -> padded 12
+    assert rows_per_rank(32, 1, 64) == 32 and rows_per_rank(9, 1, 4) == 9 and rows_per_rank(10, 1, 4) == 12
+    shards = shard_for_rank(batch(rows=9), dp=1, dp_rank=0, micro_batch_size=4)
+    assert [mb.rows for mb in shards] == [3, 3, 3]
+    assert torch.equal(torch.cat([mb.input_ids for mb in shards]), batch(rows=9).input_ids)
 
 
 def test_micro_batches_need_whole_multiples():
