@@ -249,6 +249,10 @@ class TrainConfig:
     # cuda: stop at startup when torch sees no GPU (e.g. a driver older than torch's CUDA build
     # needs) instead of training on CPU over gloo; auto: CUDA when torch sees it, else CPU
     device: str = one_of("auto", "cuda")
+    # torch's intra-op threads when training on the CPU (0 = torch's default, one per core). A
+    # model as small as the demo's loses more to handing each small op between threads than
+    # it gains: on 2 cores it runs ~1.5x faster with 1 thread (configs/demo.yaml).
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -591,6 +595,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
         "base.steps",
         "base.eval_every",
         "train.pack_length",
+        "train.cpu_threads",
     ]:
         if get(key) < 0:
             fail(key, f"must be >= 0, got {get(key)}")

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "command": " ".join(["chord bench loop", args.config, *args.overrides, *flags]),
         **provenance(),
+        # the trainer's torch threads (train.cpu_threads, else torch's default, as here)
+        "chord_torch_threads": cfg.train.cpu_threads or provenance()["torch_threads"],
         **summarize(runs),
         "runs_dir": str(root),
     }

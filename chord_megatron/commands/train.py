@@ -24,12 +24,13 @@ from ..config import load_config
 from ..net import free_port
 from ..run_dir import check_output_dir, checkpoint_root
 from ..stop import EXIT_CODE, StopOnCtrlC, latest_step, resume_command, stopped
-from ..train.parallel import is_rank0, require_device
+from ..train.parallel import is_rank0, require_device, set_cpu_threads
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     require_device(cfg.train.device)  # before anything else: no silent CPU fallback on a GPU job
+    set_cpu_threads(cfg.train.cpu_threads)
     if is_rank0():  # before anything is written (the task's data too); other ranks leave the folder to rank 0
         check_output_dir(cfg, resume=args.resume, overwrite=args.overwrite)
     if args.nproc > 1:

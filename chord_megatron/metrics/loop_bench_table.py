@@ -1,6 +1,6 @@
 """The README's loop-speed table, generated from `chord bench loop --record`'s results file.
 
-One row per record: the command's overrides, the machine and thread count, the commit, chord's
+One row per record: the command's overrides, the machine and the thread counts of both sides, the commit, chord's
 and TRL's steps/s (medians over runs, with the runs' range) and their ratio, and the held-out
 accuracy both reached at the last evaluation. tests/unit/test_loop_bench_table.py keeps the
 README's block equal to what the committed results file gives.
@@ -30,7 +30,7 @@ def _last_accuracy(curves: dict) -> str:
 
 def markdown_table(records: List[dict]) -> str:
     lines = [
-        "| command (`chord bench loop configs/demo.yaml …`) | CPU, torch threads | commit | chord steps/s (runs) | "
+        "| command (`chord bench loop configs/demo.yaml …`) | CPU, torch threads (chord, TRL) | commit | chord steps/s (runs) | "
         "TRL steps/s (runs) | chord / TRL | held-out accuracy at the last step: chord, TRL |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -39,9 +39,11 @@ def markdown_table(records: List[dict]) -> str:
         t = r.get("trl")
         trl = f"{t['steps_per_s']:.1f} ({_span(t['steps_per_s_runs'])})" if t else "—"
         ratio = f"{r['chord_over_trl']:.2f}×" if t else "—"
+        # chord's trainer may run with train.cpu_threads; TRL runs in the bench's own process
+        threads = f"{r.get('chord_torch_threads', r['torch_threads'])}" + (f", {r['torch_threads']}" if t else "")
         acc = _last_accuracy(r["eval_accuracy"]) + (", " + _last_accuracy(t["eval_accuracy"]) if t else "")
         lines.append(
-            f"| `{args}` | {r['cpu']}, {r['torch_threads']} | `{r['commit']}` | "
+            f"| `{args}` | {r['cpu']}, {threads} | `{r['commit']}` | "
             f"{r['steps_per_s']:.1f} ({_span(r['steps_per_s_runs'])}) | {trl} | {ratio} | {acc} |"
         )
     return "\n".join(lines) + "\n"

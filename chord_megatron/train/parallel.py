@@ -105,6 +105,13 @@ def require_device(device: str) -> None:
     )
 
 
+def set_cpu_threads(threads: int) -> None:
+    """train.cpu_threads: torch's intra-op threads for a trainer on the CPU (0 = leave torch's
+    default). On a GPU the trainer's CPU threads only launch kernels: the setting is ignored."""
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+
+
 def why_no_cuda() -> str:
     """What keeps torch off the GPU, as far as this process can tell."""
     build = f"torch {torch.__version__}"

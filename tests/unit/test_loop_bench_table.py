@@ -29,6 +29,9 @@ def test_a_row_carries_the_records_numbers():
     }
     row = markdown_table([record]).splitlines()[-1]
     assert row == (
-        "| `optim.lr=3e-4 --steps 30 --vs-trl` | Some CPU, 2 | `abc123` | 20.0 (19.0–21.5) | 40.0 (39.0–41.0) | 0.50× | "
+        "| `optim.lr=3e-4 --steps 30 --vs-trl` | Some CPU, 2, 2 | `abc123` | 20.0 (19.0–21.5) | 40.0 (39.0–41.0) | 0.50× | "
         "0.750, 0.800 |"
     )
+    # chord's trainer on train.cpu_threads, TRL on the bench process's threads
+    row = markdown_table([{**record, "chord_torch_threads": 1}]).splitlines()[-1]
+    assert "| Some CPU, 1, 2 |" in row

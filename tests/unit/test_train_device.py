@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chord_megatron.cli import main
-from chord_megatron.config import load_config
+from chord_megatron.config import ConfigError, load_config
 from chord_megatron.train import parallel
 from chord_megatron.train.parallel import DeviceError, require_device, why_no_cuda
 
@@ -78,3 +78,18 @@ def test_the_reason_carries_cudas_own_words_and_the_driver(monkeypatch):
     with pytest.raises(DeviceError, match=r"too old .* set train.device=auto") as e:
         require_device("cuda")
     assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+def test_cpu_threads_sets_torchs_intra_op_threads_and_zero_leaves_them():
+    from chord_megatron.train.parallel import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(0)
+        assert torch.get_num_threads() == before
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="train.cpu_threads"):
+        load_config(None, ["train.cpu_threads=-1"])
