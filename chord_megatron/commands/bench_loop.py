@@ -69,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
             trl_inputs = trl_inputs or prepare(cfg, root / "trl")  # after run 0: the base model is cached
             trl_runs.append(train_trl(trl_inputs, root / f"trl-run{i}"))
     flags = [f"--steps {args.steps}"] + (["--vs-trl"] if vs_trl else [])
+    machine = provenance()
     result = {
         "command": " ".join(["chord bench loop", args.config, *args.overrides, *flags]),
-        **provenance(),
+        **machine,
         # the trainer's torch threads (train.cpu_threads, else torch's default, as here)
-        "chord_torch_threads": cfg.train.cpu_threads or provenance()["torch_threads"],
+        "chord_torch_threads": cfg.train.cpu_threads or machine["torch_threads"],
         **summarize(runs),
         "runs_dir": str(root),
     }

@@ -111,7 +111,7 @@ class RewardRunner:
         rewards: List[float] = []
         try:
             for start, res in zip(starts, pending):
-                n = len(samples[start : start + size])
+                n = min(size, len(samples) - start)
                 # Chunks are awaited in order and the pool starts tasks in order, so chunk k is
                 # running by the time its wait starts: the wait bounds its run time (each sample
                 # in it has its own alarm; this is the backstop for code that never returns).

@@ -23,7 +23,7 @@ from typing import List, Optional
 import torch
 
 from ..types import TrainBatch
-from .batching import dp_row_range, micro_batch_rows, rows_per_rank, shard_for_rank
+from .batching import dp_row_range, rows_per_rank, shard_for_rank
 from .cp_attention import zigzag_positions
 from .packing import plan_packs, trained_lengths
 
@@ -94,7 +94,6 @@ def build_micro_batches(
         )
     ids = torch.full((rows_per_rank(batch.rows, dp, micro_batch_size),), -1, dtype=torch.long)
     ids[: block.stop - block.start] = torch.arange(block.start, block.stop)
-    each = micro_batch_rows(batch.rows, dp, micro_batch_size)
     out = []
     for i, rows in enumerate(shard_for_rank(batch, dp=dp, dp_rank=dp_rank, micro_batch_size=micro_batch_size)):
         n, S = rows.input_ids.shape
@@ -103,7 +102,7 @@ def build_micro_batches(
         out.append(
             _layout(
                 rows,
-                ids[i * each : (i + 1) * each],
+                ids[i * n : (i + 1) * n],  # micro-batches are equally sized
                 _pad(rows.input_ids, L, 0),
                 _pad(rows.labels, L, -1),
                 _pad(row_index, L, -1),
