@@ -130,6 +130,8 @@ class BaseModelConfig:
     eval_every: int = 0  # score held-out problems every N steps (0 = no rule: train all `steps`)
     patience: int = 3  # stop after this many scores in a row without a gain of min_delta on the best
     min_delta: float = 0.005  # the score: mean probability of the exact answer at temperature 1
+    # or stop at the first score >= target (0 = none): a base of set strength on every seed (plateau.py)
+    target: float = 0.0
     val_problems: int = 200  # scored problems: held out from pre-training and from the RL evaluation set
     expert_style_frac: float = 0.0  # share of pre-training rows written as the expert writes (correctly)
 
@@ -708,7 +710,7 @@ def validate(cfg: Config, sources: Optional[Mapping[str, str]] = None, default_s
             fail(key, f"must be in [0, 1), got {get(key)}")
     if o.grad_clip < 0:
         fail("optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
-    for key in ("data.expert_error_rate", "base.expert_style_frac"):
+    for key in ("data.expert_error_rate", "base.expert_style_frac", "base.target"):
         if not 0.0 <= get(key) < 1.0:
             fail(key, f"must be in [0, 1), got {get(key)}")
     if cfg.base.min_delta < 0:

@@ -30,7 +30,7 @@ from typing import Dict, List, Sequence
 
 from ..config import load_config
 from ..metrics.logger import read_metrics
-from ..metrics.provenance import provenance
+from ..metrics.provenance import provenance, trainer_threads
 
 # (phase, the metric that times it), in the order a step runs them.
 PHASES = (
@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "command": " ".join(["chord bench loop", args.config, *args.overrides, *flags]),
         **machine,
-        # the trainer's torch threads (train.cpu_threads, else torch's default, as here)
-        "chord_torch_threads": cfg.train.cpu_threads or machine["torch_threads"],
+        "chord_torch_threads": trainer_threads(cfg.train.cpu_threads),
         **summarize(runs),
         "runs_dir": str(root),
     }

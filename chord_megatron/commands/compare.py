@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError, load_config
-from ..metrics.provenance import provenance
+from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
@@ -231,7 +231,9 @@ def run_compare(
             cmd.append("--overwrite")
         run_dir.mkdir(parents=True, exist_ok=True)
         began = time.time()
-        (run_dir / "provenance.json").write_text(json.dumps(provenance()) + "\n")
+        # the trainer's own thread count beside this process's (it runs in a child process)
+        prov = {**provenance(), "trainer_threads": trainer_threads(cfg.train.cpu_threads)}
+        (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")

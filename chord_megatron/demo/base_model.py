@@ -115,7 +115,7 @@ def train_base(cfg: Config, *, progress: bool = False) -> Dict[str, torch.Tensor
     val = [_row(tok, p) for p in splits["val"]] + ([_row(tok, p, expert=True) for p in splits["val"]] if styled else [])
     val = build_train_batch([], torch.zeros(0), val, pad_id=tok.pad_id) if val else None
     engine = MegatronEngine(pcfg)
-    rule = Plateau(b.patience, b.min_delta)
+    rule = Plateau(b.patience, b.min_delta, b.target)
     n, stopped, step = b.batch_rows, "max_steps", 0
     # about a minute of silence otherwise, before a demo run shows anything
     bar = ProgressBar(0, b.steps, enabled=progress and is_rank0(), desc="base model", keys=(("loss", "loss"),))
@@ -128,7 +128,7 @@ def train_base(cfg: Config, *, progress: bool = False) -> Dict[str, torch.Tensor
             and (step + 1) % b.eval_every == 0
             and rule.update(step + 1, exact_answer_prob(engine, val, forms=2 if styled else 1))
         ):
-            stopped = "plateau"
+            stopped = rule.reason
             break
     bar.close()
     weights = {name: t.detach().cpu().clone() for name, t in engine.export_weights()}

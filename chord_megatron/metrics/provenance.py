@@ -32,17 +32,29 @@ def cpu_model() -> str:
 
 def git_commit() -> str:
     """CHORD_COMMIT if set (a copy of the tree without its .git), else git's HEAD, marked
-    "+dirty" when the tree has uncommitted changes to tracked files."""
+    "+dirty" when the tree has uncommitted changes to tracked files. results/ does not count:
+    a run that appends to a results file there changes no code."""
     if os.environ.get("CHORD_COMMIT"):
         return os.environ["CHORD_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno", "--", ".", ":(exclude)results"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     except OSError:
         return "unknown (no git)"
     if head.returncode != 0:
         return "unknown (no git)"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def trainer_threads(cpu_threads: int) -> int:
+    """The torch threads a trainer started with train.cpu_threads=N runs on: N, or torch's
+    default (this process's) when N is 0 or a GPU makes the setting moot."""
+    return cpu_threads if cpu_threads and not torch.cuda.is_available() else torch.get_num_threads()
 
 
 def provenance() -> Dict[str, object]:

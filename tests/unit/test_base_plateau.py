@@ -26,6 +26,14 @@ def test_small_gains_do_not_add_up_to_a_reset():
     assert [rule.update(i, 0.5 + 0.004 * i) for i in range(4)] == [False, False, False, True]
 
 
+def test_a_target_stops_at_the_first_score_that_reaches_it():
+    rule = Plateau(patience=5, min_delta=0.01, target=0.2)
+    assert [rule.update(i, s) for i, s in enumerate([0.05, 0.19, 0.2, 0.6])][:3] == [False, False, True]
+    assert rule.reason == "target"
+    plain = Plateau(patience=1, min_delta=0.5)
+    assert [plain.update(i, s) for i, s in enumerate([0.9, 0.95])] == [False, True] and plain.reason == "plateau"
+
+
 def test_validation_problems_leave_the_other_splits_as_they_were():
     before = make_splits(2, 300, 200, 100, seed=3)
     after = make_splits(2, 300, 200, 100, seed=3, n_val=150)
@@ -82,5 +90,17 @@ def test_the_rule_stops_the_stage_and_logs_it(tmp_path):
 def test_bad_rule_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"base.min_delta.*>= 0"):
         load_config(None, ["base.min_delta=-0.1"])
+    with pytest.raises(ConfigError, match=r"base.target.*\[0, 1\)"):
+        load_config(None, ["base.target=1.5"])
     with pytest.raises(ConfigError, match=r"base.patience.*>= 1"):
         load_config(None, ["base.patience=0"])
+
+
+def test_a_reached_target_stops_the_stage_at_that_evaluation(tmp_path):
+    from chord_megatron.demo.base_model import read_stage_log, train_base
+
+    small = ["base.problems=500", "base.batch_rows=8", "base.val_problems=16", f"base.cache_dir={tmp_path}"]
+    cfg = load_config("configs/demo.yaml", ["base.steps=40", "base.eval_every=5", "base.target=1e-9", *small])
+    train_base(cfg)
+    log = read_stage_log(cfg)
+    assert log["steps_run"] == 5 and log["stopped"] == "target" and len(log["val_exact_prob"]) == 1

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 
 import pytest
+import torch
 
 from chord_megatron.commands.compare import lr_overrides, parse_lr_grid, quick_overrides, run_compare
 from chord_megatron.config import ConfigError, load_config
@@ -67,6 +68,7 @@ def test_grid_runs_every_cell_records_it_and_reports_the_best_lr(tmp_path, monke
     r = records[0]
     for key in ("cpu", "torch_threads", "commit", "date", "wall_s"):
         assert key in r, key
+    assert r["trainer_threads"] == (cfg.train.cpu_threads or torch.get_num_threads())  # the child's, not compare's
     assert r["final_accuracy"] == pytest.approx(accuracy("grpo", 1e-3, 1234))
     assert r["base_accuracy"] == 0.25 and r["curves"]["entropy/rl"][0] == [0, 0.0]
 

@@ -58,6 +58,7 @@ def test_readme_block_and_doc_are_written_from_the_file(tmp_path, capsys):
     assert "| grpo | 1e-3 | 0.500 ± 0.141 | +0.300 ± 0.141 |" in text  # mean, stdev of (0.4, 0.6)
     assert "| sft | 1e-3 | 0.100 (1 seed) |" in text
     assert "Measured: 3 runs, 2026-12-01, commit abc; Some CPU (1 CPU kind), 2 cores, 2 torch threads." in text
+
     page = doc.read_text()
     assert "| grpo | 1e-3 | 0.500 ± 0.141 |" in page and "![curves: accuracy and entropies](cmp-e.png)" in page
     assert (doc.parent / "cmp-e.png").stat().st_size > 10_000
@@ -112,3 +113,10 @@ def test_a_partial_grid_says_so():
     assert "**Partial grid: 1 of the 45 runs" in experiment_markdown([rec])
     full = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --variants grpo")
     assert planned_runs(full) == 1 and "Partial" not in experiment_markdown([full])
+
+
+def test_the_trainers_thread_count_is_reported_where_recorded():
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    text = experiment_markdown([_record("grpo", 1e-3, s, 0.5, trainer_threads=1) for s in (1, 2)])
+    assert "2 cores, 1 torch thread." in text
