@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-grid", metavar="a,b,c", help="run every variant at each learning rate; report each at its best"
     )
     compare.add_argument("--quick", action="store_true", help="a shorter budget that says something in minutes")
+    compare.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only the K-th of N interleaved parts of the grid (N processes share it; record to one file)",
+    )
     compare.add_argument("--record", metavar="FILE", help="append one record per run to this JSONL results file")
     compare.add_argument("--name", help="the experiment's name in the results file (default: config and overrides)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")

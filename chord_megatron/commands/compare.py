@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"{cfg.train.output_dir}-compare{'-quick' if args.quick else ''}"
     per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
     lrs = parse_lr_grid(args.lr_grid, per_variant) if args.lr_grid else None
+    shard = parse_shard(args.shard) if args.shard else None
     command = " ".join(
         ["chord compare", args.config, *args.overrides]
         + ([f"--seeds {args.seeds}"] if args.seeds > 1 else [])
@@ -61,14 +62,27 @@ def run(args: argparse.Namespace) -> int:
         lrs=lrs,
         record=args.record,
         experiment=args.name or experiment_name(args.config, args.overrides, args.quick),
-        command=command,
+        command=command,  # without --shard: the shards together are this command
         quick=args.quick,
+        shard=shard,
     )
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
     if args.record:
         print(f"recorded in {args.record} (tables: chord report {args.record})")
     return 0
+
+
+def parse_shard(text: str) -> tuple:
+    """ "2/3" -> (2, 3): the second of three processes that split one grid between them."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+        ok = 1 <= k <= n
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError("--shard", text, "must be K/N with 1 <= K <= N, e.g. 1/2")
+    return k, n
 
 
 def quick_overrides(cfg: Config) -> List[str]:
@@ -177,10 +191,13 @@ def run_compare(
     experiment: Optional[str] = None,
     command: str = "",
     quick: bool = False,
+    shard: Optional[tuple] = None,
 ) -> Path:
     """Train every variant (skipping those already finished in out_dir), then write the report.
     `per_variant`: extra overrides of single variants, applied after the variant's own.
-    `seeds` / `lrs`: run each variant at every (lr, seed) (None: the config's own, one run)."""
+    `seeds` / `lrs`: run each variant at every (lr, seed) (None: the config's own, one run).
+    `shard` (k, n): only every n-th cell of the grid from the k-th, so that n processes (cores,
+    machines) share one grid; their records, in one results file, report as one experiment."""
     table = variants(cfg)
     names = list(names or table)
     unknown = [n for n in names if n not in table]
@@ -198,6 +215,10 @@ def run_compare(
         for lr in (lrs or [None])
         for name in names
     ]
+    if shard:
+        if not grid:
+            raise ConfigError("--shard", f"{shard[0]}/{shard[1]}", "splits a grid: give --seeds N or --lr-grid")
+        cells = cells[shard[0] - 1 :: shard[1]]
     records = []
     for i, (name, lr, seed) in enumerate(cells, 1):
         lr_label = lr if lr is not None else f"{cfg.optim.lr:g}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -78,7 +79,7 @@ def base_weights(cfg: Config, *, progress: Optional[bool] = None):
         weights = train_base(cfg, progress=cfg.logging.progress if progress is None else progress)
         if is_rank0():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two processes (compare shards) may train one base
             torch.save(weights, tmp)
             tmp.replace(path)  # atomic: a crash never leaves a half-written cache behind
         if dist.is_initialized():

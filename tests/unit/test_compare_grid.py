@@ -155,3 +155,27 @@ def test_the_command_line_quick_grid_records_what_it_ran(tmp_path, monkeypatch, 
     assert "smoke reading, not a result" in (tmp_path / "o" / "compare.md").read_text()
     assert main(["compare", "configs/demo.yaml", "--seeds", "0"]) == 2
     assert "--seeds: 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_shards_split_one_grid_between_processes_and_record_it_as_one(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    cfg = load_config(None, OVERRIDES)
+    results = tmp_path / "r.jsonl"
+    common = dict(progress=False, seeds=[1234, 1235], lrs=["1e-3", "2e-3"], record=results, experiment="t", command="c")
+    for k in (1, 2):
+        run_compare("none.yaml", OVERRIDES, cfg, tmp_path / f"s{k}", ["grpo", "sft"], shard=(k, 2), **common)
+    cells = [(r["variant"], r["lr"], r["seed"]) for r in read_results(results)]
+    assert len(cells) == 8 and len(set(cells)) == 8  # the whole 2 x 2 x 2 grid, no cell twice
+    assert {r["command"] for r in read_results(results)} == {"c"}
+    with pytest.raises(ConfigError, match="--shard"):
+        run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "x", ["grpo"], progress=False, shard=(1, 2))
+
+
+def test_a_bad_shard_is_a_one_line_error():
+    from chord_megatron.commands.compare import parse_shard
+
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "a/b", "2"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
