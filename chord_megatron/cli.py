@@ -6,7 +6,7 @@
     chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
-            [--seeds N] [--lr-grid a,b,c] [--quick] [--record FILE]
+            [--seeds N] [--lr-grid a,b,c] [--quick] [--record FILE] [--shard K/N]
                                                  the method and its baselines; table + curves
     chord report RESULTS [--markdown] [--doc FILE] [--readme FILE]
                                                  the tables and curves of a results file
