@@ -14,7 +14,7 @@ from typing import Dict, Iterable, Iterator, List, Tuple
 
 import torch
 
-from ..config import weight_sync_layout_problem
+from ..config_checks import weight_sync_layout_problem
 from ..errors import ChordError
 
 Bucket = List[Tuple[str, torch.Tensor]]

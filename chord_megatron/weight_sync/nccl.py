@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..config import sglang_gpus_per_server
+from ..config_checks import sglang_gpus_per_server
 from ..net import free_port
 from ..train.compat.process_group import abort_process_group, new_process_group
 from .buckets import SyncStats, WeightSyncError, bucketize, check_servers_take, update_session, with_last

@@ -51,7 +51,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ...config import sglang_gpus_per_server, weight_sync_layout_problem
+from ...config_checks import sglang_gpus_per_server, weight_sync_layout_problem
 from .layout import LayoutError, ParallelLayout
 from .memory import GIB, H100_MEMORY_GIB, MemoryEstimate, estimate_memory, step_rows
 from .memory_table import format_memory

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ...config import sglang_gpus_per_server
+from ...config_checks import sglang_gpus_per_server
 from ...errors import ChordError
 from ...net import free_port
 
