@@ -161,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="nodes for SGLang in disaggregated mode (default: the config's launch.rollout_nodes, else ceil(N / 4))",
     )
-    plan.set_defaults(func=_command("launch.plan"))
+    plan.set_defaults(func=_command("launch.plan_text"))
     _add_pass_through(
         launch,
         "script-env",
         "the plan's check and shell assignments, for launch/*.sbatch",
-        _command("launch.plan", "script_env"),
+        _command("launch.script_env", "script_env"),
     )
 
     doctor = sub.add_parser(

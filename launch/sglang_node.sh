@@ -20,7 +20,7 @@ unset CUDA_DEVICE_MAX_CONNECTIONS
 read -ra server_cmd <<<"$SGLANG_SERVER_CMD"
 host_bind=${SGLANG_HOST:-0.0.0.0}
 node=$(hostname -s)  # as srun names the other logs (%N)
-eval "server_args=($SGLANG_SERVER_ARGS)"  # shell-quoted by chord_megatron.commands.launch.plan (shlex)
+eval "server_args=($SGLANG_SERVER_ARGS)"  # shell-quoted by chord_megatron.commands.launch.script_env (shlex)
 
 pids=()
 stop() {

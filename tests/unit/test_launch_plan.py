@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from chord_megatron.cli import main
-from chord_megatron.commands.launch import memory
+from chord_megatron.commands.launch import memory, script_env
 from chord_megatron.commands.launch import plan as lp
 from chord_megatron.config import load_config
 
@@ -284,7 +284,7 @@ def test_rollout_nodes_key_is_checked(qwen, capsys):
 
 
 def test_script_env_takes_the_configs_rollout_nodes(qwen, capsys):
-    rc = lp.main(
+    rc = script_env.main(
         [
             "script-env",
             str(qwen),
@@ -384,7 +384,7 @@ def test_config_errors_still_come_first(qwen, capsys):
 # ----------------------------------------------------------------------------------------------
 def test_script_env_prints_shell_assignments_and_the_plan_file(qwen, tmp_path, capsys):
     plan_file = tmp_path / "plan.txt"
-    rc = lp.main(
+    rc = script_env.main(
         [
             "script-env",
             str(qwen),
@@ -443,12 +443,12 @@ def test_script_env_prints_shell_assignments_and_the_plan_file(qwen, tmp_path, c
 
 
 def test_script_env_refusal_is_exit_2(qwen, capsys):
-    rc = lp.main(["script-env", str(qwen), "--nodes", "1", "--gpus-per-node", "8", "--mode", "disaggregated"])
+    rc = script_env.main(["script-env", str(qwen), "--nodes", "1", "--gpus-per-node", "8", "--mode", "disaggregated"])
     assert rc == 2 and "disaggregated mode needs a training node" in capsys.readouterr().err
 
 
 def test_cpu_plan_skips_the_gpu_memory_check_and_says_so(tmp_path, capsys):
-    rc = lp.main(
+    rc = script_env.main(
         [
             "script-env",
             str(ROOT / "configs/demo.yaml"),

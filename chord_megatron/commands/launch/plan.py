@@ -1,11 +1,11 @@
 """`chord launch plan`: which node runs what on a slurm job, with the exact commands.
 
-Pure layout math first, then a printer. `plan_launch(cfg, nodes=..., gpus_per_node=...)`
+Pure layout math; plan_text.py prints it. `plan_launch(cfg, nodes=..., gpus_per_node=...)`
 returns a `LaunchPlan` (node roles, trainer ranks, the parallel layout, the SGLang servers, a
 memory estimate, the per-role commands) or raises `LayoutError` with one line saying why the
-layout cannot work; `format_plan(plan)` renders it. The sbatch scripts in launch/ run the same
-checks before starting anything (`chord launch script-env ...`, see
-`main` below), so a job that `chord launch plan` refuses also stops in its first seconds.
+layout cannot work; `format_plan(plan)` (plan_text.py) renders it. The sbatch scripts in launch/
+run the same checks before starting anything (`chord launch script-env ...`, script_env.py), so
+a job that `chord launch plan` refuses also stops in its first seconds.
 
 Modes
   disaggregated  the first R nodes of the allocation run SGLang servers (the router on the first
@@ -43,18 +43,15 @@ two jobs sharing a node do not collide; PORT_BASE=... overrides it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shlex
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...config_checks import sglang_gpus_per_server, weight_sync_layout_problem
 from .layout import LayoutError, ParallelLayout
 from .memory import GIB, H100_MEMORY_GIB, MemoryEstimate, estimate_memory, step_rows
-from .memory_table import format_memory
 
 # Ports, as offsets from PORT_BASE (launch/common.sh uses the same numbers; a unit test checks).
 # Every port a job opens on purpose is one of these: nothing of a job then lands on another
@@ -501,182 +498,3 @@ def router_args(sglang: Mapping[str, Any], *, metrics_port: Optional[str] = None
     if metrics_port is not None:
         options.setdefault("prometheus_port", metrics_port)
     return cli_flags(options)
-
-
-# ----------------------------------------------------------------------------------------------
-# The printer
-# ----------------------------------------------------------------------------------------------
-def _gib(x: float) -> str:
-    return f"{x / GIB:.1f} GiB"
-
-
-def _ranges(items: Sequence[int]) -> str:
-    return f"{items[0]}-{items[-1]}" if len(items) > 1 else str(items[0])
-
-
-def format_plan(plan: LaunchPlan) -> str:
-    L, m = plan.layout, plan.memory
-    out: List[str] = []
-    gpus = plan.nodes * plan.gpus_per_node
-    unit = "CPU processes" if plan.cpu else "GPUs"
-    out.append(f"launch plan: {plan.mode}, {plan.nodes} node(s) x {plan.gpus_per_node} {unit} = {gpus} {unit}")
-    if plan.mode == "disaggregated":
-        out.append(f"  {plan.rollout_nodes} rollout node(s) (SGLang), {plan.train_nodes} training node(s)")
-    out.append("")
-    out.append('nodes (node<i> = line i+1 of `scontrol show hostnames "$SLURM_JOB_NODELIST"`):')
-    for n in plan.node_roles:
-        parts = []
-        if n.train_ranks is not None:
-            head = " (torchrun master)" if n.train_ranks.start == 0 else ""
-            parts.append(f"trainer ranks {n.train_ranks.start}-{n.train_ranks.stop - 1}{head}")
-        if n.servers:
-            parts.append(
-                f"{len(n.servers)} SGLang server(s): "
-                + ", ".join(
-                    f"GPUs {_ranges(s.gpus)} port +{s.port_offset} nccl +{s.nccl_port_offset}" for s in n.servers
-                )
-            )
-        if "router" in n.roles:
-            parts.append(f"router port +{ROUTER_PORT_OFFSET}")
-        out.append(f"  {n.host:<10} {'+'.join(n.roles):<20} " + "; ".join(parts))
-    out.append("")
-    vpp = L.vpp if L.vpp is not None else "-"
-    out.append(
-        f"parallel layout (trainer): TP={L.tp} PP={L.pp} VPP={vpp} CP={L.cp} DP={L.dp}  "
-        f"(DP = {L.world} trainer {unit} / (TP x PP x CP = {L.tp * L.pp * L.cp}))"
-    )
-    if plan.engine == "sglang":
-        out.append(
-            f"rollout: {plan.num_servers} SGLang server(s), {plan.sglang_tp} GPU(s) each (sglang TP), "
-            f"{plan.servers_per_node} per node; router on {plan.node_roles[0].host}; "
-            f"weight sync: {plan.weight_sync}"
-        )
-    else:
-        out.append("rollout: in-process on trainer rank 0 (rollout.engine=inprocess), no SGLang servers")
-    out.append(f"step batch: at least {plan.rows_per_step} rows over DP={L.dp}")
-    out.append("")
-    out += format_memory(m, cpu=plan.cpu, sglang_colocated=plan.mode == "colocated" and plan.engine == "sglang")
-    if plan.engine == "sglang":
-        out.append(f"  SGLang weights per server GPU: {_gib(m.sglang_weights)}")
-    for w in plan.warnings:
-        out.append(f"warning: {w}")
-    out.append("")
-    this_job = "" if plan.port_base == "$PORT_BASE" else f" (this job: {plan.port_base})"
-    out.append(
-        f"ports: PORT_BASE = {PORT_BASE_FORMULA} unless set{this_job}; every port of the job is in "
-        f"PORT_BASE..+{PORT_SPAN - 1}: torchrun master +{TRAIN_PORT_OFFSET}, router +{ROUTER_PORT_OFFSET}, "
-        f"router metrics +{ROUTER_METRICS_PORT_OFFSET}, weight-sync group +{SYNC_PORT_OFFSET}.."
-        f"+{SYNC_PORT_OFFSET + SYNC_PORTS - 1}, SGLang server i +{SERVER_PORT_OFFSET}+i (its --nccl-port "
-        f"+{SERVER_NCCL_PORT_OFFSET}+i)"
-    )
-    out.append("commands:")
-    for role, cmd in plan.commands.items():
-        out.append(f"  # {role}")
-        out.append(f"  {cmd}")
-    return "\n".join(out) + "\n"
-
-
-def run(args: argparse.Namespace) -> int:
-    from ...config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    return run_launch_plan(
-        cfg,
-        nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
-        mode=args.mode,
-        rollout_nodes=args.rollout_nodes,
-        config_path=args.config,
-        overrides=args.overrides,
-    )
-
-
-def run_launch_plan(
-    cfg,
-    *,
-    nodes: int,
-    gpus_per_node: int = 8,
-    mode: str = "disaggregated",
-    rollout_nodes: Optional[int] = None,
-    config_path: Optional[str] = None,
-    overrides: Sequence[str] = (),
-    out=None,
-    err=None,
-) -> int:
-    """`chord launch plan`: print the plan and return 0, or print one line and return 2."""
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        plan = plan_launch(
-            cfg,
-            nodes=nodes,
-            gpus_per_node=gpus_per_node,
-            mode=mode,
-            rollout_nodes=rollout_nodes,
-            config_path=config_path,
-            overrides=overrides,
-        )
-    except LayoutError as e:
-        print(f"chord: launch plan: {e}", file=err)
-        return 2
-    out.write(format_plan(plan))
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# For the sbatch scripts: chord launch script-env ...
-# ----------------------------------------------------------------------------------------------
-def script_env(args: argparse.Namespace) -> int:
-    return main(["script-env", *args.argv])
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """`script-env CONFIG [key=value ...] --nodes N --gpus-per-node G --mode M [--rollout-nodes R]
-    [--hosts h0,h1,...] [--port-base P] [--cpu] [--plan-file F]`: check the layout, write the
-    readable plan to F, print `NAME=value` shell assignments (shell-quoted) for the script to
-    eval. Exit 2 with one line on stderr when the layout is impossible or the config is wrong."""
-    from ...config import ConfigError, load_config
-
-    ap = argparse.ArgumentParser(prog="chord launch")
-    sub = ap.add_subparsers(dest="action", required=True)
-    se = sub.add_parser("script-env")
-    se.add_argument("config")
-    se.add_argument("overrides", nargs="*")
-    se.add_argument("--nodes", type=int, required=True)
-    se.add_argument("--gpus-per-node", type=int, required=True)
-    se.add_argument("--mode", choices=tuple(SCRIPTS), required=True)
-    se.add_argument("--rollout-nodes", type=int)
-    se.add_argument("--hosts", help="comma-separated node names, in allocation order")
-    se.add_argument("--port-base", type=int)
-    se.add_argument("--cpu", action="store_true", help="CPU run: skip the GPU memory checks")
-    se.add_argument("--plan-file", help="write the readable plan here")
-    args, extra = ap.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e]
-    if stray:
-        ap.error(f"unrecognized arguments: {' '.join(stray)}")
-    overrides = [*args.overrides, *extra]
-    try:
-        cfg = load_config(args.config, overrides)
-        plan = plan_launch(
-            cfg,
-            nodes=args.nodes,
-            gpus_per_node=args.gpus_per_node,
-            mode=args.mode,
-            rollout_nodes=args.rollout_nodes,
-            config_path=args.config,
-            overrides=overrides,
-            hosts=args.hosts.split(",") if args.hosts else None,
-            port_base=args.port_base,
-            cpu=args.cpu,
-        )
-    except ConfigError as e:
-        print(f"chord: config error: {e}", file=sys.stderr)
-        return 2
-    except LayoutError as e:
-        print(f"chord: launch plan: {e}", file=sys.stderr)
-        return 2
-    if args.plan_file:
-        with open(args.plan_file, "w") as f:
-            f.write(format_plan(plan))
-    for key, value in plan.env.items():
-        print(f"{key}={shlex.quote(value)}")
-    return 0
