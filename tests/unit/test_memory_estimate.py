@@ -111,6 +111,15 @@ def test_padded_rows_recompute_and_an_fp32_model():
     assert "2 row(s) padded to 160" in next(x.assumption for x in m.terms if x.name == "activations")
 
 
+def test_a_step_smaller_than_a_micro_batch_is_estimated_at_its_own_rows():
+    # 2 prompts x 8 samples, no expert rows: 16 rows over DP 2 = one micro-batch of 8 rows, not 64
+    small = ["train.pack_sequences=false", "train.micro_batch_size=64", "rollout.prompts_per_step=2"]
+    m = tiny(*small, "rollout.samples_per_prompt=8", "algorithm.expert_data_ratio=0")
+    t = 8 * 160
+    assert m.activations == pytest.approx(2 * t * 64 * 34 / 2)
+    assert "8 row(s) padded to 160" in next(x.assumption for x in m.terms if x.name == "activations")
+
+
 def test_sglang_defaults_follow_the_gpu_size():
     h100 = 79.6 * GIB
     dynamic, text = sglang_dynamic({"tp_size": 2}, h100)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from ...data.batch import mixed_step_rows
+from ...train.batching import micro_batch_rows
 from .layout import ParallelLayout
 from .sglang_memory import sglang_dynamic, sglang_static
 
@@ -169,7 +170,9 @@ def estimate_memory(
                   no master copy). S = DP x CP with parallel.distributed_optimizer, else 1.
       overhead    3 GiB (CUDA context, NCCL buffers, allocator slack)
     A train step's transient memory, with t = tokens of one micro-batch on this rank
-      = train.micro_batch_size model rows x their length / CP. Packed (train.pack_sequences) a
+      = rows of one micro-batch x their length / CP: as many rows as the engine puts in one
+      (train/batching.py: the fewest micro-batches of at most train.micro_batch_size rows, evenly
+      filled), and train.micro_batch_size when packed (an upper bound). Packed (train.pack_sequences) a
       model row is train.pack_length tokens (0: the batch's longest row); otherwise every row is
       padded to the step's longest. Either way at most S_max = min(data.max_prompt_tokens +
       max(rollout.max_new_tokens, data.max_response_tokens), model.max_seq_length).
@@ -232,19 +235,24 @@ def estimate_memory(
     s_max = min(cfg.data.max_prompt_tokens + max(r.max_new_tokens, cfg.data.max_response_tokens), m.max_seq_length)
     packed = cfg.train.pack_sequences
     row = cfg.train.pack_length if packed and cfg.train.pack_length else s_max
-    tokens = cfg.train.micro_batch_size * row / layout.cp
+    step_rows_total = sum(mixed_step_rows(cfg))
+    rows_per_rank = math.ceil(step_rows_total / layout.dp)
+    # Unpacked, a micro-batch holds the rows the engine gives it (as few micro-batches as fit,
+    # evenly filled: train/batching.py); packed rows' count depends on the lengths, so the
+    # estimate takes micro_batch_size of them (an upper bound).
+    mb_rows = (
+        cfg.train.micro_batch_size
+        if packed
+        else micro_batch_rows(step_rows_total, layout.dp, cfg.train.micro_batch_size)
+    )
+    tokens = mb_rows * row / layout.cp
     sp = p.sequence_parallel
     h = m.hidden_size
     per_layer = tokens * h * ((34 / layout.tp) if sp else (10 + 24 / layout.tp))
-    rows_per_rank = math.ceil(sum(mixed_step_rows(cfg)) / layout.dp)
-    micro_batches = max(1, math.ceil(rows_per_rank / cfg.train.micro_batch_size))
+    micro_batches = max(1, math.ceil(rows_per_rank / mb_rows))
     in_flight = min(layout.pp, micro_batches)
     layers = (m.num_layers // layout.pp) * in_flight
-    where = (
-        f"{cfg.train.micro_batch_size} packed row(s) of {row}"
-        if packed
-        else f"{cfg.train.micro_batch_size} row(s) padded to {row}"
-    )
+    where = f"{mb_rows} packed row(s) of {row}" if packed else f"{mb_rows} row(s) padded to {row}"
     t_text = f"t = {where} tokens / CP {layout.cp} = {tokens:.0f}"
     sp_text = f"sequence parallel: / TP {layout.tp}" if sp else "no sequence parallelism"
     if str(cfg.megatron.get("recompute_granularity", "")).lower() == "full":
