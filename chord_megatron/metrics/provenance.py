@@ -51,6 +51,15 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_kernels() -> str:
+    """Which vectorised kernels compute here: ATen's CPU capability (ATEN_CPU_CAPABILITY can
+    lower it), and MKL's code path where MKL_CBWR / MKL_ENABLE_INSTRUCTIONS pin one. Two CPU
+    kinds round differently mostly because they run different kernels; pinning these on one
+    machine reproduces that (the demo's cross-kernel check, README)."""
+    pinned = [f"{k}={os.environ[k]}" for k in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(k)]
+    return " ".join([f"ATen {torch.backends.cpu.get_cpu_capability()}", *pinned])
+
+
 def trainer_threads(cpu_threads: int) -> int:
     """The torch threads a trainer started with train.cpu_threads=N runs on: N, or torch's
     default (this process's) when N is 0 or a GPU makes the setting moot."""
@@ -62,6 +71,7 @@ def provenance() -> Dict[str, object]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": git_commit(),
         "cpu": cpu_model(),
+        "kernels": cpu_kernels(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -31,11 +31,13 @@ def _provenance(records: Sequence[Mapping]) -> str:
     dates = sorted(str(r.get("date", "")) for r in records if r.get("date"))
     span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else dates[0][:10]
     cpus = uniq("cpu")
+    kinds = sorted({str(r["kernels"]) for r in records if r.get("kernels")})
+    kernels = f"; kernels {' / '.join(kinds)}" if kinds else ""
     # the trainers' threads where recorded (compare's runs), else the recording process's
     threads = uniq("trainer_threads") if all("trainer_threads" in r for r in records) else uniq("torch_threads")
     return (
         f"{len(records)} run{'s' if len(records) != 1 else ''}, {span}, commit {', '.join(uniq('commit'))}; "
-        f"{' / '.join(cpus)} ({len(cpus)} CPU kind{'s' if len(cpus) > 1 else ''}), "
+        f"{' / '.join(cpus)} ({len(cpus)} CPU kind{'s' if len(cpus) > 1 else ''}{kernels}), "
         f"{', '.join(uniq('cores'))} cores, {', '.join(threads)} torch thread{'' if threads == ['1'] else 's'}"
     )
 

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import pytest
+import torch
 
 from chord_megatron.cli import main
 from chord_megatron.metrics.results import read_results
@@ -120,3 +121,18 @@ def test_the_trainers_thread_count_is_reported_where_recorded():
 
     text = experiment_markdown([_record("grpo", 1e-3, s, 0.5, trainer_threads=1) for s in (1, 2)])
     assert "2 cores, 1 torch thread." in text
+
+
+def test_the_kernel_sets_are_named_beside_the_cpu_kind():
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    records = [_record("grpo", 1e-3, 1, 0.5, kernels="ATen AVX512"), _record("grpo", 1e-3, 2, 0.5, kernels="ATen AVX2")]
+    assert "Some CPU (1 CPU kind; kernels ATen AVX2 / ATen AVX512), 2 cores" in experiment_markdown(records)
+
+
+def test_provenance_names_the_kernels_a_pinned_environment_selects(monkeypatch):
+    from chord_megatron.metrics.provenance import cpu_kernels
+
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    assert cpu_kernels() == f"ATen {torch.backends.cpu.get_cpu_capability()} MKL_CBWR=COMPATIBLE"
