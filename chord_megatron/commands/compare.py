@@ -220,6 +220,7 @@ def run_compare(
             raise ConfigError("--shard", f"{shard[0]}/{shard[1]}", "splits a grid: give --seeds N or --lr-grid")
         cells = cells[shard[0] - 1 :: shard[1]]
     records = []
+    first_commit = None  # the code the grid started with: a change later is said once
     for i, (name, lr, seed) in enumerate(cells, 1):
         lr_label = lr if lr is not None else f"{cfg.optim.lr:g}"
         run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
@@ -255,6 +256,17 @@ def run_compare(
         # the trainer's own thread count beside this process's (it runs in a child process)
         prov = {**provenance(), "trainer_threads": trainer_threads(cfg.train.cpu_threads)}
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
+        if first_commit is None:
+            first_commit = prov["commit"]
+        elif prov["commit"] != first_commit:
+            # each trainer imports the tree as it is when it starts: editing the checkout under a
+            # running grid mixes code versions (run a long grid from a pinned worktree)
+            print(
+                f"warning: the code changed since this grid started ({first_commit} -> {prov['commit']}); "
+                "the runs from here on use it (each record names its commit)",
+                file=sys.stderr,
+            )
+            first_commit = prov["commit"]
         rc = subprocess.call(cmd)
         if rc != 0:
             raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")

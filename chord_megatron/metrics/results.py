@@ -141,6 +141,22 @@ def ordering(means: Mapping[str, Stats]) -> str:
     ranked = sorted(means.items(), key=lambda kv: -kv[1].mean)
     parts = [f"{ranked[0][0]} ({ranked[0][1].fmt()})"] if ranked else []
     for (_, a), (name, b) in zip(ranked, ranked[1:]):
-        separated = a.n > 1 and b.n > 1 and a.mean - b.mean > a.std + b.std
-        parts.append(("> " if separated else "≈ ") + f"{name} ({b.fmt()})")
+        parts.append(("> " if _separated(a, b) else "≈ ") + f"{name} ({b.fmt()})")
     return " ".join(parts)
+
+
+def _separated(a: Stats, b: Stats) -> bool:
+    """a above b by more than their two standard deviations (known only with 2+ seeds each)."""
+    return a.n > 1 and b.n > 1 and a.mean - b.mean > a.std + b.std
+
+
+def separations(means: Mapping[str, Stats]) -> str:
+    """Every pair the data separates, not only neighbours: ordering() chains "≈", so a wide
+    variant between two others reads "a ≈ wide ≈ c" even where a is far above c. "" if none."""
+    ranked = sorted(means.items(), key=lambda kv: -kv[1].mean)
+    rows = []
+    for i, (name, a) in enumerate(ranked):
+        below = [other for other, b in ranked[i + 1 :] if _separated(a, b)]
+        if below:
+            rows.append(f"{name} > {', '.join(below)}")
+    return "; ".join(rows)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
-from .results import Stats, best_lr, by_variant_and_lr, experiments, ordering, stats
+from .results import Stats, best_lr, by_variant_and_lr, experiments, ordering, separations, stats
 
 BEGIN, END = "<!-- demo-results -->", "<!-- /demo-results -->"
 VARIANTS = ("grpo", "sft", "sft-then-rl", "chord-mu", "chord-phi")  # chord compare's, when --variants is not given
@@ -29,7 +29,10 @@ def _provenance(records: Sequence[Mapping]) -> str:
         return sorted({str(r.get(field, "unknown")) for r in records})
 
     dates = sorted(str(r.get("date", "")) for r in records if r.get("date"))
-    span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates and dates[0][:10] != dates[-1][:10] else dates[0][:10]
+    if not dates:
+        span = "date not recorded"
+    else:
+        span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates[0][:10] != dates[-1][:10] else dates[0][:10]
     cpus = uniq("cpu")
     kinds = sorted({str(r["kernels"]) for r in records if r.get("kernels")})
     kernels = f"; kernels {' / '.join(kinds)}" if kinds else ""
@@ -84,6 +87,8 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             "lr is the best of the rates it has run, and a value marked (1 seed) has no spread yet.",
         ]
     out += ["", f'Ordering (">": ±1 std apart; "≈": not separated by these seeds): {ordering(accuracy)}.']
+    pairs = separations(accuracy)
+    out += [f"Every pair ±1 std apart: {pairs or 'none'}."]
     if len(lrs) > 1:
         out += ["", "| variant | " + " | ".join(f"lr {_lr(lr)}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
         for v, per_lr in grid.items():

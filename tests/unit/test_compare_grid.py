@@ -12,7 +12,7 @@ import torch
 
 from chord_megatron.commands.compare import lr_overrides, parse_lr_grid, quick_overrides, run_compare
 from chord_megatron.config import ConfigError, load_config
-from chord_megatron.metrics.results import Stats, ordering, read_results, thinned
+from chord_megatron.metrics.results import Stats, ordering, read_results, separations, thinned
 
 OVERRIDES = ["train.steps=6", "train.eval_every=3", "optim.lr=1e-3", "optim.min_lr=1e-4"]
 
@@ -106,6 +106,14 @@ def test_ordering_separates_only_beyond_one_std_each():
     assert "≈" in ordering({"x": Stats((0.9,)), "y": Stats((0.1,))})  # one seed: no spread, no claim
 
 
+def test_separations_name_pairs_that_a_wide_neighbour_hides():
+    top, wide, low = Stats((0.70, 0.80)), Stats((0.10, 0.80)), Stats((0.10, 0.12))
+    means = {"low": low, "top": top, "wide": wide}
+    assert ordering(means).count("≈") == 2  # top ≈ wide ≈ low ...
+    assert separations(means) == "top > low"  # ... but top and low are far apart
+    assert separations({"x": Stats((0.9,)), "y": Stats((0.1,))}) == ""
+
+
 def test_thinned_curves_are_window_means():
     recs = [{"step": s, "entropy/rl": float(s), "tokens/rl": 1} for s in range(250)]
     pts = thinned(recs, "entropy/rl", "tokens/rl")
@@ -179,3 +187,16 @@ def test_a_bad_shard_is_a_one_line_error():
     for bad in ("0/2", "3/2", "a/b", "2"):
         with pytest.raises(ConfigError, match="--shard"):
             parse_shard(bad)
+
+
+def test_a_grid_says_when_the_code_changes_under_it(tmp_path, monkeypatch, capsys):
+    import chord_megatron.commands.compare as compare
+
+    calls, commits = [], iter(["aaa", "aaa", "bbb+dirty", "bbb+dirty"])
+    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "provenance", lambda: {"commit": next(commits), "torch_threads": 1})  # no date
+    cfg = load_config(None, OVERRIDES)
+    run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "c", ["grpo", "sft"], progress=False, seeds=[1, 2])
+    err = capsys.readouterr().err
+    assert err.count("warning: the code changed") == 1 and "(aaa -> bbb+dirty)" in err
+    assert "date not recorded" in (tmp_path / "c" / "compare.md").read_text()
