@@ -26,17 +26,16 @@ class Plateau:
     history: List[Tuple[int, float]] = field(default_factory=list)  # (step, score)
     best: float = float("-inf")
     stale: int = 0  # evaluations since the last improvement of at least min_delta
-    reached: bool = False  # stopped by the target, not by a plateau
 
     @property
     def reason(self) -> str:
-        return "target" if self.reached else "plateau"
+        """Why the stage stopped: the last score reached the target, else a plateau."""
+        return "target" if self.target and self.history and self.history[-1][1] >= self.target else "plateau"
 
     def update(self, step: int, score: float) -> bool:
         """Record `score` at `step`; True when the stage should stop (see `reason`)."""
         self.history.append((step, score))
         if self.target and score >= self.target:
-            self.reached = True
             return True
         if score >= self.best + self.min_delta:
             self.best, self.stale = score, 0
