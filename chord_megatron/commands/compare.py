@@ -298,7 +298,7 @@ def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overri
         "experiment": experiment or "",
         "command": command,
         "variant": name,
-        "lr": float(lr) if lr is not None else cfg.optim.lr,
+        "lr": float(lr) if lr is not None else _variant_lr(cfg, extra),
         "seed": seed,
         "steps": cfg.train.steps,
         "quick": quick,
@@ -310,6 +310,12 @@ def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overri
         **prov,
     }
     return run_record(read_metrics(run_dir / "metrics.jsonl"), **meta)
+
+
+def _variant_lr(cfg: Config, extra: Sequence[str]) -> float:
+    """The rate a variant ran at: its own `--set VARIANT:optim.lr=...` (the last one) or the config's."""
+    own = [o.split("=", 1)[1] for o in extra if o.startswith("optim.lr=")]
+    return float(own[-1]) if own else cfg.optim.lr
 
 
 def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, per_variant) -> None:

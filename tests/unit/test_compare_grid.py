@@ -180,6 +180,30 @@ def test_shards_split_one_grid_between_processes_and_record_it_as_one(tmp_path, 
         run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "x", ["grpo"], progress=False, shard=(1, 2))
 
 
+def test_a_variants_own_lr_is_the_one_recorded(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    cfg = load_config(None, OVERRIDES)
+    results = tmp_path / "r.jsonl"
+    run_compare(
+        "configs/demo.yaml",  # read: a variant's own overrides are checked against the config first
+        OVERRIDES,
+        cfg,
+        tmp_path / "c",
+        ["grpo", "sft"],
+        progress=False,
+        per_variant={"grpo": ["optim.lr=3e-4", "optim.min_lr=1e-5"]},
+        seeds=[1234, 1235],
+        record=results,
+        experiment="t",
+    )
+    grpo_calls = [c for c in calls if "algorithm.mu.peak=0" in c]
+    assert grpo_calls and all(c.index("optim.lr=3e-4") > c.index("optim.lr=1e-3") for c in grpo_calls)
+    lrs = {(r["variant"], r["seed"]): r["lr"] for r in read_results(results)}
+    assert lrs == {("grpo", 1234): 3e-4, ("grpo", 1235): 3e-4, ("sft", 1234): 1e-3, ("sft", 1235): 1e-3}
+    assert read_results(results)[0]["final_accuracy"] == pytest.approx(accuracy("grpo", 3e-4, 1234))
+
+
 def test_a_bad_shard_is_a_one_line_error():
     from chord_megatron.commands.compare import parse_shard
 
