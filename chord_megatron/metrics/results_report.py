@@ -55,17 +55,25 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
     lrs = sorted({float(r["lr"]) for r in records})
     base = stats([{"b": r["base_accuracy"]} for r in _one_per_seed(records)], "b")
     first = records[0]
+    # An experiment may be recorded by several commands (e.g. more variants run later under the
+    # same --name): each is shown, and the runs planned are theirs together.
+    commands = _first_per_command(records)
+    full_grid = all(len(per_lr) == len(lrs) for per_lr in grid.values())
+    chosen_from = (
+        f"at the learning rate of the grid {{{', '.join(map(_lr, lrs))}}} with the best mean"
+        if full_grid
+        else f"at the best mean of the learning rates it ran ({', '.join(map(_lr, lrs))}; the grid below shows which)"
+    )
     quick = " (`--quick`: a smoke reading, not a result)" if first.get("quick") else ""
     out = [
         f"{heading} {name}{quick}",
         "",
-        f"`{first.get('command', '')}`",
+        *(f"`{r.get('command', '')}`" + ("  " if i < len(commands) - 1 else "") for i, r in enumerate(commands)),
         "",
         f"{first.get('steps')} steps per run; held-out accuracy is avg@{first.get('eval_samples')} at temperature "
         f"{first.get('temperature')} on {first.get('eval_prompts')} problems after the last step, mean ± std "
-        f"over seeds {', '.join(map(str, seeds))} (each seed its own base model); each variant at the learning rate of the "
-        f"grid {{{', '.join(map(_lr, lrs))}}} with the best mean (chosen on the same held-out problems, "
-        f"for every variant alike). Base model: {base.fmt()}.",
+        f"over seeds {', '.join(map(str, seeds))} (each seed its own base model); each variant {chosen_from} "
+        f"(chosen on the same held-out problems, for every variant alike). Base model: {base.fmt()}.",
         "",
         "| variant | best lr | held-out accuracy | Δ vs base | response length | entropy (on-policy) | entropy (expert) |",
         "|---|---|---|---|---|---|---|",
@@ -79,7 +87,8 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             f"| {v} | {_lr(best[v])} | {acc.fmt()} | {_signed(delta)} | {stats(runs, 'response_length').fmt(1)} | "
             f"{stats(runs, 'entropy_rl').fmt()} | {stats(runs, 'entropy_expert').fmt()} |"
         )
-    planned = planned_runs(first)
+    per_command = [planned_runs(r) for r in commands]
+    planned = sum(per_command) if all(per_command) else None
     if planned and len(records) < planned:
         out += [
             "",
@@ -112,6 +121,13 @@ def planned_runs(record: Mapping) -> int | None:
     except ValueError:
         return None
     return n_variants * n_lrs * n_seeds
+
+
+def _first_per_command(records: Sequence[Mapping]) -> List[Mapping]:
+    out: Dict[str, Mapping] = {}
+    for r in records:
+        out.setdefault(str(r.get("command", "")), r)
+    return list(out.values())
 
 
 def _signed(s: Stats) -> str:

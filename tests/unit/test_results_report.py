@@ -116,6 +116,23 @@ def test_a_partial_grid_says_so():
     assert planned_runs(full) == 1 and "Partial" not in experiment_markdown([full])
 
 
+def test_an_experiment_recorded_by_two_commands_shows_both_and_their_runs_together():
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    first = "chord compare c.yaml --seeds 2 --lr-grid 3e-3 --variants sft"
+    later = "chord compare c.yaml --seeds 2 --lr-grid 3e-4 --variants grpo --name e"
+    records = [
+        *(_record("sft", 3e-3, s, 0.8 + s / 100, command=first) for s in (1, 2)),
+        *(_record("grpo", 3e-4, s, 0.1 + s / 100, command=later) for s in (1, 2)),
+    ]
+    text = experiment_markdown(records)
+    assert f"`{first}`  \n`{later}`\n" in text
+    assert "Partial" not in text  # 2 + 2 runs planned, 4 recorded
+    assert "the best mean of the learning rates it ran (3e-4, 3e-3" in text
+    assert "| sft | not run | 0.815 ± 0.007 |" in text and "| grpo | 0.115 ± 0.007 | not run |" in text
+    assert "**Partial grid: 3 of the 4 runs" in experiment_markdown(records[:3])
+
+
 def test_the_trainers_thread_count_is_reported_where_recorded():
     from chord_megatron.metrics.results_report import experiment_markdown
 
