@@ -6,8 +6,10 @@ where it came from (provenance.py: date, commit, CPU, threads, wall time). Table
 made from these records only (results_report.py), so every published number can be traced back
 to a record, and the record to a command.
 
-Records are appended; a rerun of the same (experiment, variant, lr, seed) supersedes the older
-record on reading, so that the file can grow without the summary double-counting.
+Records are appended; a rerun of the same (experiment, variant, lr, seed) on the same machine
+kind (CPU model and kernels) supersedes the older record on reading, so that the file can grow
+without the summary double-counting. The same run on another machine kind is kept beside it: that
+is a reproduction (home_and_elsewhere).
 """
 
 from __future__ import annotations
@@ -70,7 +72,23 @@ def append_records(path: str | Path, records: Iterable[Mapping]) -> int:
 
 
 def _key(r: Mapping) -> Tuple:
-    return (r.get("experiment"), r.get("variant"), r.get("lr"), r.get("seed"))
+    return (r.get("experiment"), r.get("variant"), r.get("lr"), r.get("seed"), *machine_kind(r))
+
+
+def machine_kind(r: Mapping) -> Tuple[str, str]:
+    """What makes the same run round differently: the CPU model and the kernels it ran."""
+    return (str(r.get("cpu", "unknown")), str(r.get("kernels", "unknown")))
+
+
+def home_and_elsewhere(records: Sequence[Mapping]) -> Tuple[List[Mapping], Dict[Tuple[str, str], List[Mapping]]]:
+    """An experiment's records on the machine kind it was first recorded on (its results), and
+    those of every other kind, by kind (reproductions of it)."""
+    home = machine_kind(records[0]) if records else ("", "")
+    elsewhere: Dict[Tuple[str, str], List[Mapping]] = {}
+    for r in records:
+        if machine_kind(r) != home:
+            elsewhere.setdefault(machine_kind(r), []).append(r)
+    return [r for r in records if machine_kind(r) == home], elsewhere
 
 
 def read_results(path: str | Path) -> List[dict]:

@@ -12,7 +12,16 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
-from .results import Stats, best_lr, by_variant_and_lr, experiments, ordering, separations, stats
+from .results import (
+    Stats,
+    best_lr,
+    by_variant_and_lr,
+    experiments,
+    home_and_elsewhere,
+    ordering,
+    separations,
+    stats,
+)
 
 BEGIN, END = "<!-- demo-results -->", "<!-- /demo-results -->"
 VARIANTS = ("grpo", "sft", "sft-then-rl", "chord-mu", "chord-phi")  # chord compare's, when --variants is not given
@@ -46,8 +55,10 @@ def _provenance(records: Sequence[Mapping]) -> str:
 
 
 def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str:
-    """One experiment: the tuned table, the ordering it shows, the learning-rate grid, provenance."""
+    """One experiment: the tuned table, the ordering it shows, the learning-rate grid, provenance;
+    then its reproductions, where the same runs were recorded on another CPU kind or kernels."""
     name = records[0]["experiment"]
+    records, elsewhere = home_and_elsewhere(records)
     grid = by_variant_and_lr(records)
     best = {v: best_lr(per_lr) for v, per_lr in grid.items()}
     chosen = {v: grid[v][best[v]] for v in grid}
@@ -68,7 +79,7 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
     out = [
         f"{heading} {name}{quick}",
         "",
-        *(f"`{r.get('command', '')}`" + ("  " if i < len(commands) - 1 else "") for i, r in enumerate(commands)),
+        *_command_lines(records),
         "",
         f"{first.get('steps')} steps per run; held-out accuracy is avg@{first.get('eval_samples')} at temperature "
         f"{first.get('temperature')} on {first.get('eval_prompts')} problems after the last step, mean ± std "
@@ -104,7 +115,37 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             cells = [stats(per_lr[lr], "final_accuracy").fmt() if lr in per_lr else "not run" for lr in lrs]
             out.append(f"| {v} | " + " | ".join(cells) + " |")
     out += ["", f"Measured: {_provenance(records)}."]
+    for runs in elsewhere.values():
+        out += ["", *_reproduction(grid, best, runs)]
     return "\n".join(out) + "\n"
+
+
+def _reproduction(grid: Mapping[str, Mapping[float, Sequence[Mapping]]], best, runs: Sequence[Mapping]) -> List[str]:
+    """The same cells run on another machine kind, against the table above: a reproduction holds
+    where the mean there lies within the mean ± 1 std here (the spread the README states)."""
+    cpu, kernels = runs[0].get("cpu", "unknown"), runs[0].get("kernels", "unknown")
+    out = [
+        f'Reproduced on {cpu} (kernels {kernels}): the same runs; "within" = the mean there lies '
+        "within the mean ± 1 std here.",
+        "",
+        *_command_lines(runs),
+        "",
+        "| variant | lr | seeds there | accuracy there | here, all seeds | here, the same seeds | within |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v, per_lr in by_variant_and_lr(runs).items():
+        for lr, there in per_lr.items():
+            here = grid.get(v, {}).get(lr, [])
+            seeds = {r["seed"] for r in there}
+            acc, ref = stats(there, "final_accuracy"), stats(here, "final_accuracy")
+            same = stats([r for r in here if r["seed"] in seeds], "final_accuracy")
+            within = "—" if ref.n < 2 else ("yes" if abs(acc.mean - ref.mean) <= ref.std else "**no**")
+            marker = "" if lr == best.get(v) else " (not the table's lr)"
+            out.append(
+                f"| {v} | {_lr(lr)}{marker} | {', '.join(map(str, sorted(seeds)))} | {acc.fmt()} | {ref.fmt()} | "
+                f"{same.fmt()} | {within} |"
+            )
+    return out + ["", f"Measured there: {_provenance(runs)}."]
 
 
 def planned_runs(record: Mapping) -> int | None:
@@ -121,6 +162,12 @@ def planned_runs(record: Mapping) -> int | None:
     except ValueError:
         return None
     return n_variants * n_lrs * n_seeds
+
+
+def _command_lines(records: Sequence[Mapping]) -> List[str]:
+    """Each command the records came from, one per line (markdown's "  " line break between)."""
+    commands = [f"`{r.get('command', '')}`" for r in _first_per_command(records)]
+    return [c + ("  " if i < len(commands) - 1 else "") for i, c in enumerate(commands)]
 
 
 def _first_per_command(records: Sequence[Mapping]) -> List[Mapping]:
@@ -149,13 +196,14 @@ def split_experiments(records: Sequence[Mapping]) -> Dict[str, List[Mapping]]:
 
 def plot_experiment(records: Sequence[Mapping], out_path: str | Path) -> Path:
     """Held-out accuracy, on-policy and expert entropy against step: one line per variant at its
-    best learning rate, the mean over seeds, shaded ±1 std where there are several seeds."""
+    best learning rate, the mean over seeds, shaded ±1 std where there are several seeds (the
+    machine kind of the experiment's table; reproductions elsewhere are not drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = by_variant_and_lr(records)
+    grid = by_variant_and_lr(home_and_elsewhere(records)[0])
     panels = (
         ("eval/accuracy", "held-out accuracy"),
         ("entropy/rl", "entropy (on-policy)"),

@@ -133,6 +133,34 @@ def test_an_experiment_recorded_by_two_commands_shows_both_and_their_runs_togeth
     assert "**Partial grid: 3 of the 4 runs" in experiment_markdown(records[:3])
 
 
+def test_the_same_runs_on_another_machine_kind_are_a_reproduction_not_more_seeds(tmp_path):
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    here = [_record("sft", 1e-3, s, a, kernels="ATen AVX512") for s, a in ((1, 0.80), (2, 0.84), (3, 0.88))]
+    pinned = dict(kernels="ATen AVX2 MKL_CBWR=COMPATIBLE", command="chord compare c.yaml --seeds 2 base.cache_dir=o")
+    there = [_record("sft", 1e-3, 1, 0.83, **pinned), _record("sft", 1e-3, 2, 0.87, **pinned)]
+    other_cpu = [_record("sft", 1e-3, 1, 0.70, cpu="Intel Xeon", kernels="ATen AVX512")]
+    path = tmp_path / "r.jsonl"
+    _write(path, here + there + other_cpu)
+    records = read_results(path)
+    assert len(records) == 6  # same experiment, variant, lr and seed: kept apart by machine kind
+
+    text = experiment_markdown(records)
+    assert "| sft | 1e-3 | 0.840 ± 0.040 |" in text  # the table: the first kind's three seeds only
+    assert "Measured: 3 runs" in text
+    assert "Reproduced on Some CPU (kernels ATen AVX2 MKL_CBWR=COMPATIBLE)" in text
+    assert "`chord compare c.yaml --seeds 2 base.cache_dir=o`" in text
+    # 0.850 there against 0.840 ± 0.040 here: within; on the same seeds here 0.820 ± 0.028
+    assert "| sft | 1e-3 | 1, 2 | 0.850 ± 0.028 | 0.840 ± 0.040 | 0.820 ± 0.028 | yes |" in text
+    # 0.700 is more than one std (0.040) below 0.840: not reproduced
+    assert "Reproduced on Intel Xeon (kernels ATen AVX512)" in text
+    assert "| sft | 1e-3 | 1 | 0.700 (1 seed) | 0.840 ± 0.040 | 0.800 (1 seed) | **no** |" in text
+
+    # a rerun on the first kind still supersedes, not doubles
+    _write(path, here + there + [_record("sft", 1e-3, 1, 0.81, kernels="ATen AVX512")])
+    assert "| sft | 1e-3 | 0.843 ± 0.035 |" in experiment_markdown(read_results(path))
+
+
 def test_the_trainers_thread_count_is_reported_where_recorded():
     from chord_megatron.metrics.results_report import experiment_markdown
 
@@ -144,7 +172,9 @@ def test_the_kernel_sets_are_named_beside_the_cpu_kind():
     from chord_megatron.metrics.results_report import experiment_markdown
 
     records = [_record("grpo", 1e-3, 1, 0.5, kernels="ATen AVX512"), _record("grpo", 1e-3, 2, 0.5, kernels="ATen AVX2")]
-    assert "Some CPU (1 CPU kind; kernels ATen AVX2 / ATen AVX512), 2 cores" in experiment_markdown(records)
+    text = experiment_markdown(records)
+    assert "Measured: 1 run, 2026-12-01, commit abc; Some CPU (1 CPU kind; kernels ATen AVX512), 2 cores" in text
+    assert "Measured there: 1 run, 2026-12-01, commit abc; Some CPU (1 CPU kind; kernels ATen AVX2), 2 cores" in text
 
 
 def test_provenance_names_the_kernels_a_pinned_environment_selects(monkeypatch):
