@@ -1,6 +1,8 @@
 """What the tests share and the product never imports (tests/unit/test_layering.py checks it):
 
-  fake_sglang.py        a stdlib-only fake SGLang 0.5.23 worker (serve(argv, handler=...))
+  fake_sglang.py        a stdlib-only fake SGLang 0.5.23 worker as a process (serve(argv, handler=...),
+                        launch_fake_workers, running, stats)
+  fake_sglang_routes.py what that worker answers: its State and the Handler of every route
   sglang_contract.py    SGLang's own request types and routes, read from the installed wheel
   hf_weight_receiver.py a fake worker that holds a real HF model and applies NCCL broadcasts
   hf_models.py          tiny random Qwen2 / Qwen3 / Llama checkpoints; config_for(folder)
