@@ -73,7 +73,7 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
     chosen_from = (
         f"at the learning rate of the grid {{{', '.join(map(_lr, lrs))}}} with the best mean"
         if full_grid
-        else f"at the best mean of the learning rates it ran ({', '.join(map(_lr, lrs))}; the grid below shows which)"
+        else f"at the best mean of the rates it ran of {{{', '.join(map(_lr, lrs))}}} (the grid below shows which)"
     )
     quick = " (`--quick`: a smoke reading, not a result)" if first.get("quick") else ""
     out = [
@@ -83,8 +83,8 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
         "",
         f"{first.get('steps')} steps per run; held-out accuracy is avg@{first.get('eval_samples')} at temperature "
         f"{first.get('temperature')} on {first.get('eval_prompts')} problems after the last step, mean ± std "
-        f"over seeds {', '.join(map(str, seeds))} (each seed its own base model); each variant {chosen_from} "
-        f"(chosen on the same held-out problems, for every variant alike). Base model: {base.fmt()}.",
+        f"over seeds {', '.join(map(str, seeds))} (each seed its own base model); each variant {chosen_from}, "
+        f"chosen on the same held-out problems for every variant alike. Base model: {base.fmt()}.",
         "",
         "| variant | best lr | held-out accuracy | Δ vs base | response length | entropy (on-policy) | entropy (expert) |",
         "|---|---|---|---|---|---|---|",

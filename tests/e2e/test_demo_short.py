@@ -79,3 +79,28 @@ def test_malformed_data_file_stops_with_file_and_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith(f"chord: data error: {prompts}:2: not valid JSON")
     # the same file with data.on_bad_row=skip trains, dropping (and counting) the bad row
     chord("train", *common, "data.on_bad_row=skip", "train.eval_every=0")
+
+
+def test_short_expert_demo_runs_its_schedule_from_its_own_base(tmp_path, base_cache):
+    """configs/demo-expert.yaml, shortened: 3-digit sums, a base stopped by its step budget before
+    the target, CHORD-mu's schedule from 0.9, and the imperfect expert's rows in every step."""
+    out = tmp_path / "run"
+    result = chord(
+        "train",
+        DEMO.with_name("demo-expert.yaml"),
+        *SHORT,
+        f"train.output_dir={out}",
+        f"base.cache_dir={base_cache}",
+        "train.steps=4",
+        "train.eval_every=4",
+        "--no-progress",
+    )
+    assert "base stage: 40 steps" in result.stdout
+    records = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in records if "loss/total" in r]
+    assert [r["step"] for r in steps] == list(range(4))
+    # mu(step) = 0.9 -> 0.1 by cosine over 1200 steps: still within 1e-4 of 0.9 after 3 steps
+    assert steps[0]["mu"] == pytest.approx(0.9) and 0.9 - 1e-4 < steps[-1]["mu"] < 0.9
+    assert all(r["tokens/expert"] > 0 and math.isfinite(r["sft/nll"]) for r in steps)
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 4] and evals[0]["eval/accuracy"] < 0.05  # 3-digit sums: a weak base

@@ -10,7 +10,7 @@ from chord_megatron.commands.compare import lr_overrides, variants
 from chord_megatron.config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXPERIMENT = "expert needed, 1800 steps: the demo's task, each variant at its best lr of the 900-step grid"
+EXPERIMENT = "expert needed, 1800 steps"
 NOT_TRAINING = {("train", "output_dir"), ("checkpoint", "save_every")}  # where it writes, how often it saves
 
 

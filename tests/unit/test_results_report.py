@@ -128,7 +128,7 @@ def test_an_experiment_recorded_by_two_commands_shows_both_and_their_runs_togeth
     text = experiment_markdown(records)
     assert f"`{first}`  \n`{later}`\n" in text
     assert "Partial" not in text  # 2 + 2 runs planned, 4 recorded
-    assert "the best mean of the learning rates it ran (3e-4, 3e-3" in text
+    assert "each variant at the best mean of the rates it ran of {3e-4, 3e-3} (the grid below shows which)," in text
     assert "| sft | not run | 0.815 ± 0.007 |" in text and "| grpo | 0.115 ± 0.007 | not run |" in text
     assert "**Partial grid: 3 of the 4 runs" in experiment_markdown(records[:3])
 
