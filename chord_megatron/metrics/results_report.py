@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from .results import (
     Stats,
@@ -67,8 +67,7 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
     base = stats([{"b": r["base_accuracy"]} for r in _one_per_seed(records)], "b")
     first = records[0]
     # An experiment may be recorded by several commands (e.g. more variants run later under the
-    # same --name): each is shown, and the runs planned are theirs together.
-    commands = _first_per_command(records)
+    # same --name): each is shown, and the runs planned are theirs together (grid_coverage).
     full_grid = all(len(per_lr) == len(lrs) for per_lr in grid.values())
     chosen_from = (
         f"at the learning rate of the grid {{{', '.join(map(_lr, lrs))}}} with the best mean"
@@ -98,12 +97,11 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
             f"| {v} | {_lr(best[v])} | {acc.fmt()} | {_signed(delta)} | {stats(runs, 'response_length').fmt(1)} | "
             f"{stats(runs, 'entropy_rl').fmt()} | {stats(runs, 'entropy_expert').fmt()} |"
         )
-    per_command = [planned_runs(r) for r in commands]
-    planned = sum(per_command) if all(per_command) else None
-    if planned and len(records) < planned:
+    coverage = grid_coverage(records)
+    if coverage and coverage[0] < coverage[1]:
         out += [
             "",
-            f"**Partial grid: {len(records)} of the {planned} runs the command asks for are recorded**; a variant's best "
+            f"**Partial grid: {coverage[0]} of the {coverage[1]} runs the command asks for are recorded**; a variant's best "
             "lr is the best of the rates it has run, and a value marked (1 seed) has no spread yet.",
         ]
     out += ["", f'Ordering (">": ±1 std apart; "≈": not separated by these seeds): {ordering(accuracy)}.']
@@ -148,20 +146,32 @@ def _reproduction(grid: Mapping[str, Mapping[float, Sequence[Mapping]]], best, r
     return out + ["", f"Measured there: {_provenance(runs)}."]
 
 
-def planned_runs(record: Mapping) -> int | None:
-    """How many runs the record's command asks for: variants x learning rates x seeds."""
-    words = str(record.get("command", "")).split()
+def grid_coverage(records: Sequence[Mapping]) -> Tuple[int, int] | None:
+    """(runs recorded, runs planned) of an experiment. Each command plans its variants x learning
+    rates x N seeds; a (variant, lr) that several commands plan (a grid rerun, or extended under
+    the same --name) counts once, with the most seeds any of them asks for. None: a command that
+    cannot be read."""
+    wanted: Dict[Tuple[str, float], int] = {}
+    for first in _first_per_command(records):
+        words = str(first.get("command", "")).split()
 
-    def after(flag):
-        return words[words.index(flag) + 1] if flag in words[:-1] else None
+        def after(flag):
+            return words[words.index(flag) + 1] if flag in words[:-1] else None
 
-    n_variants = len(after("--variants").split(",")) if after("--variants") else len(VARIANTS)
-    n_lrs = len(after("--lr-grid").split(",")) if after("--lr-grid") else 1
-    try:
-        n_seeds = int(after("--seeds") or 1)
-    except ValueError:
-        return None
-    return n_variants * n_lrs * n_seeds
+        try:
+            n_seeds = int(after("--seeds") or 1)
+            grid = [float(x) for x in after("--lr-grid").split(",")] if after("--lr-grid") else None
+        except ValueError:
+            return None
+        own = [r for r in records if r.get("command") == first.get("command")]
+        for v in after("--variants").split(",") if after("--variants") else VARIANTS:
+            # without --lr-grid each variant ran at the config's rate (or its own --set one)
+            lrs = grid or sorted({float(r["lr"]) for r in own if r["variant"] == v} or {float(first["lr"])})
+            for lr in lrs:
+                wanted[(v, lr)] = max(wanted.get((v, lr), 0), n_seeds)
+    have = by_variant_and_lr(records)
+    recorded = sum(min(n, len(have.get(v, {}).get(lr, []))) for (v, lr), n in wanted.items())
+    return recorded, sum(wanted.values())
 
 
 def _command_lines(records: Sequence[Mapping]) -> List[str]:

@@ -107,17 +107,17 @@ def test_the_doc_is_generated_from_the_committed_results(tmp_path):
 
 
 def test_a_partial_grid_says_so():
-    from chord_megatron.metrics.results_report import experiment_markdown, planned_runs
+    from chord_megatron.metrics.results_report import experiment_markdown, grid_coverage
 
     rec = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --seeds 3 --lr-grid 1e-4,3e-4,1e-3")
-    assert planned_runs(rec) == 5 * 3 * 3
+    assert grid_coverage([rec]) == (1, 5 * 3 * 3)
     assert "**Partial grid: 1 of the 45 runs" in experiment_markdown([rec])
     full = _record("grpo", 1e-3, 1, 0.4, command="chord compare c.yaml --variants grpo")
-    assert planned_runs(full) == 1 and "Partial" not in experiment_markdown([full])
+    assert grid_coverage([full]) == (1, 1) and "Partial" not in experiment_markdown([full])
 
 
 def test_an_experiment_recorded_by_two_commands_shows_both_and_their_runs_together():
-    from chord_megatron.metrics.results_report import experiment_markdown
+    from chord_megatron.metrics.results_report import experiment_markdown, grid_coverage
 
     first = "chord compare c.yaml --seeds 2 --lr-grid 3e-3 --variants sft"
     later = "chord compare c.yaml --seeds 2 --lr-grid 3e-4 --variants grpo --name e"
@@ -131,6 +131,13 @@ def test_an_experiment_recorded_by_two_commands_shows_both_and_their_runs_togeth
     assert "each variant at the best mean of the rates it ran of {3e-4, 3e-3} (the grid below shows which)," in text
     assert "| sft | not run | 0.815 ± 0.007 |" in text and "| grpo | 0.115 ± 0.007 | not run |" in text
     assert "**Partial grid: 3 of the 4 runs" in experiment_markdown(records[:3])
+    # a third command rerunning one seed of the first (the same cells) plans nothing new
+    rerun = _record("sft", 3e-3, 1, 0.81, command="chord compare c.yaml --variants sft")
+    assert grid_coverage([*records[1:], rerun]) == (4, 4)
+    # without --lr-grid each variant's own rate is its planned cell
+    mixed = "chord compare c.yaml --seeds 2 --variants sft,grpo --set grpo:optim.lr=3e-4"
+    two = [_record("sft", 3e-3, 1, 0.8, command=mixed), _record("grpo", 3e-4, 1, 0.1, command=mixed)]
+    assert grid_coverage(two) == (2, 4)
 
 
 def test_the_same_runs_on_another_machine_kind_are_a_reproduction_not_more_seeds(tmp_path):
