@@ -181,8 +181,9 @@ def _command_lines(records: Sequence[Mapping]) -> List[str]:
 
 
 def _first_per_command(records: Sequence[Mapping]) -> List[Mapping]:
+    """One record per command, the commands in the order they were first run (by date)."""
     out: Dict[str, Mapping] = {}
-    for r in records:
+    for r in sorted(records, key=lambda r: str(r.get("date", ""))):  # stable: undated keep file order
         out.setdefault(str(r.get("command", "")), r)
     return list(out.values())
 
