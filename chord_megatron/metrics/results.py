@@ -83,12 +83,11 @@ def machine_kind(r: Mapping) -> Tuple[str, str]:
 def home_and_elsewhere(records: Sequence[Mapping]) -> Tuple[List[Mapping], Dict[Tuple[str, str], List[Mapping]]]:
     """An experiment's records on the machine kind it was first recorded on (its results), and
     those of every other kind, by kind (reproductions of it)."""
-    home = machine_kind(records[0]) if records else ("", "")
-    elsewhere: Dict[Tuple[str, str], List[Mapping]] = {}
+    by_kind: Dict[Tuple[str, str], List[Mapping]] = {}
     for r in records:
-        if machine_kind(r) != home:
-            elsewhere.setdefault(machine_kind(r), []).append(r)
-    return [r for r in records if machine_kind(r) == home], elsewhere
+        by_kind.setdefault(machine_kind(r), []).append(r)
+    home = next(iter(by_kind), None)  # dicts keep insertion order: the first record's kind
+    return by_kind.pop(home, []), by_kind
 
 
 def read_results(path: str | Path) -> List[dict]:
