@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="VARIANT:key=value",
-        help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable)",
+        help="an override for one variant only, e.g. grpo:optim.lr=3e-4 (repeatable; an lr brings "
+        "optim.min_lr scaled with it, as --lr-grid does, unless min_lr is set too)",
     )
     compare.add_argument(
         "--seeds", type=int, default=1, help="seeds per variant: train.seed, +1, ... (each its own base)"

@@ -162,6 +162,16 @@ def variants(cfg: Config) -> Dict[str, List[str]]:
     }
 
 
+def with_scaled_min_lr(cfg: Config, extra: Sequence[str]) -> List[str]:
+    """A variant's own `optim.lr=X` brings optim.min_lr scaled with it, as a rate of the grid
+    does (lr_overrides), unless the variant sets optim.min_lr itself: `--set grpo:optim.lr=3e-4`
+    and `--lr-grid 3e-4 --variants grpo` then run the same schedule."""
+    own = [o.split("=", 1)[1] for o in extra if o.startswith("optim.lr=")]
+    if not own or any(o.startswith("optim.min_lr=") for o in extra):
+        return list(extra)
+    return [*extra, lr_overrides(cfg, own[-1])[1]]
+
+
 def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str, List[str]]:
     """`--set VARIANT:key=value` items -> {variant: [key=value, ...]}, e.g. a learning rate per
     method ("grpo:optim.lr=3e-4"), since the best one differs between them."""
@@ -203,7 +213,7 @@ def run_compare(
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ConfigError("--variants", ",".join(unknown), f"unknown variant; known: {', '.join(table)}")
-    per_variant = {n: list(v) for n, v in (per_variant or {}).items()}
+    per_variant = {n: with_scaled_min_lr(cfg, v) for n, v in (per_variant or {}).items()}
     for name, extra in per_variant.items():  # a bad key fails now, not after the other variants ran
         load_config(config_path, [*overrides, *table[name], *extra])
     out = Path(out_dir)
@@ -222,7 +232,7 @@ def run_compare(
     records = []
     first_commit = None  # the code the grid started with: a change later is said once
     for i, (name, lr, seed) in enumerate(cells, 1):
-        lr_label = lr if lr is not None else f"{cfg.optim.lr:g}"
+        lr_label = lr if lr is not None else f"{_variant_lr(cfg, per_variant.get(name, [])):g}"
         run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
         label = name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
         if _finished(run_dir, cfg.train.steps):

@@ -54,6 +54,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
         *OVERRIDES,
         *table["grpo"],
         "optim.lr=0.125",
+        f"optim.min_lr={0.125 * cfg.optim.min_lr / cfg.optim.lr:.6g}",  # scaled as a grid rate's
         f"train.output_dir={tmp_path / 'cmp' / 'grpo'}",
         "--no-progress",
     ]

@@ -204,6 +204,30 @@ def test_a_variants_own_lr_is_the_one_recorded(tmp_path, monkeypatch):
     assert read_results(results)[0]["final_accuracy"] == pytest.approx(accuracy("grpo", 3e-4, 1234))
 
 
+def test_a_variants_own_lr_runs_the_grids_schedule_and_names_its_folder(tmp_path, monkeypatch):
+    """`--set grpo:optim.lr=3e-4` is the schedule of `--lr-grid 3e-4` (min_lr keeps the config's
+    ratio to lr, here 1/10) and its runs lie under lr0.0003, not under the config's rate."""
+    calls = []
+    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    cfg = load_config(None, OVERRIDES)
+    run_compare(
+        "configs/demo.yaml",
+        OVERRIDES,
+        cfg,
+        tmp_path / "c",
+        ["grpo", "sft"],
+        progress=False,
+        per_variant={"grpo": ["optim.lr=3e-4"]},
+        seeds=[1234],
+    )
+    grpo, sft = calls
+    i = grpo.index("optim.lr=3e-4")
+    assert grpo[i : i + 2] == lr_overrides(cfg, "3e-4") == ["optim.lr=3e-4", "optim.min_lr=3e-05"]
+    assert f"train.output_dir={tmp_path / 'c' / 'grpo' / 'lr0.0003' / 'seed1234'}" in grpo
+    assert f"train.output_dir={tmp_path / 'c' / 'sft' / 'lr0.001' / 'seed1234'}" in sft
+    assert not any(a.startswith("optim.min_lr=3e-05") for a in sft)
+
+
 def test_a_bad_shard_is_a_one_line_error():
     from chord_megatron.commands.compare import parse_shard
 
