@@ -21,13 +21,17 @@ import torch.distributed as dist
 from ..config import Config
 from ..data import CharTokenizer, ExpertRow
 from ..data.batch import build_train_batch
+from ..metrics.provenance import rounding_kind
 from ..train.parallel import is_rank0
 from .arith import make_splits, pretrain_problems, styled_rows
 from .plateau import Plateau
 
 
 def cache_key(cfg: Config) -> str:
-    """Everything the base weights depend on (not the parallel layout: the weights are full)."""
+    """Everything the base weights depend on (not the parallel layout: the weights are full),
+    the machine kind included: another CPU's kernels train another base from the same config
+    (README, "Another CPU's kernels"), so a cache shared between machines (a cluster's home
+    folder) must not hand one machine's base to a run that reproduces the demo on another."""
     import dataclasses
 
     d = cfg.data
@@ -37,7 +41,8 @@ def cache_key(cfg: Config) -> str:
         "task": [d.task, d.arith_digits, d.arith_rl_prompts, d.arith_expert_rows, d.arith_eval_prompts, d.seed],
         "seed": cfg.train.seed,
         "megatron": cfg.megatron,
-        "version": 1,
+        "machine": rounding_kind(),
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

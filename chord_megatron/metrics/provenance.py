@@ -60,6 +60,15 @@ def cpu_kernels() -> str:
     return " ".join([f"ATen {torch.backends.cpu.get_cpu_capability()}", *pinned])
 
 
+def rounding_kind() -> str:
+    """What the bits of a computation here depend on beyond its inputs: the GPU model on a GPU,
+    else the CPU model and its kernels (the machine kind that results.machine_kind reads from a
+    record)."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"{cpu_model()} / {cpu_kernels()}"
+
+
 def trainer_threads(cpu_threads: int) -> int:
     """The torch threads a trainer started with train.cpu_threads=N runs on: N, or torch's
     default (this process's) when N is 0 or a GPU makes the setting moot."""
