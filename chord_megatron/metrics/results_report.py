@@ -34,6 +34,9 @@ def _lr(lr: float) -> str:
 
 
 def _provenance(records: Sequence[Mapping]) -> str:
+    """The records' dates, commits, machine (one kind: home_and_elsewhere splits by kind), threads
+    and, where every run recorded it, their wall times summed: what the experiment cost."""
+
     def uniq(field):
         return sorted({str(r.get(field, "unknown")) for r in records})
 
@@ -42,15 +45,20 @@ def _provenance(records: Sequence[Mapping]) -> str:
         span = "date not recorded"
     else:
         span = f"{dates[0][:10]} to {dates[-1][:10]}" if dates[0][:10] != dates[-1][:10] else dates[0][:10]
-    cpus = uniq("cpu")
     kinds = sorted({str(r["kernels"]) for r in records if r.get("kernels")})
-    kernels = f"; kernels {' / '.join(kinds)}" if kinds else ""
+    kernels = f" (kernels {' / '.join(kinds)})" if kinds else ""
     # the trainers' threads where recorded (compare's runs), else the recording process's
     threads = uniq("trainer_threads") if all("trainer_threads" in r for r in records) else uniq("torch_threads")
+    walls = [r.get("wall_s") for r in records]
+    cost = (
+        f"; {sum(walls) / 60:.0f} min of runs (their wall times summed, base stages included)"
+        if records and all(isinstance(w, (int, float)) for w in walls)
+        else ""
+    )
     return (
         f"{len(records)} run{'s' if len(records) != 1 else ''}, {span}, commit {', '.join(uniq('commit'))}; "
-        f"{' / '.join(cpus)} ({len(cpus)} CPU kind{'s' if len(cpus) > 1 else ''}{kernels}), "
-        f"{', '.join(uniq('cores'))} cores, {', '.join(threads)} torch thread{'' if threads == ['1'] else 's'}"
+        f"{' / '.join(uniq('cpu'))}{kernels}, "
+        f"{', '.join(uniq('cores'))} cores, {', '.join(threads)} torch thread{'' if threads == ['1'] else 's'}{cost}"
     )
 
 

@@ -58,7 +58,7 @@ def test_readme_block_and_doc_are_written_from_the_file(tmp_path, capsys):
     assert "old numbers" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
     assert "| grpo | 1e-3 | 0.500 ± 0.141 | +0.300 ± 0.141 |" in text  # mean, stdev of (0.4, 0.6)
     assert "| sft | 1e-3 | 0.100 (1 seed) |" in text
-    assert "Measured: 3 runs, 2026-12-01, commit abc; Some CPU (1 CPU kind), 2 cores, 2 torch threads." in text
+    assert "Measured: 3 runs, 2026-12-01, commit abc; Some CPU, 2 cores, 2 torch threads." in text
 
     page = doc.read_text()
     assert "| grpo | 1e-3 | 0.500 ± 0.141 |" in page and "![curves: accuracy and entropies](cmp-e.png)" in page
@@ -180,8 +180,8 @@ def test_the_kernel_sets_are_named_beside_the_cpu_kind():
 
     records = [_record("grpo", 1e-3, 1, 0.5, kernels="ATen AVX512"), _record("grpo", 1e-3, 2, 0.5, kernels="ATen AVX2")]
     text = experiment_markdown(records)
-    assert "Measured: 1 run, 2026-12-01, commit abc; Some CPU (1 CPU kind; kernels ATen AVX512), 2 cores" in text
-    assert "Measured there: 1 run, 2026-12-01, commit abc; Some CPU (1 CPU kind; kernels ATen AVX2), 2 cores" in text
+    assert "Measured: 1 run, 2026-12-01, commit abc; Some CPU (kernels ATen AVX512), 2 cores" in text
+    assert "Measured there: 1 run, 2026-12-01, commit abc; Some CPU (kernels ATen AVX2), 2 cores" in text
 
 
 def test_provenance_names_the_kernels_a_pinned_environment_selects(monkeypatch):
@@ -190,3 +190,14 @@ def test_provenance_names_the_kernels_a_pinned_environment_selects(monkeypatch):
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
     assert cpu_kernels() == f"ATen {torch.backends.cpu.get_cpu_capability()} MKL_CBWR=COMPATIBLE"
+
+
+def test_the_experiments_cost_is_its_runs_wall_times_summed_where_every_run_has_one():
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    timed = [_record("grpo", 1e-3, s, 0.5, wall_s=w) for s, w in ((1, 90.0), (2, 150.0), (3, 1560.0))]
+    assert "2 torch threads; 30 min of runs (their wall times summed, base stages included)." in experiment_markdown(
+        timed
+    )
+    untimed = [*timed[:2], _record("grpo", 1e-3, 3, 0.5)]  # one run without a wall time: no sum
+    assert "min of runs" not in experiment_markdown(untimed)
