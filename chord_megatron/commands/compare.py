@@ -166,10 +166,10 @@ def with_scaled_min_lr(cfg: Config, extra: Sequence[str]) -> List[str]:
     """A variant's own `optim.lr=X` brings optim.min_lr scaled with it, as a rate of the grid
     does (lr_overrides), unless the variant sets optim.min_lr itself: `--set grpo:optim.lr=3e-4`
     and `--lr-grid 3e-4 --variants grpo` then run the same schedule."""
-    own = [o.split("=", 1)[1] for o in extra if o.startswith("optim.lr=")]
-    if not own or any(o.startswith("optim.min_lr=") for o in extra):
+    own = _own(extra, "optim.lr", None, str)
+    if own is None or any(o.startswith("optim.min_lr=") for o in extra):
         return list(extra)
-    return [*extra, lr_overrides(cfg, own[-1])[1]]
+    return [*extra, lr_overrides(cfg, own)[1]]
 
 
 def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str, List[str]]:
@@ -264,7 +264,8 @@ def run_compare(
         run_dir.mkdir(parents=True, exist_ok=True)
         began = time.time()
         # the trainer's own thread count beside this process's (it runs in a child process)
-        prov = {**provenance(), "trainer_threads": trainer_threads(cfg.train.cpu_threads)}
+        threads = _own(per_variant.get(name, []), "train.cpu_threads", cfg.train.cpu_threads, int)
+        prov = {**provenance(), "trainer_threads": trainer_threads(threads)}
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
         if first_commit is None:
             first_commit = prov["commit"]
@@ -324,8 +325,13 @@ def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overri
 
 def _variant_lr(cfg: Config, extra: Sequence[str]) -> float:
     """The rate a variant ran at: its own `--set VARIANT:optim.lr=...` (the last one) or the config's."""
-    own = [o.split("=", 1)[1] for o in extra if o.startswith("optim.lr=")]
-    return float(own[-1]) if own else cfg.optim.lr
+    return _own(extra, "optim.lr", cfg.optim.lr, float)
+
+
+def _own(extra: Sequence[str], key: str, default, kind):
+    """A variant's own value of `key` (the last `key=...` of its --set overrides), else `default`."""
+    own = [o.split("=", 1)[1] for o in extra if o.startswith(f"{key}=")]
+    return kind(own[-1]) if own else default
 
 
 def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, per_variant) -> None:

@@ -228,6 +228,25 @@ def test_a_variants_own_lr_runs_the_grids_schedule_and_names_its_folder(tmp_path
     assert not any(a.startswith("optim.min_lr=3e-05") for a in sft)
 
 
+def test_a_variants_own_thread_count_is_the_one_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "call", fake_train([]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(None, [*OVERRIDES, "train.cpu_threads=1"])
+    results = tmp_path / "r.jsonl"
+    run_compare(
+        "configs/demo.yaml",
+        [*OVERRIDES, "train.cpu_threads=1"],
+        cfg,
+        tmp_path / "c",
+        ["grpo", "sft"],
+        progress=False,
+        per_variant={"grpo": ["train.cpu_threads=3"]},
+        seeds=[1234],
+        record=results,
+    )
+    assert {r["variant"]: r["trainer_threads"] for r in read_results(results)} == {"grpo": 3, "sft": 1}
+
+
 def test_a_bad_shard_is_a_one_line_error():
     from chord_megatron.commands.compare import parse_shard
 
