@@ -167,6 +167,22 @@ def _separated(a: Stats, b: Stats) -> bool:
     return a.n > 1 and b.n > 1 and a.mean - b.mean > a.std + b.std
 
 
+def same_seed_wins(chosen: Mapping[str, Sequence[Mapping]]) -> str:
+    """The two best variants by mean, seed by seed: on how many of the seeds both ran the first
+    ended above the second. A seed is one base model and one data order for both, so this pairs
+    away what the seeds' spread mixes in; "" with fewer than 2 shared seeds."""
+    ranked = sorted(chosen, key=lambda v: -stats(chosen[v], "final_accuracy").mean)
+    if len(ranked) < 2:
+        return ""
+    a, b = ({r["seed"]: float(r["final_accuracy"]) for r in chosen[v]} for v in ranked[:2])
+    shared = sorted(set(a) & set(b))
+    if len(shared) < 2:
+        return ""
+    above = sum(a[s] > b[s] for s in shared)
+    ties = sum(a[s] == b[s] for s in shared)
+    return f"{ranked[0]} ends above {ranked[1]} on {above} of {len(shared)} seeds" + (f" ({ties} tied)" if ties else "")
+
+
 def separations(means: Mapping[str, Stats]) -> str:
     """Every pair the data separates, not only neighbours: ordering() chains "≈", so a wide
     variant between two others reads "a ≈ wide ≈ c" even where a is far above c. "" if none."""

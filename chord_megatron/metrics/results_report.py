@@ -19,6 +19,7 @@ from .results import (
     experiments,
     home_and_elsewhere,
     ordering,
+    same_seed_wins,
     separations,
     stats,
 )
@@ -115,6 +116,9 @@ def experiment_markdown(records: Sequence[Mapping], heading: str = "###") -> str
     out += ["", f'Ordering (">": ±1 std apart; "≈": not separated by these seeds): {ordering(accuracy)}.']
     pairs = separations(accuracy)
     out += [f"Every pair ±1 std apart: {pairs or 'none'}."]
+    paired = same_seed_wins(chosen)
+    if paired:
+        out += [f"The two best by mean, seed by seed (one base model per seed for both): {paired}."]
     if len(lrs) > 1:
         out += ["", "| variant | " + " | ".join(f"lr {_lr(lr)}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
         for v, per_lr in grid.items():

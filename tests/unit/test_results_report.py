@@ -201,3 +201,21 @@ def test_the_experiments_cost_is_its_runs_wall_times_summed_where_every_run_has_
     )
     untimed = [*timed[:2], _record("grpo", 1e-3, 3, 0.5)]  # one run without a wall time: no sum
     assert "min of runs" not in experiment_markdown(untimed)
+
+
+def test_the_two_best_variants_are_compared_seed_by_seed():
+    from chord_megatron.metrics.results import same_seed_wins
+    from chord_megatron.metrics.results_report import experiment_markdown
+
+    # mu ends above sft on two seeds, but one seed drags its mean below sft's: sft leads the pair
+    mu = {1: 0.91, 2: 0.59, 3: 0.91, 4: 0.95}
+    sft = {1: 0.82, 2: 0.84, 3: 0.80, 4: 0.95}
+    runs = [_record(v, 1e-3, s, a) for v, acc in (("sft", sft), ("mu", mu)) for s, a in acc.items()]
+    runs.append(_record("grpo", 1e-3, 5, 0.2))  # a third variant, on a seed the two do not share
+    text = experiment_markdown(runs)
+    assert (
+        "The two best by mean, seed by seed (one base model per seed for both): "
+        "sft ends above mu on 1 of 4 seeds (1 tied)." in text
+    )
+    chosen = {"mu": [r for r in runs if r["variant"] == "mu"], "sft": [r for r in runs if r["variant"] == "sft"][:1]}
+    assert same_seed_wins(chosen) == ""  # one shared seed: nothing to say
