@@ -213,9 +213,10 @@ def run_compare(
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ConfigError("--variants", ",".join(unknown), f"unknown variant; known: {', '.join(table)}")
-    per_variant = {n: with_scaled_min_lr(cfg, v) for n, v in (per_variant or {}).items()}
-    for name, extra in per_variant.items():  # a bad key fails now, not after the other variants ran
+    per_variant = {n: list(v) for n, v in (per_variant or {}).items()}
+    for name, extra in per_variant.items():  # a bad key or value fails now, not after the other variants ran
         load_config(config_path, [*overrides, *table[name], *extra])
+    per_variant = {n: with_scaled_min_lr(cfg, v) for n, v in per_variant.items()}
     out = Path(out_dir)
     grid = seeds is not None or lrs is not None
     # Seed-major: a grid stopped part-way has every variant and rate at the first seeds.

@@ -76,6 +76,15 @@ def test_run_compare_refuses_a_bad_per_variant_key_before_training(tmp_path, mon
             ["grpo", "sft"],
             per_variant={"sft": ["optim.nope=1"]},
         )
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):  # not a traceback from scaling min_lr
+        run_compare(
+            "none.yaml",
+            OVERRIDES,
+            load_config(None, OVERRIDES),
+            tmp_path,
+            ["grpo", "sft"],
+            per_variant={"grpo": ["optim.lr=abc"]},
+        )
 
 
 def test_run_compare_starts_an_unfinished_variant_over_and_skips_a_finished_one(tmp_path, monkeypatch):
