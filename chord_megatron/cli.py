@@ -122,12 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-progress", action="store_true", help="no progress bars")
     compare.set_defaults(func=_command("compare"))
 
-    report = sub.add_parser("report", help="tables and curves of a results file (chord compare --record)")
+    report = sub.add_parser(
+        "report", help="tables and curves of a results file (chord compare --record, chord bench loop --record)"
+    )
     report.add_argument("results", help="a JSONL results file, e.g. results/demo.jsonl")
     report.add_argument("--experiment", action="append", help="only this experiment (repeatable; default: all)")
     report.add_argument("--markdown", action="store_true", help="print the tables (the default without --doc/--readme)")
     report.add_argument("--doc", metavar="FILE", help="write a markdown page, with each experiment's curves beside it")
-    report.add_argument("--readme", metavar="FILE", help="replace the block between <!-- demo-results --> markers")
+    report.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="replace the block between <!-- demo-results --> markers (<!-- loop-bench --> for a bench file)",
+    )
     report.set_defaults(func=_command("report"))
 
     ev = sub.add_parser("eval", help="avg@k of a model on a benchmark file with the task's reward")

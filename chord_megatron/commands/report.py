@@ -4,6 +4,8 @@
     chord report results/demo.jsonl --doc docs/demo-compare.md
                                                             a page, with each experiment's curves beside it
     chord report results/demo.jsonl --readme README.md      the README's block between the demo-results markers
+    chord report results/loop_bench.jsonl --readme README.md
+                                                            the loop-speed table (a `chord bench loop --record` file)
 
 Nothing here trains or measures; it only formats what the records hold, so the numbers in the
 README and docs are whatever the file says, with the file's spread and provenance.
@@ -12,6 +14,7 @@ README and docs are whatever the file says, with the file's spread and provenanc
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping
@@ -22,6 +25,8 @@ from ..metrics.results_report import BEGIN, END, experiment_markdown, plot_exper
 
 
 def run(args: argparse.Namespace) -> int:
+    if _is_loop_bench(args.results):
+        return _loop_bench(args)
     chosen = select(args.results, args.experiment)
     if args.doc:
         path = write_doc(chosen, args.doc, args.results)
@@ -37,6 +42,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"updated the results block of {path}")
     if args.markdown or not (args.doc or args.readme):
         print("\n".join(experiment_markdown(recs) for recs in chosen.values()))
+    return 0
+
+
+def _is_loop_bench(results: str) -> bool:
+    """A `chord bench loop --record` file (its records have steps/s), not one of compare's."""
+    path = Path(results)
+    first = next((line for line in path.read_text().splitlines() if line.strip()), "") if path.is_file() else ""
+    try:
+        return "steps_per_s" in json.loads(first)
+    except ValueError:
+        return False
+
+
+def _loop_bench(args: argparse.Namespace) -> int:
+    """The loop-speed table: printed, or written between the README's loop-bench markers."""
+    from ..metrics import loop_bench_table as bench
+
+    if args.doc or args.experiment:
+        flag = "--doc" if args.doc else "--experiment"
+        raise ConfigError(
+            flag, args.results, "a chord bench loop results file is one table: use --readme or --markdown"
+        )
+    if args.readme:
+        path = Path(args.readme)
+        try:
+            text = replace_block(path.read_text(), bench.block_body(args.results), str(path), bench.BEGIN, bench.END)
+        except ValueError:
+            raise ConfigError(
+                "--readme", str(path), f"has no {bench.BEGIN} ... {bench.END} markers: add them where the table goes"
+            ) from None
+        path.write_text(text)
+        print(f"updated the loop-bench block of {path}")
+    if args.markdown or not args.readme:
+        print(bench.markdown_table(bench.read_records(Path(args.results))))
     return 0
 
 

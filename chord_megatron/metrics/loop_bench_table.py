@@ -3,7 +3,8 @@
 One row per record: the command's overrides, the machine and the thread counts of both sides, the commit, chord's
 and TRL's steps/s (medians over runs, with the runs' range) and their ratio, and the held-out
 accuracy both reached at the last evaluation. tests/unit/test_loop_bench_table.py keeps the
-README's block equal to what the committed results file gives.
+README's block equal to what the committed results file gives; `chord report
+results/loop_bench.jsonl --readme README.md` writes it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def markdown_table(records: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_block(results: str, root: Path = Path(".")) -> str:
-    """The README's block for the results file `results` (a path relative to `root`)."""
+def block_body(results: str, root: Path = Path(".")) -> str:
+    """What goes between the README's markers for the results file `results` (relative to `root`)."""
     table = markdown_table(read_records(root / results))
-    return f"{BEGIN}\nGenerated from `{results}` (`chord bench loop … --record {results}`):\n\n{table}{END}"
+    return f"Generated from `{results}` (`chord bench loop … --record {results}`):\n\n{table}"
+
+
+def readme_block(results: str, root: Path = Path(".")) -> str:
+    """The README's block, markers included (`chord report RESULTS --readme README.md` writes it)."""
+    return f"{BEGIN}\n{block_body(results, root)}{END}"

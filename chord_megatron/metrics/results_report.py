@@ -272,10 +272,11 @@ def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]):
     return steps, mean, std
 
 
-def replace_block(text: str, block: str, where: str) -> str:
-    """`text` with the part between BEGIN and END replaced by `block`; refused without the markers."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{where} has no {BEGIN} ... {END} markers: add them where the results go")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block.strip()}\n{END}{tail}"
+def replace_block(text: str, block: str, where: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with the part between the markers (the demo results' by default) replaced by
+    `block`; refused without them."""
+    if begin not in text or end not in text:
+        raise ValueError(f"{where} has no {begin} ... {end} markers: add them where the results go")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block.strip()}\n{end}{tail}"

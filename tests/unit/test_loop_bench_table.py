@@ -3,7 +3,7 @@ and the table says what each record says."""
 
 from pathlib import Path
 
-from chord_megatron.metrics.loop_bench_table import BEGIN, END, markdown_table, readme_block
+from chord_megatron.metrics.loop_bench_table import BEGIN, END, markdown_table, read_records, readme_block
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = "results/loop_bench.jsonl"
@@ -12,7 +12,9 @@ RESULTS = "results/loop_bench.jsonl"
 def test_readme_block_is_generated_from_the_results_file():
     readme = (ROOT / "README.md").read_text()
     block = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
-    assert block == readme_block(RESULTS, ROOT), "regenerate it: chord_megatron.metrics.loop_bench_table.readme_block"
+    assert block == readme_block(RESULTS, ROOT), (
+        "regenerate it: chord report results/loop_bench.jsonl --readme README.md"
+    )
 
 
 def test_a_row_carries_the_records_numbers():
@@ -35,3 +37,24 @@ def test_a_row_carries_the_records_numbers():
     # chord's trainer on train.cpu_threads, TRL on the bench process's threads
     row = markdown_table([{**record, "chord_torch_threads": 1}]).splitlines()[-1]
     assert "| Some CPU, 1, 2 |" in row
+
+
+def test_chord_report_writes_the_block_from_a_loop_bench_file(tmp_path, capsys):
+    import shutil
+
+    from chord_megatron.cli import main
+
+    shutil.copy(ROOT / RESULTS, tmp_path / "bench.jsonl")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BEGIN}\nold\n{END}\nafter\n")
+    assert main(["report", str(tmp_path / "bench.jsonl"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text == f"# x\n{readme_block(str(tmp_path / 'bench.jsonl'))}\nafter\n" and "old" not in text
+    assert main(["report", str(tmp_path / "bench.jsonl")]) == 0  # no --readme: the table is printed
+    assert markdown_table(read_records(tmp_path / "bench.jsonl")) in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "bench.jsonl"), "--doc", str(tmp_path / "d.md")]) != 0
+    assert "--doc: " in capsys.readouterr().err  # one line naming the flag, nothing written
+    readme.write_text("no markers\n")
+    assert main(["report", str(tmp_path / "bench.jsonl"), "--readme", str(readme)]) != 0
+    assert "has no <!-- loop-bench --> ... <!-- /loop-bench --> markers" in capsys.readouterr().err
+    assert readme.read_text() == "no markers\n" and not (tmp_path / "d.md").exists()
