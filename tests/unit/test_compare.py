@@ -64,26 +64,19 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
     assert "0.625" in text  # grpo's final accuracy, 0.5 + its lr, made it into the table
 
 
-def test_run_compare_refuses_a_bad_per_variant_key_before_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "per_variant,error",
+    [
+        ({"sft": ["optim.nope=1"]}, "optim.nope"),
+        ({"grpo": ["optim.lr=abc"]}, "optim.lr: expected a number"),  # not a traceback from scaling min_lr
+    ],
+)
+def test_run_compare_refuses_a_bad_per_variant_override_before_training(tmp_path, monkeypatch, per_variant, error):
     monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail("nothing may train"))
     monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
-    with pytest.raises(ConfigError, match="optim.nope"):
+    with pytest.raises(ConfigError, match=error):
         run_compare(
-            "none.yaml",
-            OVERRIDES,
-            load_config(None, OVERRIDES),
-            tmp_path,
-            ["grpo", "sft"],
-            per_variant={"sft": ["optim.nope=1"]},
-        )
-    with pytest.raises(ConfigError, match="optim.lr: expected a number"):  # not a traceback from scaling min_lr
-        run_compare(
-            "none.yaml",
-            OVERRIDES,
-            load_config(None, OVERRIDES),
-            tmp_path,
-            ["grpo", "sft"],
-            per_variant={"grpo": ["optim.lr=abc"]},
+            "none.yaml", OVERRIDES, load_config(None, OVERRIDES), tmp_path, ["grpo", "sft"], per_variant=per_variant
         )
 
 
