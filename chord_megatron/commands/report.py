@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 def _is_loop_bench(results: str) -> bool:
     """A `chord bench loop --record` file (its records have steps/s), not one of compare's."""
     path = Path(results)
-    first = next((line for line in path.read_text().splitlines() if line.strip()), "") if path.is_file() else ""
+    if not path.is_file():
+        return False
+    with path.open() as f:  # the first record tells: no need to read the whole file
+        first = next((line for line in f if line.strip()), "")
     try:
         return "steps_per_s" in json.loads(first)
     except ValueError:

@@ -10,28 +10,41 @@ from tests.support.chord_cli import DEMO, SHORT, chord
 pytestmark = pytest.mark.slow
 
 
-def test_short_demo_runs_and_learns(tmp_path, base_cache):
-    out = tmp_path / "run"
-    # mu = 1 for the first steps (pure SFT on the expert scratchpads), then CHORD.
+def train_short(config, out, base_cache, steps: int, *overrides):
+    """`chord train CONFIG` shortened (SHORT) for `steps` steps into `out`: its output, every
+    metrics record, and the optimiser steps' records (checked to be all `steps` of them)."""
     result = chord(
         "train",
-        DEMO,
+        config,
         *SHORT,
         f"train.output_dir={out}",
         f"base.cache_dir={base_cache}",
-        "train.steps=8",
+        f"train.steps={steps}",
+        *overrides,
+        "--no-progress",
+    )
+    records = read_metrics(out / "metrics.jsonl")
+    step_records = [r for r in records if "loss/total" in r]
+    assert [r["step"] for r in step_records] == list(range(steps))
+    return result, records, step_records
+
+
+def test_short_demo_runs_and_learns(tmp_path, base_cache):
+    out = tmp_path / "run"
+    # mu = 1 for the first steps (pure SFT on the expert scratchpads), then CHORD.
+    result, records, steps = train_short(
+        DEMO,
+        out,
+        base_cache,
+        8,
         "train.eval_every=4",
         "algorithm.mu.peak=1.0",
         "algorithm.mu.valley=0.1",
         "algorithm.mu.decay=8",
         "algorithm.token_weight=none",
         "optim.lr=2e-3",
-        "--no-progress",
     )
     assert "final evaluation: eval/accuracy=" in result.stdout
-    records = read_metrics(out / "metrics.jsonl")
-    steps = [r for r in records if "loss/total" in r]
-    assert [r["step"] for r in steps] == list(range(8))
     # every logged number is finite
     for r in records:
         for k, v in r.items():
@@ -84,21 +97,10 @@ def test_malformed_data_file_stops_with_file_and_line(tmp_path):
 def test_short_expert_demo_runs_its_schedule_from_its_own_base(tmp_path, base_cache):
     """configs/demo-expert.yaml, shortened: 3-digit sums, a base stopped by its step budget before
     the target, CHORD-mu's schedule from 0.9, and the imperfect expert's rows in every step."""
-    out = tmp_path / "run"
-    result = chord(
-        "train",
-        DEMO.with_name("demo-expert.yaml"),
-        *SHORT,
-        f"train.output_dir={out}",
-        f"base.cache_dir={base_cache}",
-        "train.steps=4",
-        "train.eval_every=4",
-        "--no-progress",
+    result, records, steps = train_short(
+        DEMO.with_name("demo-expert.yaml"), tmp_path / "run", base_cache, 4, "train.eval_every=4"
     )
     assert "base stage: 40 steps" in result.stdout
-    records = read_metrics(out / "metrics.jsonl")
-    steps = [r for r in records if "loss/total" in r]
-    assert [r["step"] for r in steps] == list(range(4))
     # mu(step) = 0.9 -> 0.1 by cosine over 1200 steps: still within 1e-4 of 0.9 after 3 steps
     assert steps[0]["mu"] == pytest.approx(0.9) and 0.9 - 1e-4 < steps[-1]["mu"] < 0.9
     assert all(r["tokens/expert"] > 0 and math.isfinite(r["sft/nll"]) for r in steps)
