@@ -6,7 +6,7 @@
     chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]
                                                  run CHORD: rollouts, rewards, updates, evaluation
     chord compare CONFIG [key=value ...] [--variants a,b] [--set VARIANT:key=value] [--out DIR]
-            [--seeds N] [--lr-grid a,b,c] [--quick] [--record FILE] [--shard K/N]
+            [--seeds N] [--lr-grid a,b,c] [--quick] [--record FILE] [--shard K/N] [--jobs N]
                                                  the method and its baselines; table + curves
     chord report RESULTS [--markdown] [--doc FILE] [--readme FILE]
                                                  the tables and curves of a results file
@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="K/N",
         help="run only the K-th of N interleaved parts of the grid (N processes share it; record to one file)",
+    )
+    compare.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trainers at once, from one queue (never two training one base model); each writes "
+        "<run>/train.log. Give each train.cpu_threads cores",
     )
     compare.add_argument("--record", metavar="FILE", help="append one record per run to this JSONL results file")
     compare.add_argument("--name", help="the experiment's name in the results file (default: config and overrides)")

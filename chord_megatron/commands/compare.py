@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -27,6 +28,9 @@ from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
 from ..run_dir import earlier_run
+from .compare_queue import QueuedRun, log_tail, run_queue
+
+start_trainer = subprocess.Popen  # starts one variant's `chord train` (tests put a stand-in here)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
     if args.seeds < 1:
         raise ConfigError("--seeds", str(args.seeds), "must be >= 1")
+    if args.jobs < 1:
+        raise ConfigError("--jobs", str(args.jobs), "must be >= 1")
     names = args.variants.split(",") if args.variants else None
     out = args.out or f"{cfg.train.output_dir}-compare{'-quick' if args.quick else ''}"
     per_variant = parse_variant_overrides(args.set, list(variants(cfg)))
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         command=command,  # without --shard: the shards together are this command
         quick=args.quick,
         shard=shard,
+        jobs=args.jobs,
     )
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
@@ -202,12 +209,14 @@ def run_compare(
     command: str = "",
     quick: bool = False,
     shard: Optional[tuple] = None,
+    jobs: int = 1,
 ) -> Path:
     """Train every variant (skipping those already finished in out_dir), then write the report.
     `per_variant`: extra overrides of single variants, applied after the variant's own.
     `seeds` / `lrs`: run each variant at every (lr, seed) (None: the config's own, one run).
     `shard` (k, n): only every n-th cell of the grid from the k-th, so that n processes (cores,
-    machines) share one grid; their records, in one results file, report as one experiment."""
+    machines) share one grid; their records, in one results file, report as one experiment.
+    `jobs`: trainers at once, from one queue (compare_queue.py), each writing to <run>/train.log."""
     table = variants(cfg)
     names = list(names or table)
     unknown = [n for n in names if n not in table]
@@ -232,41 +241,24 @@ def run_compare(
         cells = cells[shard[0] - 1 :: shard[1]]
     records = []
     first_commit = None  # the code the grid started with: a change later is said once
-    for i, (name, lr, seed) in enumerate(cells, 1):
-        lr_label = lr if lr is not None else f"{_variant_lr(cfg, per_variant.get(name, [])):g}"
-        run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
-        label = name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
-        if _finished(run_dir, cfg.train.steps):
-            print(f"[{i}/{len(cells)}] {label}: already done in {run_dir}")
-            if grid:
-                records.append(
-                    _record(run_dir, cfg, (name, lr, seed), experiment, command, quick, overrides, per_variant)
-                )
-                if record:  # each run as it is done: a grid stopped part-way keeps what it measured
-                    append_records(record, records[-1:])
-            continue
-        print(f"[{i}/{len(cells)}] {label}: training into {run_dir}", flush=True)
-        cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
-        cmd = [
-            sys.executable,
-            "-m",
-            "chord_megatron.cli",
-            "train",
-            config_path,
-            *overrides,
-            *table[name],
-            *per_variant.get(name, []),
-            *cell,
-            f"train.output_dir={run_dir}",
-        ] + ([] if progress else ["--no-progress"])
+    to_files = jobs > 1  # several runs at once: each writes its output to its own train.log
+    began = {}  # run folder -> when its trainer started
+
+    def add_record(run_dir: Path, cell) -> None:
+        records.append(_record(run_dir, cfg, cell, experiment, command, quick, overrides, per_variant))
+        if record:  # each run as it is done: a grid stopped part-way keeps what it measured
+            append_records(record, records[-1:])
+
+    def start(cmd: List[str], run_dir: Path, name: str, label: str) -> subprocess.Popen:
+        nonlocal first_commit
         # An unfinished variant (stopped earlier) is compare's own output: it starts over.
         if earlier_run(cfg.replace(**{"train.output_dir": str(run_dir)})):
-            cmd.append("--overwrite")
+            cmd = [*cmd, "--overwrite"]
         run_dir.mkdir(parents=True, exist_ok=True)
-        began = time.time()
         # the trainer's own thread count beside this process's (it runs in a child process)
         threads = _own(per_variant.get(name, []), "train.cpu_threads", cfg.train.cpu_threads, int)
         prov = {**provenance(), "trainer_threads": trainer_threads(threads)}
+        began[run_dir] = time.time()
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
         if first_commit is None:
             first_commit = prov["commit"]
@@ -279,15 +271,62 @@ def run_compare(
                 file=sys.stderr,
             )
             first_commit = prov["commit"]
-        rc = subprocess.call(cmd)
-        if rc != 0:
-            raise RuntimeError(f"variant {name} failed (exit {rc}); its logs and metrics are in {run_dir}")
+        if not to_files:
+            print(f"{label}: training into {run_dir}", flush=True)
+            return start_trainer(cmd)
+        print(f"{label}: training into {run_dir} (output: {run_dir / 'train.log'})", flush=True)
+        with open(run_dir / "train.log", "a") as log:
+            return start_trainer(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def done(rc: int, run_dir: Path, cell, label: str) -> None:
         prov = json.loads((run_dir / "provenance.json").read_text())
-        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": round(time.time() - began, 1)}) + "\n")
+        wall = round(time.time() - began.pop(run_dir), 1)
+        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": wall}) + "\n")
+        if rc != 0:
+            print(f"{label}: failed (exit {rc}) after {wall:.0f} s", flush=True)
+            if to_files:
+                print(log_tail(run_dir / "train.log"), flush=True)
+            return
+        if to_files:
+            print(f"{label}: done in {wall:.0f} s", flush=True)
         if grid:
-            records.append(_record(run_dir, cfg, (name, lr, seed), experiment, command, quick, overrides, per_variant))
-            if record:
-                append_records(record, records[-1:])
+            add_record(run_dir, cell)
+
+    queue = []
+    for i, (name, lr, seed) in enumerate(cells, 1):
+        lr_label = lr if lr is not None else f"{_variant_lr(cfg, per_variant.get(name, [])):g}"
+        run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
+        label = f"[{i}/{len(cells)}] " + name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
+        if _finished(run_dir, cfg.train.steps):
+            print(f"{label}: already done in {run_dir}")
+            if grid:
+                add_record(run_dir, (name, lr, seed))
+            continue
+        cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
+        run_overrides = [*overrides, *table[name], *per_variant.get(name, []), *cell]
+        cmd = [
+            sys.executable,
+            "-m",
+            "chord_megatron.cli",
+            "train",
+            config_path,
+            *run_overrides,
+            f"train.output_dir={run_dir}",
+        ] + ([] if progress else ["--no-progress"])
+        queue.append(
+            QueuedRun(
+                label,
+                run_dir,
+                _base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :]))),
+                partial(start, cmd, run_dir, name, label),
+                partial(done, run_dir=run_dir, cell=(name, lr, seed), label=label),
+                partial(_where, run_dir, cfg.train.steps),
+            )
+        )
+    failed = run_queue(queue, jobs, status_every_s=60.0 if to_files else None)
+    if failed:
+        run, rc = failed[0]
+        raise RuntimeError(f"{run.label} failed (exit {rc}); its logs and metrics are in {run.folder}")
     report = out / "compare.md"
     if not grid:
         _plain_report(report, config_path, overrides, cfg, {n: out / n for n in names}, per_variant)
@@ -352,6 +391,30 @@ def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, p
         + "\n![curves](curves.png)\n"
     )
     plot_curves(runs, report.parent / "curves.png")
+
+
+def _base_file(cfg: Config) -> Optional[Path]:
+    """The cached base model that a run of `cfg` trains first when it is absent (as
+    demo/base_model.base_weights decides), or None when the run has no base stage."""
+    if cfg.model.hf_path or cfg.base.steps == 0:
+        return None
+    from ..demo.base_model import cache_path
+
+    return cache_path(cfg)
+
+
+def _where(run_dir: Path, steps: int) -> str:
+    """How far a running trainer is, from the last record of its metrics log."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return "(starting: no step logged yet)"
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    try:
+        return f"step {json.loads(lines[-1])['step']}/{steps}"
+    except (IndexError, KeyError, ValueError):
+        return ""
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

@@ -3,12 +3,13 @@ training processes replaced by a stand-in that writes the metrics a run would.""
 
 import json
 import pathlib
-import subprocess
 
 import pytest
 
+from chord_megatron.commands import compare
 from chord_megatron.commands.compare import parse_variant_overrides, run_compare, variants
 from chord_megatron.config import ConfigError, load_config
+from tests.support.fake_trainer import started
 
 OVERRIDES = ["train.steps=6", "train.eval_every=3"]
 
@@ -36,7 +37,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
         pathlib.Path(out, "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return 0
 
-    monkeypatch.setattr(subprocess, "call", fake_train)
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train))
     # run_compare validates the per-variant keys by loading the config: there is no file here.
     monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
     report = run_compare(
@@ -72,7 +73,7 @@ def test_run_compare_passes_per_variant_overrides_and_reports_them(tmp_path, mon
     ],
 )
 def test_run_compare_refuses_a_bad_per_variant_override_before_training(tmp_path, monkeypatch, per_variant, error):
-    monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail("nothing may train"))
+    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: pytest.fail("nothing may train")))
     monkeypatch.setattr("chord_megatron.commands.compare.load_config", lambda path, over: load_config(None, over))
     with pytest.raises(ConfigError, match=error):
         run_compare(
@@ -97,6 +98,6 @@ def test_run_compare_starts_an_unfinished_variant_over_and_skips_a_finished_one(
         (stopped / "metrics.jsonl").write_text(json.dumps({"step": 6, "eval/accuracy": 0.5}) + "\n")
         return 0
 
-    monkeypatch.setattr(subprocess, "call", fake_train)
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train))
     run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "cmp", ["grpo", "sft"], progress=False)
     assert len(calls) == 1 and f"train.output_dir={stopped}" in calls[0] and calls[0][-1] == "--overwrite"

@@ -5,14 +5,15 @@ stand-in whose final accuracy is a known function of (variant, lr, seed)."""
 import json
 import pathlib
 import statistics
-import subprocess
 
 import pytest
 import torch
 
+from chord_megatron.commands import compare
 from chord_megatron.commands.compare import lr_overrides, parse_lr_grid, quick_overrides, run_compare
 from chord_megatron.config import ConfigError, load_config
 from chord_megatron.metrics.results import Stats, ordering, read_results, separations, thinned
+from tests.support.fake_trainer import started
 
 OVERRIDES = ["train.steps=6", "train.eval_every=3", "optim.lr=1e-3", "optim.min_lr=1e-4"]
 
@@ -41,7 +42,7 @@ def fake_train(calls):
 
 def test_grid_runs_every_cell_records_it_and_reports_the_best_lr(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     cfg = load_config(None, OVERRIDES)
     results = tmp_path / "results" / "demo.jsonl"
     report = run_compare(
@@ -144,7 +145,7 @@ def test_the_command_line_quick_grid_records_what_it_ran(tmp_path, monkeypatch, 
     from chord_megatron.cli import main
 
     calls = []
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     results = tmp_path / "r.jsonl"
     argv = ["compare", "configs/demo.yaml", "train.steps=18", "--variants", "grpo,sft", "--seeds", "2"]
     argv += ["--lr-grid", "1e-3,2e-3", "--quick", "--record", str(results), "--out", str(tmp_path / "o")]
@@ -167,7 +168,7 @@ def test_the_command_line_quick_grid_records_what_it_ran(tmp_path, monkeypatch, 
 
 def test_shards_split_one_grid_between_processes_and_record_it_as_one(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     cfg = load_config(None, OVERRIDES)
     results = tmp_path / "r.jsonl"
     common = dict(progress=False, seeds=[1234, 1235], lrs=["1e-3", "2e-3"], record=results, experiment="t", command="c")
@@ -182,7 +183,7 @@ def test_shards_split_one_grid_between_processes_and_record_it_as_one(tmp_path, 
 
 def test_a_variants_own_lr_is_the_one_recorded(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     cfg = load_config(None, OVERRIDES)
     results = tmp_path / "r.jsonl"
     run_compare(
@@ -208,7 +209,7 @@ def test_a_variants_own_lr_runs_the_grids_schedule_and_names_its_folder(tmp_path
     """`--set grpo:optim.lr=3e-4` is the schedule of `--lr-grid 3e-4` (min_lr keeps the config's
     ratio to lr, here 1/10) and its runs lie under lr0.0003, not under the config's rate."""
     calls = []
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     cfg = load_config(None, OVERRIDES)
     run_compare(
         "configs/demo.yaml",
@@ -229,7 +230,7 @@ def test_a_variants_own_lr_runs_the_grids_schedule_and_names_its_folder(tmp_path
 
 
 def test_a_variants_own_thread_count_is_the_one_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(subprocess, "call", fake_train([]))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train([])))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = load_config(None, [*OVERRIDES, "train.cpu_threads=1"])
     results = tmp_path / "r.jsonl"
@@ -260,7 +261,7 @@ def test_a_grid_says_when_the_code_changes_under_it(tmp_path, monkeypatch, capsy
     import chord_megatron.commands.compare as compare
 
     calls, commits = [], iter(["aaa", "aaa", "bbb+dirty", "bbb+dirty"])
-    monkeypatch.setattr(subprocess, "call", fake_train(calls))
+    monkeypatch.setattr(compare, "start_trainer", started(fake_train(calls)))
     monkeypatch.setattr(compare, "provenance", lambda: {"commit": next(commits), "torch_threads": 1})  # no date
     cfg = load_config(None, OVERRIDES)
     run_compare("none.yaml", OVERRIDES, cfg, tmp_path / "c", ["grpo", "sft"], progress=False, seeds=[1, 2])
