@@ -313,14 +313,15 @@ def run_compare(
             *run_overrides,
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
+        base = _base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :])))
         queue.append(
             QueuedRun(
                 label,
                 run_dir,
-                _base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :]))),
+                base,
                 partial(start, cmd, run_dir, name, label),
                 partial(done, run_dir=run_dir, cell=(name, lr, seed), label=label),
-                partial(_where, run_dir, cfg.train.steps),
+                partial(_where, run_dir, cfg.train.steps, base),
             )
         )
     failed = run_queue(queue, jobs, status_every_s=60.0 if to_files else None)
@@ -403,11 +404,11 @@ def _base_file(cfg: Config) -> Optional[Path]:
     return cache_path(cfg)
 
 
-def _where(run_dir: Path, steps: int) -> str:
+def _where(run_dir: Path, steps: int, base: Optional[Path] = None) -> str:
     """How far a running trainer is, from the last record of its metrics log."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
-        return "(starting: no step logged yet)"
+        return "(training its base model)" if base is not None and not base.exists() else "(starting)"
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - 4096))
         lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]

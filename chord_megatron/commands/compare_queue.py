@@ -36,6 +36,15 @@ def waits_for_base(run: QueuedRun, running: Sequence[QueuedRun]) -> bool:
     return any(r.base == run.base for r in running)
 
 
+def next_run(pending: Sequence[QueuedRun], running: Sequence[QueuedRun]) -> Optional[QueuedRun]:
+    """The first pending run that trains a base model nobody trains yet, else the first that can
+    start. Base stages first: a base is the longest part of its seed's first run and holds back the
+    seed's other runs, so started late it leaves a core idle at the end of the grid."""
+    ready = [r for r in pending if not waits_for_base(r, running)]
+    fresh = [r for r in ready if r.base is not None and not r.base.exists()]
+    return (fresh or ready or [None])[0]
+
+
 def run_queue(
     runs: Sequence[QueuedRun], jobs: int, *, poll_s: Optional[float] = None, status_every_s: Optional[float] = 60.0
 ) -> List[Tuple[QueuedRun, int]]:
@@ -49,7 +58,7 @@ def run_queue(
     try:
         while pending or running:
             while pending and not failed and len(running) < jobs:
-                nxt = next((r for r in pending if not waits_for_base(r, list(running))), None)
+                nxt = next_run(pending, list(running))
                 if nxt is None:
                     break
                 pending.remove(nxt)

@@ -62,8 +62,9 @@ def test_two_jobs_never_train_one_base_twice_and_run_the_whole_grid(tmp_path, mo
     assert max(n for kind, _, n in fake.events if kind == "start") == 2  # two at once, never three
     for seed in SEEDS:  # each base trained by one run only: the others of its seed started from it
         assert [existed for s, existed in starts if s == seed].count(False) == 1, starts
-    # seed-major order, except that sft at 1234 waited for grpo at 1234 to cache its base
-    assert [s for s, _ in starts[:2]] == [1234, 1235]
+    # sft at 1234 waited for grpo at 1234 to cache its base; the last seed's base went before the
+    # runs that had theirs, so that it does not hold up the end of the grid
+    assert [s for s, _ in starts[:3]] == [1234, 1235, 1236]
     records = read_results(results)
     assert {(r["variant"], r["seed"]) for r in records} == {(v, s) for v in ("grpo", "sft") for s in SEEDS}
     assert all((pathlib.Path(r["run_dir"]) / "train.log").exists() for r in records)  # each its own output
@@ -137,7 +138,10 @@ def test_the_queue_says_what_is_running(capsys):
 
 
 def test_where_a_run_is_comes_from_its_metrics(tmp_path):
-    assert compare._where(tmp_path, 600) == "(starting: no step logged yet)"
+    base = tmp_path / "base.pt"
+    assert compare._where(tmp_path, 600, base) == "(training its base model)"
+    base.write_text("base")
+    assert compare._where(tmp_path, 600, base) == compare._where(tmp_path, 600) == "(starting)"
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(341)))
     assert compare._where(tmp_path, 600) == "step 340/600"
 
