@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -79,8 +79,8 @@ def base_weights(cfg: Config, *, progress: Optional[bool] = None):
         return hf_state_dict(cfg)
     if cfg.base.steps == 0:
         return None
-    path = cache_path(cfg)
-    if not path.exists():
+    path, cached = _rank0_cache_view(cfg)
+    if not cached:
         weights = train_base(cfg, progress=cfg.logging.progress if progress is None else progress)
         if is_rank0():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +90,21 @@ def base_weights(cfg: Config, *, progress: Optional[bool] = None):
         if dist.is_initialized():
             dist.barrier()
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rank0_cache_view(cfg: Config) -> Tuple[Path, bool]:
+    """The cache file and whether it exists, as rank 0 sees them, on every rank: nodes of another
+    CPU kind compute another key (cache_key), and a rank that missed the file rank 0 found would
+    train the base alone, in collectives no other rank joins."""
+    path = cache_path(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return path, path.exists()
+    from ..train.parallel import init_distributed
+
+    init_distributed(cfg.parallel.backend)  # the engine would join it next; the base decides first
+    box = [(str(path), path.exists())]
+    dist.broadcast_object_list(box, src=0)  # the default group: the object group's timeout is set later
+    return Path(box[0][0]), box[0][1]
 
 
 def stage_log_path(cfg: Config) -> Path:
