@@ -23,7 +23,7 @@
     chord bench train-step CONFIG [key=value ...] [--vs key=value ...]
                                                  tokens/s and peak memory of a training step
                                                  (--vs: against a variant, as ratios)
-    chord bench loop CONFIG [key=value ...] [--steps N] [--runs R] [--record FILE] [--vs-trl]
+    chord bench loop CONFIG [key=value ...] [--steps N] [--runs R] [--seeds S] [--record FILE] [--vs-trl]
                                                  steps/s of the training loop, time per phase
                                                  (--vs-trl: against TRL's GRPOTrainer)
     chord data prep-openr1 | prep-toolace IN... OUT
@@ -211,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     loop = bench.add_parser("loop", help="steps/s of the training loop and its phases")
     _add_config_args(loop)
     loop.add_argument("--steps", type=int, default=20, help="training steps per run (at least 3)")
-    loop.add_argument("--runs", type=int, default=3, help="runs; the medians are printed")
+    loop.add_argument("--runs", type=int, default=3, help="runs (of each seed); the medians are printed")
+    loop.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds train.seed, +1, ... (each its own base model): held-out accuracy as mean ± std over them",
+    )
     loop.add_argument("--record", metavar="FILE", help="append the result to this JSONL results file")
     loop.add_argument(
         "--vs-trl",

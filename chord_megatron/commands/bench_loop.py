@@ -28,8 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from ..config import load_config
+from ..config import ConfigError, load_config
 from ..metrics.logger import read_metrics
+from ..metrics.loop_bench_table import final_accuracy_by_seed, mean_std
 from ..metrics.provenance import provenance, trainer_threads
 
 # (phase, the metric that times it), in the order a step runs them.
@@ -59,22 +60,37 @@ def run(args: argparse.Namespace) -> int:
         overrides += variants(cfg)["grpo"]
         cfg = load_config(args.config, [*overrides, f"train.steps={args.steps}"])
         check_comparable(cfg, args.steps)
+    seeds_n = getattr(args, "seeds", 1)
+    if seeds_n < 1:
+        raise ConfigError("--seeds", str(seeds_n), "must be >= 1")
+    # The runs of one seed sample identically (seeded), so held-out accuracy varies only across
+    # seeds: each seed its own base model, prompts' order and sampling, on both sides.
+    seeds = [cfg.train.seed + k for k in range(seeds_n)] if seeds_n > 1 else [None]
     root = Path(tempfile.mkdtemp(prefix="chord-bench-loop-"))
-    runs, trl_runs, trl_inputs = [], [], None
+    runs, trl_runs, run_seeds, trl_inputs = [], [], [], {}
     for i in range(args.runs):  # chord and TRL in turns, so that both see the same machine load
-        runs.append(_one_run(args.config, overrides, args.steps, root / f"run{i}"))
-        if vs_trl:
-            from .bench_trl import prepare, train_trl
+        for seed in seeds:
+            seeded = overrides + ([f"train.seed={seed}"] if seed is not None else [])
+            out = root / (f"run{i}" + (f"-seed{seed}" if seed is not None else ""))
+            runs.append(_one_run(args.config, seeded, args.steps, out))
+            run_seeds.append(seed if seed is not None else cfg.train.seed)
+            if vs_trl:
+                from .bench_trl import prepare, train_trl
 
-            trl_inputs = trl_inputs or prepare(cfg, root / "trl")  # after run 0: the base model is cached
-            trl_runs.append(train_trl(trl_inputs, root / f"trl-run{i}"))
-    flags = [f"--steps {args.steps}"] + (["--vs-trl"] if vs_trl else [])
+                if seed not in trl_inputs:  # after the seed's first chord run: its base model is cached
+                    seed_cfg = cfg if seed is None else cfg.replace(**{"train.seed": str(seed)})
+                    trl_inputs[seed] = prepare(seed_cfg, root / ("trl" + (f"-seed{seed}" if seed is not None else "")))
+                trl_runs.append(train_trl(trl_inputs[seed], root / f"trl-{out.name}"))
+    flags = (
+        [f"--steps {args.steps}"] + ([f"--seeds {seeds_n}"] if seeds_n > 1 else []) + (["--vs-trl"] if vs_trl else [])
+    )
     machine = provenance()
     result = {
         "command": " ".join(["chord bench loop", args.config, *args.overrides, *flags]),
         **machine,
         "chord_torch_threads": trainer_threads(cfg.train.cpu_threads),
         **summarize(runs),
+        "run_seeds": run_seeds,
         "runs_dir": str(root),
     }
     if vs_trl:
@@ -173,6 +189,15 @@ def format_result(r: dict) -> str:
         lines.append(f"  {name:36} {seconds:9.4f} {share:>7}")
     runs = " ".join(f"{x:.3g}" for x in r["steps_per_s_runs"])
     lines.append(f"  steps/s: {r['steps_per_s']:.3g} (runs: {runs})")
+    seeds = r.get("run_seeds") or []
+    if len(set(seeds)) > 1:
+        chord_final = final_accuracy_by_seed(r["eval_accuracy"], seeds)
+        line = f"  held-out accuracy at the last step over {len(chord_final)} seeds: chord {mean_std(chord_final)}"
+        if "trl" in r:
+            trl_final = final_accuracy_by_seed(r["trl"]["eval_accuracy"], seeds)
+            above = sum(chord_final[s] > trl_final[s] for s in chord_final)
+            line += f", TRL {mean_std(trl_final)}; chord ends above TRL on {above} of {len(chord_final)} seeds"
+        lines.append(line)
     for i, acc in r["eval_accuracy"].items():
         if acc:
             lines.append(f"  run {i} held-out accuracy by step: " + ", ".join(f"{s}: {a:.3f}" for s, a in acc.items()))

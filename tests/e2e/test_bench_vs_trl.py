@@ -26,3 +26,20 @@ def test_bench_loop_vs_trl_prints_and_records_both_sides(tmp_path, base_cache):
     # both curves at the same steps: the base model, every 2nd update, the last
     assert sorted(r["eval_accuracy"]["0"]) == sorted(t["eval_accuracy"]["0"]) == ["0", "2", "3"]
     assert t["grpo_config"]["max_steps"] == 3 and t["grpo_config"]["loss_type"] == "dapo"
+
+
+def test_bench_loop_vs_trl_over_seeds_gives_each_seed_its_own_base_on_both_sides(tmp_path, base_cache):
+    """--seeds 2: TRL trains from each seed's own base model, so both sides' step-0 evaluations
+    agree seed by seed; the output gives both sides' spread over the seeds."""
+    pytest.importorskip("trl")
+    record = tmp_path / "loop.jsonl"
+    over = [*SHORT, f"base.cache_dir={base_cache}", "train.eval_every=3", "rollout.max_new_tokens=16"]
+    out = chord(
+        "bench", "loop", DEMO, *over, "--steps", "3", "--runs", "1", "--seeds", "2", "--record", record, "--vs-trl"
+    )
+    (r,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert r["run_seeds"] == [1234, 1235] and r["command"].endswith("--steps 3 --seeds 2 --vs-trl")
+    chord_curves, trl_curves = r["eval_accuracy"], r["trl"]["eval_accuracy"]
+    assert [chord_curves[i]["0"] for i in ("0", "1")] == [trl_curves[i]["0"] for i in ("0", "1")]
+    assert "held-out accuracy at the last step over 2 seeds: chord " in out.stdout
+    assert "chord ends above TRL on " in out.stdout and " of 2 seeds" in out.stdout

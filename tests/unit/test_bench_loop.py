@@ -3,6 +3,7 @@ after the warm-up step, the rest of the interval as 'other', and a results recor
 machine and commit."""
 
 import json
+import statistics
 
 import pytest
 
@@ -58,3 +59,18 @@ def test_chord_bench_loop_runs_the_real_loop_and_records_the_result(tmp_path):
     assert r["runs"] == 1 and r["steps_per_s"] > 0 and r["commit"] and r["cpu"] and r["torch_threads"] >= 1
     assert r["phase_seconds"]["generate"] > 0 and r["phase_seconds"]["forward/backward + optimizer"] > 0
     assert r["phase_seconds"]["old log-probs pass"] < 1e-3  # no separate pass by default
+
+
+def test_seeds_run_each_seed_with_its_own_base_and_say_the_spread(tmp_path):
+    """--seeds 2: each run of the loop at train.seed and train.seed + 1 (each its own base
+    model, both cached), the record naming each run's seed, the output the spread over them."""
+    record = tmp_path / "loop.jsonl"
+    over = [*SHORT, f"base.cache_dir={tmp_path / 'base'}", "train.eval_every=2"]
+    out = chord(
+        "bench", "loop", "configs/demo.yaml", *over, "--steps", "4", "--runs", "1", "--seeds", "2", "--record", record
+    )
+    (r,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert r["run_seeds"] == [1234, 1235] and r["runs"] == 2 and r["command"].endswith("--steps 4 --seeds 2")
+    assert len(list((tmp_path / "base").glob("base-*.pt"))) == 2
+    finals = [acc[max(acc, key=int)] for acc in r["eval_accuracy"].values()]
+    assert f"held-out accuracy at the last step over 2 seeds: chord {statistics.mean(finals):.3f} ± " in out.stdout

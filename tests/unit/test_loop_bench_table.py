@@ -39,6 +39,37 @@ def test_a_row_carries_the_records_numbers():
     assert "| Some CPU, 1, 2 |" in row
 
 
+def test_a_seeded_row_gives_each_sides_accuracy_over_the_seeds():
+    """Two runs of each of three seeds: one value per seed (a seed's runs sample identically),
+    mean ± std over the seeds, computed here from the values themselves."""
+    import statistics
+
+    chord = {1: 0.70, 2: 0.80, 3: 0.95}
+    trl = {1: 0.75, 2: 0.85, 3: 0.85}
+    run_seeds = [1, 2, 3, 1, 2, 3]
+    record = {
+        "command": "chord bench loop configs/demo.yaml --steps 30 --seeds 3 --vs-trl",
+        "cpu": "Some CPU",
+        "torch_threads": 1,
+        "commit": "abc123",
+        "steps_per_s": 20.0,
+        "steps_per_s_runs": [20.0] * 6,
+        "run_seeds": run_seeds,
+        "eval_accuracy": {str(i): {"0": 0.5, "30": chord[s]} for i, s in enumerate(run_seeds)},
+        "chord_over_trl": 1.0,
+        "trl": {
+            "steps_per_s": 20.0,
+            "steps_per_s_runs": [20.0] * 6,
+            "eval_accuracy": {str(i): {"0": 0.5, "30": trl[s]} for i, s in enumerate(run_seeds)},
+        },
+    }
+    row = markdown_table([record]).splitlines()[-1]
+    c, t = list(chord.values()), list(trl.values())
+    want_c = f"{statistics.mean(c):.3f} ± {statistics.stdev(c):.3f} (3 seeds)"
+    want_t = f"{statistics.mean(t):.3f} ± {statistics.stdev(t):.3f} (3 seeds)"
+    assert row.endswith(f"| {want_c}, {want_t} |"), row
+
+
 def test_chord_report_writes_the_block_from_a_loop_bench_file(tmp_path, capsys):
     import shutil
 
