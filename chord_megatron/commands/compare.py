@@ -8,13 +8,16 @@ With `--seeds N` and/or `--lr-grid a,b,c` every variant runs at every (learning 
 <out>/<variant>/lr<lr>/seed<seed>; compare.md then reports each variant at its best learning
 rate as mean ± std over the seeds (metrics/results_report.py), and `--record FILE` appends one
 record per run, with the machine, thread count and commit (provenance.json, written beside each
-run when it starts), to a results file that `chord report` turns into tables.
+run when it starts), to a results file that `chord report` turns into tables. `--jobs N` runs N
+trainers at once from one queue (compare_queue.py); `--shard K/N` splits a grid between processes
+or machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -239,6 +242,8 @@ def run_compare(
         if not grid:
             raise ConfigError("--shard", f"{shard[0]}/{shard[1]}", "splits a grid: give --seeds N or --lr-grid")
         cells = cells[shard[0] - 1 :: shard[1]]
+    if jobs > 1:
+        _warn_oversubscribed(jobs, cfg, per_variant)
     records = []
     first_commit = None  # the code the grid started with: a change later is said once
     to_files = jobs > 1  # several runs at once: each writes its output to its own train.log
@@ -392,6 +397,25 @@ def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, p
         + "\n![curves](curves.png)\n"
     )
     plot_curves(runs, report.parent / "curves.png")
+
+
+def _warn_oversubscribed(jobs: int, cfg: Config, per_variant: Mapping[str, Sequence[str]]) -> None:
+    """N trainers on more threads than the machine has cores slow each other down (and make
+    their wall times say little): say so once, before the grid starts."""
+    cores = os.cpu_count() or 1
+    most = max(
+        [
+            trainer_threads(_own(extra, "train.cpu_threads", cfg.train.cpu_threads, int))
+            for extra in per_variant.values()
+        ]
+        + [trainer_threads(cfg.train.cpu_threads)]
+    )
+    if jobs * most > cores:
+        print(
+            f"warning: --jobs {jobs} trainers of up to {most} torch threads each on {cores} cores: they slow each "
+            f"other down (train.cpu_threads={max(1, cores // jobs)} fits)",
+            file=sys.stderr,
+        )
 
 
 def _base_file(cfg: Config) -> Optional[Path]:

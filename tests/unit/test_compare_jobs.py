@@ -151,3 +151,26 @@ def test_a_bad_jobs_count_is_a_one_line_error(capsys):
 
     assert main(["compare", "configs/demo.yaml", "--jobs", "0"]) == 2
     assert "--jobs: 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_more_threads_than_cores_is_said_before_the_grid(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare, "start_trainer", Timed(lambda cmd: 1, write_metrics, lambda cmd: None))
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compare, "load_config", lambda path, over: load_config(None, over))  # no file: none.yaml
+    over = [*overrides(tmp_path), "base.steps=0"]
+    cfg = load_config(None, [*over, "train.cpu_threads=1"])
+    run_compare("none.yaml", over, cfg, tmp_path / "a", ["grpo"], progress=False, seeds=SEEDS[:2], jobs=2)
+    assert "warning: --jobs" not in capsys.readouterr().err  # 2 x 1 thread on 2 cores
+    per_variant = {"grpo": ["train.cpu_threads=2"]}
+    run_compare(
+        "none.yaml",
+        over,
+        cfg,
+        tmp_path / "b",
+        ["grpo"],
+        progress=False,
+        seeds=SEEDS[:2],
+        jobs=2,
+        per_variant=per_variant,
+    )
+    assert "warning: --jobs 2 trainers of up to 2 torch threads each on 2 cores" in capsys.readouterr().err
