@@ -195,8 +195,12 @@ def format_result(r: dict) -> str:
         line = f"  held-out accuracy at the last step over {len(chord_final)} seeds: chord {mean_std(chord_final)}"
         if "trl" in r:
             trl_final = final_accuracy_by_seed(r["trl"]["eval_accuracy"], seeds)
-            above = sum(chord_final[s] > trl_final[s] for s in chord_final)
-            line += f", TRL {mean_std(trl_final)}; chord ends above TRL on {above} of {len(chord_final)} seeds"
+            diffs = [chord_final[s] - trl_final[s] for s in chord_final]
+            above, below = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            line += (
+                f", TRL {mean_std(trl_final)}; chord ends above TRL on {above}, below on {below}, "
+                f"level on {len(diffs) - above - below} of {len(diffs)} seeds"
+            )
         lines.append(line)
     for i, acc in r["eval_accuracy"].items():
         if acc:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
 from ..run_dir import earlier_run
-from .compare_queue import QueuedRun, log_tail, run_queue
+from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
 
 start_trainer = subprocess.Popen  # starts one variant's `chord train` (tests put a stand-in here)
 
@@ -243,7 +242,8 @@ def run_compare(
             raise ConfigError("--shard", f"{shard[0]}/{shard[1]}", "splits a grid: give --seeds N or --lr-grid")
         cells = cells[shard[0] - 1 :: shard[1]]
     if jobs > 1:
-        _warn_oversubscribed(jobs, cfg, per_variant)
+        threads = [_own(per_variant.get(n, []), "train.cpu_threads", cfg.train.cpu_threads, int) for n in names]
+        warn_oversubscribed(jobs, [trainer_threads(t) for t in threads])
     records = []
     first_commit = None  # the code the grid started with: a change later is said once
     to_files = jobs > 1  # several runs at once: each writes its output to its own train.log
@@ -318,7 +318,7 @@ def run_compare(
             *run_overrides,
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
-        base = _base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :])))
+        base = base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :])))
         queue.append(
             QueuedRun(
                 label,
@@ -326,7 +326,7 @@ def run_compare(
                 base,
                 partial(start, cmd, run_dir, name, label),
                 partial(done, run_dir=run_dir, cell=(name, lr, seed), label=label),
-                partial(_where, run_dir, cfg.train.steps, base),
+                partial(run_progress, run_dir, cfg.train.steps, base),
             )
         )
     failed = run_queue(queue, jobs, status_every_s=60.0 if to_files else None)
@@ -397,49 +397,6 @@ def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, p
         + "\n![curves](curves.png)\n"
     )
     plot_curves(runs, report.parent / "curves.png")
-
-
-def _warn_oversubscribed(jobs: int, cfg: Config, per_variant: Mapping[str, Sequence[str]]) -> None:
-    """N trainers on more threads than the machine has cores slow each other down (and make
-    their wall times say little): say so once, before the grid starts."""
-    cores = os.cpu_count() or 1
-    most = max(
-        [
-            trainer_threads(_own(extra, "train.cpu_threads", cfg.train.cpu_threads, int))
-            for extra in per_variant.values()
-        ]
-        + [trainer_threads(cfg.train.cpu_threads)]
-    )
-    if jobs * most > cores:
-        print(
-            f"warning: --jobs {jobs} trainers of up to {most} torch threads each on {cores} cores: they slow each "
-            f"other down (train.cpu_threads={max(1, cores // jobs)} fits)",
-            file=sys.stderr,
-        )
-
-
-def _base_file(cfg: Config) -> Optional[Path]:
-    """The cached base model that a run of `cfg` trains first when it is absent (as
-    demo/base_model.base_weights decides), or None when the run has no base stage."""
-    if cfg.model.hf_path or cfg.base.steps == 0:
-        return None
-    from ..demo.base_model import cache_path
-
-    return cache_path(cfg)
-
-
-def _where(run_dir: Path, steps: int, base: Optional[Path] = None) -> str:
-    """How far a running trainer is, from the last record of its metrics log."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return "(training its base model)" if base is not None and not base.exists() else "(starting)"
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 4096))
-        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    try:
-        return f"step {json.loads(lines[-1])['step']}/{steps}"
-    except (IndexError, KeyError, ValueError):
-        return ""
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

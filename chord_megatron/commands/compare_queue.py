@@ -1,20 +1,26 @@
 """`chord compare --jobs N`: a grid's training runs, N at a time, from one queue.
 
-Static shards (`--shard K/N`) finish unevenly, and each trains every base model its runs need:
-two shards meeting the same seed both train its base, while a run of another seed could have
-used the core. The queue starts the next run as soon as one ends, and never starts a run whose
-base model is still being trained by a running one (it would train the same weights again);
-such a run waits, and a run of another seed goes first. Once the running one has cached the base,
-the waiting ones start from it.
+One process starts the next run as soon as one ends, each writing its output to <run>/train.log,
+and says what is running once a minute. Static shards (`--shard K/N`) each train every base model
+their runs need, so two shards meeting the same seed train its base twice; the queue never starts
+a run whose base model a running run is still training (it would train the same weights again):
+such a run waits and a run of another seed goes first, and once the base is cached the waiting
+ones start from it. Runs that train a new base go first, so that no seed's base is left to the end
+of the grid, where it would hold back that seed's other runs while a core idles.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
+
+from ..config import Config
 
 POLL_S = 0.5  # how often the queue looks for ended runs: a run lasts minutes
 
@@ -92,3 +98,41 @@ def log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+def base_file(cfg: Config) -> Optional[Path]:
+    """The cached base model that a run of `cfg` trains first when it is absent (as
+    demo/base_model.base_weights decides), or None when the run has no base stage."""
+    if cfg.model.hf_path or cfg.base.steps == 0:
+        return None
+    from ..demo.base_model import cache_path
+
+    return cache_path(cfg)
+
+
+def run_progress(run_dir: Path, steps: int, base: Optional[Path] = None) -> str:
+    """How far a running trainer is, from the last record of its metrics log."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return "(training its base model)" if base is not None and not base.exists() else "(starting)"
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    try:
+        return f"step {json.loads(lines[-1])['step']}/{steps}"
+    except (IndexError, KeyError, ValueError):
+        return ""
+
+
+def warn_oversubscribed(jobs: int, threads: Sequence[int]) -> None:
+    """N trainers on more threads than the machine has cores slow each other down (and make
+    their wall times say little): say so once, before the grid starts. `threads`: the torch
+    threads of each variant's trainer."""
+    cores = os.cpu_count() or 1
+    most = max(threads)
+    if jobs * most > cores:
+        print(
+            f"warning: --jobs {jobs} trainers of up to {most} torch threads each on {cores} cores: they slow each "
+            f"other down (train.cpu_threads={max(1, cores // jobs)} fits)",
+            file=sys.stderr,
+        )

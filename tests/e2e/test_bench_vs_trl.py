@@ -42,4 +42,7 @@ def test_bench_loop_vs_trl_over_seeds_gives_each_seed_its_own_base_on_both_sides
     chord_curves, trl_curves = r["eval_accuracy"], r["trl"]["eval_accuracy"]
     assert [chord_curves[i]["0"] for i in ("0", "1")] == [trl_curves[i]["0"] for i in ("0", "1")]
     assert "held-out accuracy at the last step over 2 seeds: chord " in out.stdout
-    assert "chord ends above TRL on " in out.stdout and " of 2 seeds" in out.stdout
+    # seed by seed, from the record's curves: which side ended higher
+    finals = [(chord_curves[i]["3"], trl_curves[i]["3"]) for i in ("0", "1")]
+    above, below = sum(c > t for c, t in finals), sum(c < t for c, t in finals)
+    assert f"chord ends above TRL on {above}, below on {below}, level on {2 - above - below} of 2 seeds" in out.stdout

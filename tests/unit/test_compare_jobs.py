@@ -139,11 +139,11 @@ def test_the_queue_says_what_is_running(capsys):
 
 def test_where_a_run_is_comes_from_its_metrics(tmp_path):
     base = tmp_path / "base.pt"
-    assert compare._where(tmp_path, 600, base) == "(training its base model)"
+    assert compare_queue.run_progress(tmp_path, 600, base) == "(training its base model)"
     base.write_text("base")
-    assert compare._where(tmp_path, 600, base) == compare._where(tmp_path, 600) == "(starting)"
+    assert compare_queue.run_progress(tmp_path, 600, base) == compare_queue.run_progress(tmp_path, 600) == "(starting)"
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(341)))
-    assert compare._where(tmp_path, 600) == "step 340/600"
+    assert compare_queue.run_progress(tmp_path, 600) == "step 340/600"
 
 
 def test_a_bad_jobs_count_is_a_one_line_error(capsys):
@@ -155,7 +155,7 @@ def test_a_bad_jobs_count_is_a_one_line_error(capsys):
 
 def test_more_threads_than_cores_is_said_before_the_grid(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "start_trainer", Timed(lambda cmd: 1, write_metrics, lambda cmd: None))
-    monkeypatch.setattr(compare.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compare_queue.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(compare, "load_config", lambda path, over: load_config(None, over))  # no file: none.yaml
     over = [*overrides(tmp_path), "base.steps=0"]
     cfg = load_config(None, [*over, "train.cpu_threads=1"])
