@@ -174,3 +174,31 @@ def test_more_threads_than_cores_is_said_before_the_grid(tmp_path, monkeypatch, 
         per_variant=per_variant,
     )
     assert "warning: --jobs 2 trainers of up to 2 torch threads each on 2 cores" in capsys.readouterr().err
+
+
+def test_ctrl_c_waits_for_the_running_trainers_then_stops(monkeypatch):
+    """The terminal's Ctrl-C reaches the trainers too (each checkpoints and ends): the queue
+    starts nothing more, waits for them to end, and raises KeyboardInterrupt."""
+
+    class Process:
+        waited = 0
+
+        def poll(self):
+            return None
+
+        def wait(self):
+            Process.waited += 1
+            return 130
+
+    def ctrl_c(_):
+        raise KeyboardInterrupt
+
+    started = []
+    runs = [
+        QueuedRun(f"run{i}", pathlib.Path("."), None, lambda i=i: started.append(i) or Process(), lambda rc: None)
+        for i in range(3)
+    ]
+    monkeypatch.setattr(compare_queue.time, "sleep", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_queue(runs, 2, status_every_s=None)
+    assert started == [0, 1] and Process.waited == 2
