@@ -50,9 +50,21 @@ chord_step() {
     chord_log "started $name (srun pid $!, step name $step)"
 }
 
-# The id (JOBID.STEPID) of this job's step called $1, if it is running.
+# The id (JOBID.STEPID) of this job's step called $1, if it is running. Asked up to
+# ${CHORD_SQUEUE_TRIES:-3} times, a second apart: a busy slurmctld can fail or miss one call, and
+# without the id chord_cleanup can only kill the step's srun, which kills the step without the
+# graceful stop (a server node's script never gets to stop its servers' process groups).
 chord_step_id() {
-    squeue --noheader --steps --jobs="$SLURM_JOB_ID" --format="%i %j" 2>/dev/null | awk -v n="$1" '$2 == n {print $1; exit}'
+    local try id
+    for ((try = 1; try <= ${CHORD_SQUEUE_TRIES:-3}; try++)); do
+        id=$(squeue --noheader --steps --jobs="$SLURM_JOB_ID" --format="%i %j" 2>/dev/null | awk -v n="$1" '$2 == n {print $1; exit}')
+        if [[ -n $id ]]; then
+            echo "$id"
+            return 0
+        fi
+        ((try < ${CHORD_SQUEUE_TRIES:-3})) && sleep 1
+    done
+    return 0
 }
 
 # Stop what chord_step started, newest first. `srun` turns a TERM it receives into an immediate
