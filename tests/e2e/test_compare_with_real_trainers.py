@@ -15,13 +15,27 @@ def test_two_jobs_train_each_base_once_and_record_every_run(tmp_path):
     results, bases = tmp_path / "r.jsonl", tmp_path / "bases"  # an empty base cache: both seeds train one
     over = [*SHORT, f"base.cache_dir={bases}", "train.steps=2", "train.eval_every=2"]
     out = chord(
-        "compare", DEMO, *over, "--variants", "grpo,sft", "--seeds", "2", "--jobs", "2",
-        "--record", results, "--out", tmp_path / "cmp",
-    )  # fmt: skip
+        "compare",
+        DEMO,
+        *over,
+        "--variants",
+        "grpo,sft",
+        "--seeds",
+        "2",
+        "--jobs",
+        "2",
+        "--record",
+        results,
+        "--out",
+        tmp_path / "cmp",
+    )
     records = read_results(results)
     assert sorted((r["variant"], r["seed"]) for r in records) == [
-        ("grpo", 1234), ("grpo", 1235), ("sft", 1234), ("sft", 1235),
-    ]  # fmt: skip
+        ("grpo", 1234),
+        ("grpo", 1235),
+        ("sft", 1234),
+        ("sft", 1235),
+    ]
     logs = {(r["variant"], r["seed"]): (pathlib.Path(r["run_dir"]) / "train.log").read_text() for r in records}
     assert all("final evaluation:" in log for log in logs.values())  # each run's output went to its own log
     for seed in (1234, 1235):  # the trainer prints "base stage: ..." when it trains the base

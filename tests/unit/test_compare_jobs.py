@@ -110,9 +110,16 @@ def test_after_a_failure_no_run_starts_and_the_running_one_is_kept(tmp_path, mon
     cfg = load_config(None, over)
     with pytest.raises(RuntimeError, match=r"\[2/6\] sft seed 1234 failed \(exit 1\); its logs and metrics are in "):
         run_compare(
-            "none.yaml", over, cfg, tmp_path / "cmp", ["grpo", "sft"], progress=False, seeds=SEEDS, record=results,
+            "none.yaml",
+            over,
+            cfg,
+            tmp_path / "cmp",
+            ["grpo", "sft"],
+            progress=False,
+            seeds=SEEDS,
+            record=results,
             jobs=2,
-        )  # fmt: skip
+        )
     assert [kind for kind, _, _ in fake.events] == ["start", "start", "end", "end"]  # nothing after sft failed
     assert [(r["variant"], r["seed"]) for r in read_results(results)] == [("grpo", 1234)]  # grpo finished, recorded
     assert "the reason sft failed" in capsys.readouterr().out  # its log's tail, shown
