@@ -30,8 +30,9 @@ from typing import Dict, List, Sequence
 
 from ..config import ConfigError, load_config
 from ..metrics.logger import read_metrics
-from ..metrics.loop_bench_table import final_accuracy_by_seed, mean_std
+from ..metrics.loop_bench_table import final_accuracy_by_seed
 from ..metrics.provenance import provenance, trainer_threads
+from ..metrics.results import Stats, seed_by_seed
 
 # (phase, the metric that times it), in the order a step runs them.
 PHASES = (
@@ -192,14 +193,14 @@ def format_result(r: dict) -> str:
     seeds = r.get("run_seeds") or []
     if len(set(seeds)) > 1:
         chord_final = final_accuracy_by_seed(r["eval_accuracy"], seeds)
-        line = f"  held-out accuracy at the last step over {len(chord_final)} seeds: chord {mean_std(chord_final)}"
+        spread = Stats(tuple(chord_final.values())).fmt()
+        line = f"  held-out accuracy at the last step over {len(chord_final)} seeds: chord {spread}"
         if "trl" in r:
             trl_final = final_accuracy_by_seed(r["trl"]["eval_accuracy"], seeds)
-            diffs = [chord_final[s] - trl_final[s] for s in chord_final]
-            above, below = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            above, below, level = seed_by_seed(chord_final, trl_final)
             line += (
-                f", TRL {mean_std(trl_final)}; chord ends above TRL on {above}, below on {below}, "
-                f"level on {len(diffs) - above - below} of {len(diffs)} seeds"
+                f", TRL {Stats(tuple(trl_final.values())).fmt()}; chord ends above TRL on {above}, below on {below}, "
+                f"level on {level} of {len(chord_final)} seeds"
             )
         lines.append(line)
     for i, acc in r["eval_accuracy"].items():

@@ -241,9 +241,12 @@ def run_compare(
         if not grid:
             raise ConfigError("--shard", f"{shard[0]}/{shard[1]}", "splits a grid: give --seeds N or --lr-grid")
         cells = cells[shard[0] - 1 :: shard[1]]
+    # each variant's trainer's thread count (it runs in a child process, with its own --set)
+    threads = {
+        n: trainer_threads(_own(per_variant.get(n, []), "train.cpu_threads", cfg.train.cpu_threads, int)) for n in names
+    }
     if jobs > 1:
-        threads = [_own(per_variant.get(n, []), "train.cpu_threads", cfg.train.cpu_threads, int) for n in names]
-        warn_oversubscribed(jobs, [trainer_threads(t) for t in threads])
+        warn_oversubscribed(jobs, list(threads.values()))
     records = []
     first_commit = None  # the code the grid started with: a change later is said once
     to_files = jobs > 1  # several runs at once: each writes its output to its own train.log
@@ -260,9 +263,7 @@ def run_compare(
         if earlier_run(cfg.replace(**{"train.output_dir": str(run_dir)})):
             cmd = [*cmd, "--overwrite"]
         run_dir.mkdir(parents=True, exist_ok=True)
-        # the trainer's own thread count beside this process's (it runs in a child process)
-        threads = _own(per_variant.get(name, []), "train.cpu_threads", cfg.train.cpu_threads, int)
-        prov = {**provenance(), "trainer_threads": trainer_threads(threads)}
+        prov = {**provenance(), "trainer_threads": threads[name]}  # the trainer's beside this process's
         began[run_dir] = time.time()
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
         if first_commit is None:

@@ -69,7 +69,7 @@ def run_queue(
                     break
                 pending.remove(nxt)
                 running[nxt] = nxt.start()
-            ended = [(r, p.poll()) for r, p in running.items() if p.poll() is not None]
+            ended = [(r, rc) for r, p in running.items() if (rc := p.poll()) is not None]
             for run, rc in ended:
                 del running[run]
                 run.done(rc)

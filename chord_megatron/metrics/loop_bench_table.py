@@ -10,9 +10,10 @@ results/loop_bench.jsonl --readme README.md` writes it.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Dict, List
+
+from .results import Stats
 
 BEGIN, END = "<!-- loop-bench -->", "<!-- /loop-bench -->"
 
@@ -37,16 +38,11 @@ def final_accuracy_by_seed(curves: dict, run_seeds: List[int]) -> Dict[int, floa
     return out
 
 
-def mean_std(by_seed: Dict[int, float]) -> str:
-    xs = list(by_seed.values())
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-
-
 def _last_accuracy(curves: dict, run_seeds: List[int]) -> str:
     """Mean ± std over the seeds when the record ran several, else the one run's value (the
     distinct values, should runs of one seed ever disagree)."""
     if len(set(run_seeds)) > 1:
-        return f"{mean_std(final_accuracy_by_seed(curves, run_seeds))} ({len(set(run_seeds))} seeds)"
+        return f"{Stats(tuple(final_accuracy_by_seed(curves, run_seeds).values())).fmt()} ({len(set(run_seeds))} seeds)"
     finals = {round(acc[max(acc, key=int)], 3) for acc in curves.values() if acc}
     return " / ".join(f"{a:.3f}" for a in sorted(finals)) if finals else "—"
 

@@ -175,12 +175,18 @@ def same_seed_wins(chosen: Mapping[str, Sequence[Mapping]]) -> str:
     if len(ranked) < 2:
         return ""
     a, b = ({r["seed"]: float(r["final_accuracy"]) for r in chosen[v]} for v in ranked[:2])
-    shared = sorted(set(a) & set(b))
-    if len(shared) < 2:
+    above, _, ties = seed_by_seed(a, b)
+    shared = len(set(a) & set(b))
+    if shared < 2:
         return ""
-    above = sum(a[s] > b[s] for s in shared)
-    ties = sum(a[s] == b[s] for s in shared)
-    return f"{ranked[0]} ends above {ranked[1]} on {above} of {len(shared)} seeds" + (f" ({ties} tied)" if ties else "")
+    return f"{ranked[0]} ends above {ranked[1]} on {above} of {shared} seeds" + (f" ({ties} tied)" if ties else "")
+
+
+def seed_by_seed(a: Mapping[int, float], b: Mapping[int, float]) -> Tuple[int, int, int]:
+    """On the seeds both ran ({seed: value} each): how many end with a above b, below, level."""
+    shared = set(a) & set(b)
+    above, below = sum(a[s] > b[s] for s in shared), sum(a[s] < b[s] for s in shared)
+    return above, below, len(shared) - above - below
 
 
 def separations(means: Mapping[str, Stats]) -> str:
