@@ -8,22 +8,33 @@ unless told which of two things is meant: `--resume` (continue that run) or `--o
 (start over: the earlier run's files are removed first, and named). Only files this project
 writes there are ever removed: metrics.jsonl, the TensorBoard event files, curves.png and the
 checkpoint root's step folders and `latest`; anything else in the folder stays.
+
+Each run also leaves its resolved config, config.resolved.yaml (rewritten when it resumes), so
+that a `--resume` with other settings is said (`changed_settings`) and `chord compare` can tell a
+stopped run it may continue from one it must start over.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List, Mapping, Optional
 
-from .config import Config
+import yaml
+
+from .config import PASS_THROUGH, Config, dump_config
 from .errors import ChordError
 
 _STEP_DIR = re.compile(r"^(\.tmp\.)?step_\d+$")  # checkpoint.py's step folders, and their debris
 _POINTERS = ("latest", "latest.tmp")  # checkpoint.py's pointer, and its debris
 _EVENTS = "events.out.tfevents.*"  # what TensorBoard's SummaryWriter writes
+SETTINGS_FILE = "config.resolved.yaml"  # the run's resolved config (`chord config show` of it)
+# Keys that say where a run's files go and how it reports, not what it trains: a resumed run may
+# change them without a word.
+_WHERE_NOT_WHAT = ("train.output_dir", "base.cache_dir", "checkpoint.", "logging.")
 
 
 class OutputDirError(ChordError):
@@ -106,3 +117,54 @@ def check_output_dir(cfg: Config, *, resume: bool, overwrite: bool) -> None:
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
+
+
+def save_settings(cfg: Config) -> None:
+    """Write the run's resolved config beside its metrics (rank 0, as the run starts or resumes).
+    `chord train <output_dir>/config.resolved.yaml` trains the same thing again."""
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{SETTINGS_FILE}.tmp"
+    tmp.write_text(dump_config(cfg))
+    tmp.replace(out / SETTINGS_FILE)
+
+
+def changed_settings(cfg: Config) -> Optional[List[str]]:
+    """The settings of `cfg` that differ from those the run in its output folder saved, each as
+    "key: old -> new"; None when the folder holds no readable settings file. Keys that only one
+    side has (another version of this code) are not compared."""
+    try:
+        saved = yaml.safe_load((Path(cfg.train.output_dir) / SETTINGS_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    old, new = _flat(saved), _flat(cfg.to_dict())
+    return [
+        f"{k}: {old[k]!r} -> {new[k]!r}"
+        for k in new
+        if k in old and old[k] != new[k] and not k.startswith(_WHERE_NOT_WHAT)
+    ]
+
+
+def warn_if_resumed_with_other_settings(cfg: Config) -> None:
+    """`--resume` with settings other than the run's (a longer train.steps, say) is allowed and
+    said once: the records before and after the resume then come from different settings."""
+    changed = changed_settings(cfg)
+    if changed:
+        print(
+            f"warning: --resume with other settings than {cfg.train.output_dir}'s run: {'; '.join(changed)}",
+            file=sys.stderr,
+        )
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{"train": {"steps": 3}} -> {"train.steps": 3}; a pass-through section (megatron:, sglang:)
+    is one value, so that a key it gains or loses is a change."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and not (not prefix and k in PASS_THROUGH):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

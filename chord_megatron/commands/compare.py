@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -25,14 +26,21 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..config import Config, ConfigError, load_config
+from ..errors import ChordError
 from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
-from ..run_dir import earlier_run
+from ..stop import EXIT_CODE, Stopped
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
+from .compare_runs import check_kept, continue_or_start_over, finished, total_wall
 
 start_trainer = subprocess.Popen  # starts one variant's `chord train` (tests put a stand-in here)
+CONTINUES = "The same command continues the grid: finished runs are kept, stopped ones resume from their checkpoints"
+
+
+class RunFailed(ChordError):
+    kind = "compare"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,23 +66,26 @@ def run(args: argparse.Namespace) -> int:
         + [f"--set {s}" for s in args.set]
         + ([f"--variants {args.variants}"] if args.variants else [])
     )
-    report = run_compare(
-        args.config,
-        overrides,
-        cfg,
-        out,
-        names,
-        progress=not args.no_progress,
-        per_variant=per_variant,
-        seeds=[cfg.train.seed + i for i in range(args.seeds)] if (args.seeds > 1 or lrs) else None,
-        lrs=lrs,
-        record=args.record,
-        experiment=args.name or experiment_name(args.config, args.overrides, args.quick),
-        command=command,  # without --shard: the shards together are this command
-        quick=args.quick,
-        shard=shard,
-        jobs=args.jobs,
-    )
+    try:
+        report = run_compare(
+            args.config,
+            overrides,
+            cfg,
+            out,
+            names,
+            progress=not args.no_progress,
+            per_variant=per_variant,
+            seeds=[cfg.train.seed + i for i in range(args.seeds)] if (args.seeds > 1 or lrs) else None,
+            lrs=lrs,
+            record=args.record,
+            experiment=args.name or experiment_name(args.config, args.overrides, args.quick),
+            command=command,  # without --shard: the shards together are this command
+            quick=args.quick,
+            shard=shard,
+            jobs=args.jobs,
+        )
+    except KeyboardInterrupt:  # the trainers got it too: each saved a checkpoint and ended
+        raise Stopped(f"stopped. {CONTINUES}: {shlex.join(['chord', *sys.argv[1:]])}") from None
     print(report.read_text())
     print(f"report: {report}  curves: {report.parent / 'curves.png'}")
     if args.record:
@@ -213,7 +224,8 @@ def run_compare(
     shard: Optional[tuple] = None,
     jobs: int = 1,
 ) -> Path:
-    """Train every variant (skipping those already finished in out_dir), then write the report.
+    """Train every variant (keeping those already finished in out_dir and resuming those stopped
+    part-way: compare_runs.py), then write the report.
     `per_variant`: extra overrides of single variants, applied after the variant's own.
     `seeds` / `lrs`: run each variant at every (lr, seed) (None: the config's own, one run).
     `shard` (k, n): only every n-th cell of the grid from the k-th, so that n processes (cores,
@@ -257,13 +269,14 @@ def run_compare(
         if record:  # each run as it is done: a grid stopped part-way keeps what it measured
             append_records(record, records[-1:])
 
-    def start(cmd: List[str], run_dir: Path, name: str, label: str) -> subprocess.Popen:
+    def start(cmd: List[str], run_cfg: Config, name: str, label: str) -> subprocess.Popen:
         nonlocal first_commit
-        # An unfinished variant (stopped earlier) is compare's own output: it starts over.
-        if earlier_run(cfg.replace(**{"train.output_dir": str(run_dir)})):
-            cmd = [*cmd, "--overwrite"]
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(run_cfg.train.output_dir)
         prov = {**provenance(), "trainer_threads": threads[name]}  # the trainer's beside this process's
+        # An unfinished run (stopped earlier) resumes from its checkpoint, or starts over (compare_runs.py).
+        how = continue_or_start_over(run_cfg, prov)
+        cmd, prov = [*cmd, *how.flags], {**prov, **how.carried}
+        run_dir.mkdir(parents=True, exist_ok=True)
         began[run_dir] = time.time()
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
         if first_commit is None:
@@ -277,17 +290,21 @@ def run_compare(
                 file=sys.stderr,
             )
             first_commit = prov["commit"]
+        line = f"{label}: training into {run_dir}" + (f", {how.words}" if how.words else "")
         if not to_files:
-            print(f"{label}: training into {run_dir}", flush=True)
+            print(line, flush=True)
             return start_trainer(cmd)
-        print(f"{label}: training into {run_dir} (output: {run_dir / 'train.log'})", flush=True)
+        print(f"{line} (output: {run_dir / 'train.log'})", flush=True)
         with open(run_dir / "train.log", "a") as log:
             return start_trainer(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def done(rc: int, run_dir: Path, cell, label: str) -> None:
         prov = json.loads((run_dir / "provenance.json").read_text())
         wall = round(time.time() - began.pop(run_dir), 1)
-        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": wall}) + "\n")
+        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": total_wall(prov, wall)}) + "\n")
+        if rc == EXIT_CODE:  # Ctrl-C: the trainer saved a checkpoint, which the next compare resumes
+            print(f"{label}: stopped after {wall:.0f} s, with a checkpoint", flush=True)
+            return
         if rc != 0:
             print(f"{label}: failed (exit {rc}) after {wall:.0f} s", flush=True)
             if to_files:
@@ -303,13 +320,17 @@ def run_compare(
         lr_label = lr if lr is not None else f"{_variant_lr(cfg, per_variant.get(name, [])):g}"
         run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
         label = f"[{i}/{len(cells)}] " + name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
-        if _finished(run_dir, cfg.train.steps):
+        cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
+        run_overrides = [*overrides, *table[name], *per_variant.get(name, []), *cell]
+        # the run's own config: the grid's with the run's overrides (cfg already has `overrides`)
+        own = dict(o.split("=", 1) for o in run_overrides[len(overrides) :])
+        run_cfg = cfg.replace(**{**own, "train.output_dir": str(run_dir)})
+        if finished(run_dir, cfg.train.steps):
+            check_kept(run_cfg, label)
             print(f"{label}: already done in {run_dir}")
             if grid:
                 add_record(run_dir, (name, lr, seed))
             continue
-        cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
-        run_overrides = [*overrides, *table[name], *per_variant.get(name, []), *cell]
         cmd = [
             sys.executable,
             "-m",
@@ -319,13 +340,13 @@ def run_compare(
             *run_overrides,
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
-        base = base_file(cfg.replace(**dict(o.split("=", 1) for o in run_overrides[len(overrides) :])))
+        base = base_file(run_cfg)
         queue.append(
             QueuedRun(
                 label,
                 run_dir,
                 base,
-                partial(start, cmd, run_dir, name, label),
+                partial(start, cmd, run_cfg, name, label),
                 partial(done, run_dir=run_dir, cell=(name, lr, seed), label=label),
                 partial(run_progress, run_dir, cfg.train.steps, base),
             )
@@ -333,7 +354,8 @@ def run_compare(
     failed = run_queue(queue, jobs, status_every_s=60.0 if to_files else None)
     if failed:
         run, rc = failed[0]
-        raise RuntimeError(f"{run.label} failed (exit {rc}); its logs and metrics are in {run.folder}")
+        verb = "was stopped" if rc == EXIT_CODE else "failed"
+        raise RunFailed(f"{run.label} {verb} (exit {rc}); its logs and metrics are in {run.folder}. {CONTINUES}")
     report = out / "compare.md"
     if not grid:
         _plain_report(report, config_path, overrides, cfg, {n: out / n for n in names}, per_variant)
@@ -398,13 +420,6 @@ def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, p
         + "\n![curves](curves.png)\n"
     )
     plot_curves(runs, report.parent / "curves.png")
-
-
-def _finished(run_dir: Path, steps: int) -> bool:
-    from ..metrics.logger import read_metrics
-
-    path = run_dir / "metrics.jsonl"
-    return path.exists() and any(r.get("step") == steps and "eval/accuracy" in r for r in read_metrics(path))
 
 
 def _base_accuracy(runs) -> float | None:

@@ -57,7 +57,7 @@ def run_queue(
     """Run `runs` in their order, up to `jobs` at a time. After a failure no new run starts; the
     running ones end as they would (what they measure is kept). Returns the failed runs with
     their exit statuses. On Ctrl-C (which the terminal sends the runs as well: each checkpoints
-    and stops) it waits for them to end, then raises KeyboardInterrupt."""
+    and stops) it waits for them to end, hands each its exit status, then raises KeyboardInterrupt."""
     poll_s = POLL_S if poll_s is None else poll_s
     pending, running, failed = list(runs), {}, []  # running: QueuedRun -> its process
     last_status = time.monotonic()
@@ -85,8 +85,8 @@ def run_queue(
                 now = ", ".join(f"{r.label} {r.where()}".rstrip() for r in running)
                 print(f"running: {now}; {done} of {len(runs)} ended", flush=True)
     except KeyboardInterrupt:
-        for proc in running.values():
-            proc.wait()
+        for run, proc in running.items():
+            run.done(proc.wait())
         raise
     return failed
 

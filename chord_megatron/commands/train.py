@@ -1,7 +1,8 @@
 """`chord train CONFIG [key=value ...] [--resume | --overwrite] [--nproc N]`: run (or resume) CHORD training.
 
 An output folder that holds another run is refused unless --resume (continue it) or --overwrite
-(replace it) says which is meant (run_dir.py).
+(replace it) says which is meant (run_dir.py). The run's resolved config is written there as
+config.resolved.yaml; a --resume with other settings says which.
 
 With --nproc N the command restarts itself in N local processes, torchrun-style (one machine,
 gloo or NCCL): each child gets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from
@@ -22,7 +23,7 @@ from typing import List
 
 from ..config import load_config
 from ..net import free_port
-from ..run_dir import check_output_dir, checkpoint_root
+from ..run_dir import check_output_dir, checkpoint_root, save_settings, warn_if_resumed_with_other_settings
 from ..stop import EXIT_CODE, StopOnCtrlC, latest_step, resume_command, stopped
 from ..train.parallel import is_rank0, require_device, set_cpu_threads
 
@@ -47,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
             return relaunch(args.nproc, ["train", args.config, *args.overrides, *flags])
         except KeyboardInterrupt:  # the workers got the Ctrl-C too; torchrun has ended them
             raise stopped(None, checkpoint_root(cfg), resume_command_of(args)) from None
+    if is_rank0():  # here, not before --nproc's relaunch: its rank 0 says it once
+        if args.resume:
+            warn_if_resumed_with_other_settings(cfg)
+        save_settings(cfg)
     from ..loop import train
 
     progress = not args.no_progress and cfg.logging.progress

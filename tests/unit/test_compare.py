@@ -82,8 +82,9 @@ def test_run_compare_refuses_a_bad_per_variant_override_before_training(tmp_path
 
 
 def test_run_compare_starts_an_unfinished_variant_over_and_skips_a_finished_one(tmp_path, monkeypatch):
-    """A variant stopped part-way left a run in its folder: compare restarts it with --overwrite
-    (chord train refuses the folder otherwise); a finished one is not run again."""
+    """A variant stopped part-way before its first checkpoint left a run in its folder: compare
+    restarts it with --overwrite (chord train refuses the folder otherwise); a finished one is not
+    run again (with a checkpoint: test_compare_resume.py)."""
     cfg = load_config(None, OVERRIDES)
     done = tmp_path / "cmp" / "sft"
     done.mkdir(parents=True)

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from chord_megatron.commands import compare, compare_queue
-from chord_megatron.commands.compare import run_compare
+from chord_megatron.commands.compare import RunFailed, run_compare
 from chord_megatron.commands.compare_queue import QueuedRun, run_queue
 from chord_megatron.config import load_config
 from chord_megatron.demo.base_model import cache_path
@@ -108,7 +108,7 @@ def test_after_a_failure_no_run_starts_and_the_running_one_is_kept(tmp_path, mon
     monkeypatch.setattr(compare, "start_trainer", fake)
     results = tmp_path / "r.jsonl"
     cfg = load_config(None, over)
-    with pytest.raises(RuntimeError, match=r"\[2/6\] sft seed 1234 failed \(exit 1\); its logs and metrics are in "):
+    with pytest.raises(RunFailed, match=r"\[2/6\] sft seed 1234 failed \(exit 1\); its logs and metrics are in "):
         run_compare(
             "none.yaml",
             over,
