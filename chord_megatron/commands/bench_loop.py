@@ -13,7 +13,7 @@ and appended to `--record FILE` (a JSONL results file) when asked.
 
 `--vs-trl` trains the same GRPO run with TRL's GRPOTrainer after each chord run (bench_trl.py:
 the same exported base model, tokenizer, prompts, reward and hyper-parameters), both sides with
-the grpo variant's overrides (compare.py), and prints TRL's steps/s, the ratio chord/TRL and
+the grpo variant's overrides (compare_variants.py), and prints TRL's steps/s, the ratio chord/TRL and
 both held-out accuracy curves.
 """
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     vs_trl = getattr(args, "vs_trl", False)
     if vs_trl:  # refused (TRL missing, a setting TRL cannot match) before anything runs
         from .bench_trl import check_comparable, require_trl
-        from .compare import variants
+        from .compare_variants import variants
 
         require_trl()
         overrides += variants(cfg)["grpo"]

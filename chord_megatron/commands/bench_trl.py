@@ -3,7 +3,7 @@
 TRL is an optional extra (`pip install -e '.[trl]'`); without it --vs-trl stops in one line.
 Nothing new is trained for TRL: the base model the chord runs start from (the demo's cached base
 model, or model.hf_path) is written by hf/export.py into a temporary folder, and TRL loads that
-folder's model and tokenizer. The bench forces the grpo variant (commands/compare.py) on both
+folder's model and tokenizer. The bench forces the grpo variant (commands/compare_variants.py) on both
 sides, so chord trains plain GRPO (mu = 0 at every step, no expert rows).
 
 What TRL gets, setting by setting (grpo_config_kwargs; TRL 1.16's GRPOTrainer source read for

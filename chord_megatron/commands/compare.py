@@ -1,6 +1,6 @@
 """`chord compare`: the method against its baselines, same budget, same seeds, one table.
 
-Each variant is the user's config plus a few overrides, run as its own `chord train` process
+Each variant is the user's config plus a few overrides (compare_variants.py), run as its own `chord train` process
 (clean Megatron state per run) into <out>/<variant>; afterwards the runs' metrics.jsonl are
 read back into compare.md (final held-out accuracy, response length, entropies) and curves.png.
 
@@ -10,7 +10,8 @@ rate as mean ± std over the seeds (metrics/results_report.py), and `--record FI
 record per run, with the machine, thread count and commit (provenance.json, written beside each
 run when it starts), to a results file that `chord report` turns into tables. `--jobs N` runs N
 trainers at once from one queue (compare_queue.py); `--shard K/N` splits a grid between processes
-or machines.
+or machines. Run again, the same command keeps the finished runs and resumes the stopped ones
+(compare_runs.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from ..metrics.results_report import experiment_markdown, plot_experiment
 from ..stop import EXIT_CODE, Stopped
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
 from .compare_runs import check_kept, continue_or_start_over, finished, total_wall
+from .compare_variants import (
+    lr_overrides,
+    own_value,
+    parse_lr_grid,
+    parse_variant_overrides,
+    quick_overrides,
+    variant_lr,
+    variants,
+    with_scaled_min_lr,
+)
 
 start_trainer = subprocess.Popen  # starts one variant's `chord train` (tests put a stand-in here)
 CONTINUES = "The same command continues the grid: finished runs are kept, stopped ones resume from their checkpoints"
@@ -105,105 +116,8 @@ def parse_shard(text: str) -> tuple:
     return k, n
 
 
-def quick_overrides(cfg: Config) -> List[str]:
-    """`--quick`: a third of the steps (the variants' schedules scale with them) and three
-    evaluations, enough to see which variants learn at all in a few minutes, not to rank them."""
-    steps = max(3, cfg.train.steps // 3)
-    return [f"train.steps={steps}", f"train.eval_every={max(1, steps // 3)}"]
-
-
 def experiment_name(config_path: str, overrides: Sequence[str], quick: bool) -> str:
     return " ".join([Path(config_path).stem, *overrides] + (["(quick)"] if quick else []))
-
-
-def parse_lr_grid(text: str, per_variant: Mapping[str, Sequence[str]]) -> List[str]:
-    """ "1e-4,3e-4,1e-3" -> the learning rates as given (they name the run folders)."""
-    lrs = [x.strip() for x in text.split(",") if x.strip()]
-    for x in lrs:
-        try:
-            ok = float(x) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError("--lr-grid", text, f"'{x}' is not a positive number")
-    if len(set(map(float, lrs))) != len(lrs):
-        raise ConfigError("--lr-grid", text, "a learning rate appears twice")
-    clash = [n for n, extra in per_variant.items() if any(e.startswith("optim.lr=") for e in extra)]
-    if clash:
-        raise ConfigError("--set", f"{clash[0]}:optim.lr", "conflicts with --lr-grid: the grid sets every variant's lr")
-    return lrs
-
-
-def lr_overrides(cfg: Config, lr: str) -> List[str]:
-    """optim.lr, and optim.min_lr scaled with it (the config's min_lr / lr ratio), so that a decaying
-    schedule keeps its shape at every rate of the grid."""
-    ratio = cfg.optim.min_lr / cfg.optim.lr if cfg.optim.lr else 0.0
-    return [f"optim.lr={lr}", f"optim.min_lr={float(lr) * ratio:.6g}"]
-
-
-def variants(cfg: Config) -> Dict[str, List[str]]:
-    """Override sets of the compared methods, scaled to the run's train.steps (chord-spec.md).
-    Everything else (model, data, optimiser, seeds, budget) is the config's, for every variant."""
-    steps = cfg.train.steps
-    decay = max(1, round(2 * steps / 3))
-    return {
-        "grpo": ["algorithm.mu.peak=0", "algorithm.mu.valley=0", "algorithm.mu.decay=0", "algorithm.mu.warmup=0"],
-        "sft": [
-            "algorithm.mu.peak=1",
-            "algorithm.mu.valley=1",
-            "algorithm.mu.decay=0",
-            "algorithm.mu.warmup=0",
-            "algorithm.token_weight=none",
-        ],
-        "sft-then-rl": [
-            f"algorithm.mu.sft_steps={steps // 2}",
-            "algorithm.mu.peak=0",
-            "algorithm.mu.valley=0",
-            "algorithm.mu.decay=0",
-            "algorithm.mu.warmup=0",
-            "algorithm.token_weight=none",
-        ],
-        # The paper's math schedule is 0.9 -> 0.05; the floor here is 0.1, which kept the tiny
-        # demo model from drifting off the expert pattern once mu was low.
-        "chord-mu": [
-            "algorithm.mu.peak=0.9",
-            "algorithm.mu.valley=0.1",
-            f"algorithm.mu.decay={decay}",
-            "algorithm.mu.warmup=0",
-            "algorithm.token_weight=none",
-        ],
-        "chord-phi": [
-            "algorithm.mu.peak=0.1",
-            "algorithm.mu.valley=0.1",
-            "algorithm.mu.decay=0",
-            "algorithm.mu.warmup=0",
-            "algorithm.token_weight=p1mp",
-        ],
-    }
-
-
-def with_scaled_min_lr(cfg: Config, extra: Sequence[str]) -> List[str]:
-    """A variant's own `optim.lr=X` brings optim.min_lr scaled with it, as a rate of the grid
-    does (lr_overrides), unless the variant sets optim.min_lr itself: `--set grpo:optim.lr=3e-4`
-    and `--lr-grid 3e-4 --variants grpo` then run the same schedule."""
-    own = _own(extra, "optim.lr", None, str)
-    if own is None or any(o.startswith("optim.min_lr=") for o in extra):
-        return list(extra)
-    return [*extra, lr_overrides(cfg, own)[1]]
-
-
-def parse_variant_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str, List[str]]:
-    """`--set VARIANT:key=value` items -> {variant: [key=value, ...]}, e.g. a learning rate per
-    method ("grpo:optim.lr=3e-4"), since the best one differs between them."""
-    out: Dict[str, List[str]] = {}
-    for item in items:
-        name, sep, override = item.partition(":")
-        if not sep or "=" not in override:
-            raise ConfigError("--set", item, "expected VARIANT:key=value, e.g. grpo:optim.lr=3e-4")
-        if name not in known:
-            raise ConfigError("--set", item, f"unknown variant '{name}'; known: {', '.join(known)}")
-        out.setdefault(name, []).append(override)
-    return out
 
 
 def run_compare(
@@ -255,69 +169,26 @@ def run_compare(
         cells = cells[shard[0] - 1 :: shard[1]]
     # each variant's trainer's thread count (it runs in a child process, with its own --set)
     threads = {
-        n: trainer_threads(_own(per_variant.get(n, []), "train.cpu_threads", cfg.train.cpu_threads, int)) for n in names
+        n: trainer_threads(own_value(per_variant.get(n, []), "train.cpu_threads", cfg.train.cpu_threads, int))
+        for n in names
     }
     if jobs > 1:
         warn_oversubscribed(jobs, list(threads.values()))
-    records = []
-    first_commit = None  # the code the grid started with: a change later is said once
     to_files = jobs > 1  # several runs at once: each writes its output to its own train.log
-    began = {}  # run folder -> when its trainer started
-
-    def add_record(run_dir: Path, cell) -> None:
-        records.append(_record(run_dir, cfg, cell, experiment, command, quick, overrides, per_variant))
-        if record:  # each run as it is done: a grid stopped part-way keeps what it measured
-            append_records(record, records[-1:])
-
-    def start(cmd: List[str], run_cfg: Config, name: str, label: str) -> subprocess.Popen:
-        nonlocal first_commit
-        run_dir = Path(run_cfg.train.output_dir)
-        prov = {**provenance(), "trainer_threads": threads[name]}  # the trainer's beside this process's
-        # An unfinished run (stopped earlier) resumes from its checkpoint, or starts over (compare_runs.py).
-        how = continue_or_start_over(run_cfg, prov)
-        cmd, prov = [*cmd, *how.flags], {**prov, **how.carried}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        began[run_dir] = time.time()
-        (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
-        if first_commit is None:
-            first_commit = prov["commit"]
-        elif prov["commit"] != first_commit:
-            # each trainer imports the tree as it is when it starts: editing the checkout under a
-            # running grid mixes code versions (run a long grid from a pinned worktree)
-            print(
-                f"warning: the code changed since this grid started ({first_commit} -> {prov['commit']}); "
-                "the runs from here on use it (each record names its commit)",
-                file=sys.stderr,
-            )
-            first_commit = prov["commit"]
-        line = f"{label}: training into {run_dir}" + (f", {how.words}" if how.words else "")
-        if not to_files:
-            print(line, flush=True)
-            return start_trainer(cmd)
-        print(f"{line} (output: {run_dir / 'train.log'})", flush=True)
-        with open(run_dir / "train.log", "a") as log:
-            return start_trainer(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-    def done(rc: int, run_dir: Path, cell, label: str) -> None:
-        prov = json.loads((run_dir / "provenance.json").read_text())
-        wall = round(time.time() - began.pop(run_dir), 1)
-        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": total_wall(prov, wall)}) + "\n")
-        if rc == EXIT_CODE:  # Ctrl-C: the trainer saved a checkpoint, which the next compare resumes
-            print(f"{label}: stopped after {wall:.0f} s, with a checkpoint", flush=True)
-            return
-        if rc != 0:
-            print(f"{label}: failed (exit {rc}) after {wall:.0f} s", flush=True)
-            if to_files:
-                print(log_tail(run_dir / "train.log"), flush=True)
-            return
-        if to_files:
-            print(f"{label}: done in {wall:.0f} s", flush=True)
-        if grid:
-            add_record(run_dir, cell)
+    describe = partial(
+        _record,
+        cfg=cfg,
+        experiment=experiment,
+        command=command,
+        quick=quick,
+        overrides=overrides,
+        per_variant=per_variant,
+    )
+    runs = GridRuns(threads, to_files, describe if grid else None, record)
 
     queue = []
     for i, (name, lr, seed) in enumerate(cells, 1):
-        lr_label = lr if lr is not None else f"{_variant_lr(cfg, per_variant.get(name, [])):g}"
+        lr_label = lr if lr is not None else f"{variant_lr(cfg, per_variant.get(name, [])):g}"
         run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
         label = f"[{i}/{len(cells)}] " + name + (f" lr {lr}" if lr else "") + (f" seed {seed}" if grid else "")
         cell = [*(lr_overrides(cfg, lr) if lr else []), *([f"train.seed={seed}"] if grid else [])]
@@ -328,8 +199,7 @@ def run_compare(
         if finished(run_dir, cfg.train.steps):
             check_kept(run_cfg, label)
             print(f"{label}: already done in {run_dir}")
-            if grid:
-                add_record(run_dir, (name, lr, seed))
+            runs.add_record(run_dir, (name, lr, seed))
             continue
         cmd = [
             sys.executable,
@@ -346,8 +216,8 @@ def run_compare(
                 label,
                 run_dir,
                 base,
-                partial(start, cmd, run_cfg, name, label),
-                partial(done, run_dir=run_dir, cell=(name, lr, seed), label=label),
+                partial(runs.start, cmd, run_cfg, name, label),
+                partial(runs.done, run_dir=run_dir, cell=(name, lr, seed), label=label),
                 partial(run_progress, run_dir, cfg.train.steps, base),
             )
         )
@@ -360,12 +230,78 @@ def run_compare(
     if not grid:
         _plain_report(report, config_path, overrides, cfg, {n: out / n for n in names}, per_variant)
         return report
-    report.write_text(experiment_markdown(records, heading="#") + "\n![curves](curves.png)\n")
-    plot_experiment(records, out / "curves.png")
+    report.write_text(experiment_markdown(runs.records, heading="#") + "\n![curves](curves.png)\n")
+    plot_experiment(runs.records, out / "curves.png")
     return report
 
 
-def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overrides, per_variant) -> dict:
+class GridRuns:
+    """The runs of one compare as they start and end: each trainer's provenance.json (machine,
+    commit, threads, wall time), the terminal's lines, and a record of each finished run."""
+
+    def __init__(self, threads: Mapping[str, int], to_files: bool, describe, results: Optional[str | Path]):
+        self.threads = threads  # variant -> its trainer's torch threads (a child process with its own --set)
+        self.to_files = to_files  # each trainer's output goes to <run>/train.log, not the terminal
+        self.describe = describe  # (run_dir, cell) -> the run's record; None: no records (one run per variant)
+        self.results = results  # the results file each record is appended to as the run ends, or None
+        self.records: List[dict] = []
+        self.first_commit: Optional[str] = None  # the code the grid started with: a change later is said once
+        self.began: Dict[Path, float] = {}  # run folder -> when its trainer started
+
+    def add_record(self, run_dir: Path, cell) -> None:
+        if self.describe is None:
+            return
+        self.records.append(self.describe(run_dir, cell))
+        if self.results:  # each run as it is done: a grid stopped part-way keeps what it measured
+            append_records(self.results, self.records[-1:])
+
+    def start(self, cmd: List[str], run_cfg: Config, name: str, label: str) -> subprocess.Popen:
+        run_dir = Path(run_cfg.train.output_dir)
+        prov = {**provenance(), "trainer_threads": self.threads[name]}  # the trainer's beside this process's
+        # An unfinished run (stopped earlier) resumes from its checkpoint, or starts over (compare_runs.py).
+        how = continue_or_start_over(run_cfg, prov)
+        cmd, prov = [*cmd, *how.flags], {**prov, **how.carried}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.began[run_dir] = time.time()
+        (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
+        self._note_commit(prov["commit"])
+        line = f"{label}: training into {run_dir}" + (f", {how.words}" if how.words else "")
+        if not self.to_files:
+            print(line, flush=True)
+            return start_trainer(cmd)
+        print(f"{line} (output: {run_dir / 'train.log'})", flush=True)
+        with open(run_dir / "train.log", "a") as log:
+            return start_trainer(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def done(self, rc: int, run_dir: Path, cell, label: str) -> None:
+        prov = json.loads((run_dir / "provenance.json").read_text())
+        wall = round(time.time() - self.began.pop(run_dir), 1)
+        (run_dir / "provenance.json").write_text(json.dumps({**prov, "wall_s": total_wall(prov, wall)}) + "\n")
+        if rc == EXIT_CODE:  # Ctrl-C: the trainer saved a checkpoint, which the next compare resumes
+            print(f"{label}: stopped after {wall:.0f} s, with a checkpoint", flush=True)
+            return
+        if rc != 0:
+            print(f"{label}: failed (exit {rc}) after {wall:.0f} s", flush=True)
+            if self.to_files:
+                print(log_tail(run_dir / "train.log"), flush=True)
+            return
+        if self.to_files:
+            print(f"{label}: done in {wall:.0f} s", flush=True)
+        self.add_record(run_dir, cell)
+
+    def _note_commit(self, commit: str) -> None:
+        if self.first_commit is not None and commit != self.first_commit:
+            # each trainer imports the tree as it is when it starts: editing the checkout under a
+            # running grid mixes code versions (run a long grid from a pinned worktree)
+            print(
+                f"warning: the code changed since this grid started ({self.first_commit} -> {commit}); "
+                "the runs from here on use it (each record names its commit)",
+                file=sys.stderr,
+            )
+        self.first_commit = commit
+
+
+def _record(run_dir: Path, cell, *, cfg: Config, experiment, command, quick, overrides, per_variant) -> dict:
     from ..metrics.logger import read_metrics
 
     name, lr, seed = cell
@@ -378,7 +314,7 @@ def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overri
         "experiment": experiment or "",
         "command": command,
         "variant": name,
-        "lr": float(lr) if lr is not None else _variant_lr(cfg, extra),
+        "lr": float(lr) if lr is not None else variant_lr(cfg, extra),
         "seed": seed,
         "steps": cfg.train.steps,
         "quick": quick,
@@ -390,17 +326,6 @@ def _record(run_dir: Path, cfg: Config, cell, experiment, command, quick, overri
         **prov,
     }
     return run_record(read_metrics(run_dir / "metrics.jsonl"), **meta)
-
-
-def _variant_lr(cfg: Config, extra: Sequence[str]) -> float:
-    """The rate a variant ran at: its own `--set VARIANT:optim.lr=...` (the last one) or the config's."""
-    return _own(extra, "optim.lr", cfg.optim.lr, float)
-
-
-def _own(extra: Sequence[str], key: str, default, kind):
-    """A variant's own value of `key` (the last `key=...` of its --set overrides), else `default`."""
-    own = [o.split("=", 1)[1] for o in extra if o.startswith(f"{key}=")]
-    return kind(own[-1]) if own else default
 
 
 def _plain_report(report: Path, config_path, overrides, cfg: Config, run_dirs, per_variant) -> None:

@@ -25,7 +25,7 @@ from chord_megatron.commands.bench_trl import (
     require_trl,
     steps_per_second,
 )
-from chord_megatron.commands.compare import variants
+from chord_megatron.commands.compare_variants import variants
 from chord_megatron.config import load_config
 from tests.support.chord_cli import DEMO, SHORT
 

@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 from chord_megatron.commands import compare
-from chord_megatron.commands.compare import parse_variant_overrides, run_compare, variants
+from chord_megatron.commands.compare import run_compare
+from chord_megatron.commands.compare_variants import parse_variant_overrides, variants
 from chord_megatron.config import ConfigError, load_config
 from tests.support.fake_trainer import started
 

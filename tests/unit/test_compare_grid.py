@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from chord_megatron.commands import compare
-from chord_megatron.commands.compare import lr_overrides, parse_lr_grid, quick_overrides, run_compare
+from chord_megatron.commands.compare import run_compare
+from chord_megatron.commands.compare_variants import lr_overrides, parse_lr_grid, quick_overrides
 from chord_megatron.config import ConfigError, load_config
 from chord_megatron.metrics.results import Stats, ordering, read_results, separations, thinned
 from tests.support.fake_trainer import started

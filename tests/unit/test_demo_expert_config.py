@@ -6,7 +6,7 @@ import dataclasses
 import json
 import pathlib
 
-from chord_megatron.commands.compare import lr_overrides, variants
+from chord_megatron.commands.compare_variants import lr_overrides, variants
 from chord_megatron.config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

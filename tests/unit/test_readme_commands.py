@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from chord_megatron.cli import build_parser
-from chord_megatron.commands.compare import parse_variant_overrides, variants
+from chord_megatron.commands.compare_variants import parse_variant_overrides, variants
 from chord_megatron.config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
