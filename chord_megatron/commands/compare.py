@@ -24,7 +24,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Set
 
 from ..config import Config, ConfigError, load_config
 from ..errors import ChordError
@@ -225,7 +225,13 @@ def run_compare(
     if failed:
         run, rc = failed[0]
         verb = "was stopped" if rc == EXIT_CODE else "failed"
-        raise RunFailed(f"{run.label} {verb} (exit {rc}); its logs and metrics are in {run.folder}. {CONTINUES}")
+        # a run that fails as it resumes would fail the same way every time the command runs again
+        way_on = (
+            f"It failed resuming from its checkpoint: remove {run.folder} to start it over"
+            if run.folder in runs.resumed and rc != EXIT_CODE
+            else CONTINUES
+        )
+        raise RunFailed(f"{run.label} {verb} (exit {rc}); its logs and metrics are in {run.folder}. {way_on}")
     report = out / "compare.md"
     if not grid:
         _plain_report(report, config_path, overrides, cfg, {n: out / n for n in names}, per_variant)
@@ -247,6 +253,7 @@ class GridRuns:
         self.records: List[dict] = []
         self.first_commit: Optional[str] = None  # the code the grid started with: a change later is said once
         self.began: Dict[Path, float] = {}  # run folder -> when its trainer started
+        self.resumed: Set[Path] = set()  # the run folders whose trainers resumed from a checkpoint
 
     def add_record(self, run_dir: Path, cell) -> None:
         if self.describe is None:
@@ -261,6 +268,8 @@ class GridRuns:
         # An unfinished run (stopped earlier) resumes from its checkpoint, or starts over (compare_runs.py).
         how = continue_or_start_over(run_cfg, prov)
         cmd, prov = [*cmd, *how.flags], {**prov, **how.carried}
+        if "--resume" in how.flags:
+            self.resumed.add(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.began[run_dir] = time.time()
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")

@@ -87,6 +87,17 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_records_both_parts(tmp_pa
     assert record["resumed_at"] == [4] and record["wall_s"] >= first and record["wall_s_before"] == first
 
 
+def test_a_run_that_fails_as_it_resumes_says_how_to_start_it_over(tmp_path, monkeypatch):
+    """Run again, it would resume and fail the same way: the line says so, and what to do."""
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4)))
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: 1))  # a broken checkpoint, say
+    run = tmp_path / "cmp" / "grpo"
+    with pytest.raises(RunFailed, match=f"failed resuming from its checkpoint: remove {run} to start it over"):
+        compare_once(tmp_path)
+
+
 def edit_settings(run):
     path = run / SETTINGS_FILE
     path.write_text(path.read_text().replace("clip_low: 0.2", "clip_low: 0.3"))
