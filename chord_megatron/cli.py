@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="GRPO, SFT, SFT-then-RL, CHORD-mu, CHORD-phi on one budget")
     _add_config_args(compare)
     compare.add_argument("--variants", help="comma-separated subset (default: all)")
-    compare.add_argument("--out", help="output folder (default: <train.output_dir>-compare)")
+    compare.add_argument(
+        "--out",
+        help="output folder (default: <train.output_dir>-compare); run again, the same command keeps its finished "
+        "runs and resumes its stopped ones",
+    )
     compare.add_argument(
         "--set",
         action="append",
