@@ -6,8 +6,9 @@ TensorBoard event files next to the old ones, point the checkpoint root's `lates
 run and leave the old checkpoints out of `keep_last`. So `chord train` refuses such a folder
 unless told which of two things is meant: `--resume` (continue that run) or `--overwrite`
 (start over: the earlier run's files are removed first, and named). Only files this project
-writes there are ever removed: metrics.jsonl, the TensorBoard event files, curves.png and the
-checkpoint root's step folders and `latest`; anything else in the folder stays.
+writes there are ever removed: metrics.jsonl, the TensorBoard event files, curves.png,
+config.resolved.yaml and the checkpoint root's step folders and `latest`; anything else in the
+folder stays.
 
 Each run also leaves its resolved config, config.resolved.yaml (rewritten when it resumes), so
 that a `--resume` with other settings is said (`changed_settings`) and `chord compare` can tell a
@@ -50,13 +51,14 @@ class EarlierRun:
     checkpoints: List[Path] = field(default_factory=list)
     pointers: List[Path] = field(default_factory=list)
     curves: List[Path] = field(default_factory=list)
+    settings: List[Path] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        # curves.png alone (a run that wrote nothing else) is not worth refusing a run for
+        # curves.png or the settings alone (a run that wrote nothing else) are not worth refusing a run for
         return bool(self.metrics or self.events or self.checkpoints or self.pointers)
 
     def files(self) -> List[Path]:
-        return [*self.metrics, *self.events, *self.checkpoints, *self.pointers, *self.curves]
+        return [*self.metrics, *self.events, *self.checkpoints, *self.pointers, *self.curves, *self.settings]
 
     def describe(self) -> str:
         parts = []
@@ -87,6 +89,7 @@ def earlier_run(cfg: Config) -> EarlierRun:
         run.checkpoints = sorted(p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
     run.pointers = [root / n for n in _POINTERS if (root / n).is_file()]
     run.curves = [p for p in (out / "curves.png",) if p.is_file()]
+    run.settings = [p for p in (out / SETTINGS_FILE,) if p.is_file()]
     return run
 
 

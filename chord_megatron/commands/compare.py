@@ -24,7 +24,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Set
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import Config, ConfigError, load_config
 from ..errors import ChordError
@@ -32,9 +32,10 @@ from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
-from ..stop import EXIT_CODE, Stopped
+from ..run_dir import checkpoint_root
+from ..stop import EXIT_CODE, Stopped, latest_step
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
-from .compare_runs import check_kept, continue_or_start_over, finished, total_wall
+from .compare_runs import continue_or_start_over, finished, refuse_other_settings, total_wall
 from .compare_variants import (
     lr_overrides,
     own_value,
@@ -145,6 +146,12 @@ def run_compare(
     `shard` (k, n): only every n-th cell of the grid from the k-th, so that n processes (cores,
     machines) share one grid; their records, in one results file, report as one experiment.
     `jobs`: trainers at once, from one queue (compare_queue.py), each writing to <run>/train.log."""
+    if cfg.checkpoint.dir:  # one folder for every run's checkpoints: each --overwrite would delete the others'
+        raise ConfigError(
+            "checkpoint.dir",
+            cfg.checkpoint.dir,
+            "chord compare keeps each run's checkpoints in its own folder: leave it unset",
+        )
     table = variants(cfg)
     names = list(names or table)
     unknown = [n for n in names if n not in table]
@@ -196,8 +203,8 @@ def run_compare(
         # the run's own config: the grid's with the run's overrides (cfg already has `overrides`)
         own = dict(o.split("=", 1) for o in run_overrides[len(overrides) :])
         run_cfg = cfg.replace(**{**own, "train.output_dir": str(run_dir)})
+        refuse_other_settings(run_cfg, label)  # before anything runs
         if finished(run_dir, cfg.train.steps):
-            check_kept(run_cfg, label)
             print(f"{label}: already done in {run_dir}")
             runs.add_record(run_dir, (name, lr, seed))
             continue
@@ -225,10 +232,9 @@ def run_compare(
     if failed:
         run, rc = failed[0]
         verb = "was stopped" if rc == EXIT_CODE else "failed"
-        # a run that fails as it resumes would fail the same way every time the command runs again
         way_on = (
             f"It failed resuming from its checkpoint: remove {run.folder} to start it over"
-            if run.folder in runs.resumed and rc != EXIT_CODE
+            if runs.failed_resuming(run.folder, rc)
             else CONTINUES
         )
         raise RunFailed(f"{run.label} {verb} (exit {rc}); its logs and metrics are in {run.folder}. {way_on}")
@@ -253,7 +259,7 @@ class GridRuns:
         self.records: List[dict] = []
         self.first_commit: Optional[str] = None  # the code the grid started with: a change later is said once
         self.began: Dict[Path, float] = {}  # run folder -> when its trainer started
-        self.resumed: Set[Path] = set()  # the run folders whose trainers resumed from a checkpoint
+        self.resumed: Dict[Path, Tuple[Path, int]] = {}  # run folder -> (checkpoint root, step resumed at)
 
     def add_record(self, run_dir: Path, cell) -> None:
         if self.describe is None:
@@ -269,7 +275,7 @@ class GridRuns:
         how = continue_or_start_over(run_cfg, prov)
         cmd, prov = [*cmd, *how.flags], {**prov, **how.carried}
         if "--resume" in how.flags:
-            self.resumed.add(run_dir)
+            self.resumed[run_dir] = (checkpoint_root(run_cfg), how.carried["resumed_at"][-1])
         run_dir.mkdir(parents=True, exist_ok=True)
         self.began[run_dir] = time.time()
         (run_dir / "provenance.json").write_text(json.dumps(prov) + "\n")
@@ -297,6 +303,14 @@ class GridRuns:
         if self.to_files:
             print(f"{label}: done in {wall:.0f} s", flush=True)
         self.add_record(run_dir, cell)
+
+    def failed_resuming(self, run_dir: Path, rc: int) -> bool:
+        """Did the run fail (an error, not a signal) as it resumed, before a checkpoint past the
+        one it resumed from? Run again, it would fail the same way."""
+        if run_dir not in self.resumed or rc <= 0:
+            return False
+        root, step = self.resumed[run_dir]
+        return latest_step(root) == step
 
     def _note_commit(self, commit: str) -> None:
         if self.first_commit is not None and commit != self.first_commit:

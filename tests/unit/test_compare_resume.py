@@ -87,22 +87,6 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_records_both_parts(tmp_pa
     assert record["resumed_at"] == [4] and record["wall_s"] >= first and record["wall_s_before"] == first
 
 
-def test_a_run_that_fails_as_it_resumes_says_how_to_start_it_over(tmp_path, monkeypatch):
-    """Run again, it would resume and fail the same way: the line says so, and what to do."""
-    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4)))
-    with pytest.raises(RunFailed):
-        compare_once(tmp_path)
-    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: 1))  # a broken checkpoint, say
-    run = tmp_path / "cmp" / "grpo"
-    with pytest.raises(RunFailed, match=f"failed resuming from its checkpoint: remove {run} to start it over"):
-        compare_once(tmp_path)
-
-
-def edit_settings(run):
-    path = run / SETTINGS_FILE
-    path.write_text(path.read_text().replace("clip_low: 0.2", "clip_low: 0.3"))
-
-
 def edit_provenance(**changes):
     def edit(run):
         path = run / "provenance.json"
@@ -115,9 +99,11 @@ def edit_provenance(**changes):
     "change,why",
     [
         (lambda run: (run / SETTINGS_FILE).unlink(), f"it left no {SETTINGS_FILE} to compare settings with"),
-        (edit_settings, "its settings differ: algorithm.clip_low: 0.3 -> 0.2"),
         (edit_provenance(commit="fed987"), "its commit was fed987, now abc123"),
         (edit_provenance(cpu="Another CPU"), "its cpu was Another CPU, now "),
+        (edit_provenance(torch="2.0.0"), "its torch was 2.0.0, now "),
+        (edit_provenance(trainer_threads=64), "its trainer_threads was 64, now "),
+        (lambda run: (run / "provenance.json").write_text("null"), "it left no readable provenance.json"),
         (lambda run: (run / "checkpoints" / "latest").unlink(), "it left no checkpoint"),
     ],
 )
@@ -131,6 +117,27 @@ def test_a_stopped_run_starts_over_when_what_its_numbers_depend_on_changed(tmp_p
     compare_once(tmp_path)
     assert calls[0][-1] == "--overwrite"
     assert f"training into {tmp_path / 'cmp' / 'grpo'}, starting over: {why}" in capsys.readouterr().out
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "cmp" / "grpo" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [*range(STEPS), STEPS]  # the earlier part's records went with it
+
+
+def test_a_run_started_over_leaves_no_checkpoint_to_resume_even_if_its_trainer_never_ran(tmp_path, monkeypatch, capsys):
+    """Starting over, compare removes the earlier run itself before it writes the new provenance:
+    were the trainer stopped before it got that far, the old checkpoint beside the new provenance
+    would be resumed by the next compare, under code it was not made with."""
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4)))
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+    monkeypatch.setenv("CHORD_COMMIT", "def456")
+    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: 130))  # Ctrl-C as it starts
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+    calls = []
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(calls=calls)))
+    compare_once(tmp_path)
+    assert not {"--resume", "--overwrite"} & set(calls[0])  # a new run: nothing of the old one is left
 
 
 def test_a_dirty_tree_starts_a_stopped_run_over(tmp_path, monkeypatch, capsys):
@@ -147,20 +154,90 @@ def test_a_dirty_tree_starts_a_stopped_run_over(tmp_path, monkeypatch, capsys):
     )
 
 
-def test_a_finished_run_of_other_settings_is_refused_and_of_the_same_kept(tmp_path, monkeypatch):
+def snapshot(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def compare_with(tmp_path, *extra):
+    over = [*OVERRIDES, *extra]
+    return run_compare("none.yaml", over, load_config(None, over), tmp_path / "cmp", ["grpo"], progress=False)
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_a_run_of_other_settings_is_refused_before_anything_runs(tmp_path, monkeypatch, stopped):
+    """Finished or stopped, a run of other settings is another experiment: refused, untouched. A
+    longer train.steps is one too (the finished run is not "stopped" at the new last step)."""
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4 if stopped else None)))
+    try:
+        compare_once(tmp_path)
+    except RunFailed:
+        assert stopped
+    before = snapshot(tmp_path / "cmp")
+    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: pytest.fail("a run of other settings ran")))
+    for extra, first in (["train.seed=7"], "train.seed: 1234 -> 7"), (["train.steps=9"], "train.steps: 6 -> 9"):
+        with pytest.raises(ConfigError, match=rf"grpo holds a run of other settings \({first}\); give another --out"):
+            compare_with(tmp_path, *extra)
+    assert snapshot(tmp_path / "cmp") == before
+
+
+def test_a_finished_run_of_the_same_settings_is_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "start_trainer", started(trainer()))
     compare_once(tmp_path)
     monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: pytest.fail("a finished run ran again")))
-    compare_once(tmp_path)  # the same settings: kept
-    with pytest.raises(ConfigError, match=r"holds a finished run of other settings \(train.seed: 1234 -> 7\)"):
-        run_compare(
-            "none.yaml",
-            [*OVERRIDES, "train.seed=7"],
-            load_config(None, [*OVERRIDES, "train.seed=7"]),
-            tmp_path / "cmp",
-            ["grpo"],
-            progress=False,
-        )
+    compare_once(tmp_path)
+
+
+def test_a_shared_checkpoint_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint.dir: .*keeps each run's checkpoints in its own folder"):
+        compare_with(tmp_path, f"checkpoint.dir={tmp_path / 'ckpt'}")
+
+
+@pytest.mark.parametrize(
+    "rc,after,advice",
+    [
+        (1, None, "failed resuming from its checkpoint: remove"),  # no checkpoint since: it would fail again
+        (-9, None, "The same command continues the grid"),  # killed: not the resume's fault
+        (1, 5, "The same command continues the grid"),  # failed later, after a checkpoint past 4
+    ],
+)
+def test_only_a_run_that_fails_as_it_resumes_is_told_to_start_over(tmp_path, monkeypatch, rc, after, advice):
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4)))
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+
+    def fail(cmd):
+        if after is not None:
+            root = tmp_path / "cmp" / "grpo" / "checkpoints"
+            (root / f"step_{after:08d}").mkdir()
+            (root / f"step_{after:08d}" / "metadata.json").write_text("{}")
+            (root / "latest").write_text(f"step_{after:08d}")
+        return rc
+
+    monkeypatch.setattr(compare, "start_trainer", started(fail))
+    with pytest.raises(RunFailed, match=advice):
+        compare_once(tmp_path)
+
+
+def test_a_resumed_runs_wall_time_sums_its_parts(tmp_path, monkeypatch):
+    clock = {"now": 1000.0}
+
+    def trainer_taking(seconds, **kw):
+        train = trainer(**kw)
+
+        def timed(cmd):
+            clock["now"] += seconds
+            return train(cmd)
+
+        return timed
+
+    monkeypatch.setattr(compare.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(compare, "start_trainer", started(trainer_taking(30.0, stop_at=4)))
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+    monkeypatch.setattr(compare, "start_trainer", started(trainer_taking(12.5)))
+    compare_once(tmp_path)
+    prov = json.loads((tmp_path / "cmp" / "grpo" / "provenance.json").read_text())
+    assert (prov["wall_s_before"], prov["wall_s"], prov["resumed_at"]) == (30.0, 42.5, [4])
 
 
 def test_ctrl_c_ends_compare_with_one_line_and_the_command_that_continues(tmp_path, monkeypatch, capsys):

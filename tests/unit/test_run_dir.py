@@ -16,7 +16,7 @@ DEMO = str(ROOT / "configs" / "demo.yaml")
 
 def earlier_run(out: pathlib.Path) -> None:
     """What a finished run leaves: 3 metric records, a TensorBoard event file, two checkpoints
-    and the `latest` pointer; and a file of the user's in the folder and in tensorboard/."""
+    and the `latest` pointer, its curves and settings; and a file of the user's in the folder and in tensorboard/."""
     out.mkdir(parents=True)
     (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/total": 1.0}) + "\n" for s in range(3)))
     (out / "tensorboard").mkdir()
@@ -27,6 +27,7 @@ def earlier_run(out: pathlib.Path) -> None:
         (out / "checkpoints" / f"step_{step:08d}" / "metadata.json").write_text("{}")
     (out / "checkpoints" / "latest").write_text("step_00000004\n")
     (out / "curves.png").write_bytes(b"png")
+    (out / "config.resolved.yaml").write_text("train: {steps: 3}\n")
     (out / "notes.md").write_text("the user's own file")
     (out / "data").mkdir()
     (out / "data" / "rl.jsonl").write_text("{}\n")
