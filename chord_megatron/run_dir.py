@@ -10,6 +10,12 @@ writes there are ever removed: metrics.jsonl, the TensorBoard event files, curve
 config.resolved.yaml and the checkpoint root's step folders and `latest`; anything else in the
 folder stays.
 
+While a run trains, its folder holds a lock file (.chord-train.lock: this machine's name, the
+process id and its start time), so that a second `chord train` into it on the same machine -- a
+compare run again while the first still goes, say -- is refused rather than mixed into it. A
+lock whose process has ended (killed) is taken over; one from another machine cannot be checked
+and is taken over too.
+
 Each run also leaves its resolved config, config.resolved.yaml (rewritten when it resumes), so
 that a `--resume` with other settings is said (`changed_settings`) and `chord compare` can tell a
 stopped run it may continue from one it must start over.
@@ -17,12 +23,16 @@ stopped run it may continue from one it must start over.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
@@ -35,6 +45,8 @@ _EVENTS = "events.out.tfevents.*"  # what TensorBoard's SummaryWriter writes
 SETTINGS_FILE = "config.resolved.yaml"  # the run's resolved config (`chord config show` of it)
 # Keys that say where a run's files go and how it reports, not what it trains: a resumed run may
 # change them without a word.
+LOCK_FILE = ".chord-train.lock"
+_LOCK_HELD = "CHORD_OUTPUT_LOCK_HELD"  # the lock a parent process holds for its workers (--nproc)
 _WHERE_NOT_WHAT = ("train.output_dir", "base.cache_dir", "checkpoint.", "logging.")
 
 
@@ -171,3 +183,69 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         else:
             out[prefix + k] = v
     return out
+
+
+def refuse_if_in_use(cfg: Config) -> None:
+    """A folder another live `chord train` on this machine is training into is refused (before
+    the earlier-run check: "continue it with --resume" would be the wrong advice)."""
+    path = Path(cfg.train.output_dir) / LOCK_FILE
+    if os.environ.get(_LOCK_HELD) == str(path.resolve()):
+        return  # our own parent's (--nproc)
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(holder, dict) and _alive_here(holder):
+        raise OutputDirError(
+            f"{cfg.train.output_dir} is in use by a running chord train (pid {holder.get('pid')}): "
+            "wait for it to end, or stop it first"
+        )
+
+
+@contextlib.contextmanager
+def output_dir_lock(cfg: Config) -> Iterator[None]:
+    """Hold the folder's lock while this process trains into it (rank 0; under --nproc the parent,
+    whose workers inherit the note that it is held)."""
+    path = Path(cfg.train.output_dir) / LOCK_FILE
+    if os.environ.get(_LOCK_HELD) == str(path.resolve()):
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = json.dumps(_this_process())
+    path.write_text(mine)
+    os.environ[_LOCK_HELD] = str(path.resolve())
+    try:
+        yield
+    finally:
+        os.environ.pop(_LOCK_HELD, None)
+        with contextlib.suppress(OSError):
+            if path.read_text() == mine:
+                path.unlink()
+
+
+def _this_process() -> Dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """When the process started (Linux: /proc/PID/stat's starttime), so that a pid reused by an
+    unrelated process does not count as the lock's holder; None where /proc is not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive_here(holder: Mapping[str, Any]) -> bool:
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    start = holder.get("start")
+    return start is None or _start_time(pid) in (None, start)

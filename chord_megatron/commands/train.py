@@ -23,7 +23,14 @@ from typing import List
 
 from ..config import load_config
 from ..net import free_port
-from ..run_dir import check_output_dir, checkpoint_root, save_settings, warn_if_resumed_with_other_settings
+from ..run_dir import (
+    check_output_dir,
+    checkpoint_root,
+    output_dir_lock,
+    refuse_if_in_use,
+    save_settings,
+    warn_if_resumed_with_other_settings,
+)
 from ..stop import EXIT_CODE, StopOnCtrlC, latest_step, resume_command, stopped
 from ..train.parallel import is_rank0, require_device, set_cpu_threads
 
@@ -33,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
     require_device(cfg.train.device)  # before anything else: no silent CPU fallback on a GPU job
     set_cpu_threads(cfg.train.cpu_threads)
     if is_rank0():  # before anything is written (the task's data too); other ranks leave the folder to rank 0
+        refuse_if_in_use(cfg)
         check_output_dir(cfg, resume=args.resume, overwrite=args.overwrite)
+    with output_dir_lock(cfg) if is_rank0() else contextlib.nullcontext():
+        return _train(args, cfg)
+
+
+def _train(args: argparse.Namespace, cfg) -> int:
+    """The run, in this process or (--nproc) in N workers, once the folder is checked and held."""
     if args.nproc > 1:
         flags = [
             f
