@@ -10,11 +10,13 @@ writes there are ever removed: metrics.jsonl, the TensorBoard event files, curve
 config.resolved.yaml and the checkpoint root's step folders and `latest`; anything else in the
 folder stays.
 
-While a run trains, its folder holds a lock file (.chord-train.lock: this machine's name, the
-process id and its start time), so that a second `chord train` into it on the same machine -- a
-compare run again while the first still goes, say -- is refused rather than mixed into it. A
-lock whose process has ended (killed) is taken over; one from another machine cannot be checked
-and is taken over too.
+While a run trains, it holds an flock on its folder's .chord-train.lock (which names the holder's
+pid and machine), so that a second `chord train` into the folder -- a compare run again while the
+first still goes, say -- is refused rather than mixed into it. The kernel drops the lock when
+the process ends, however it ends (a killed run leaves nothing to clean up); on a shared
+filesystem that supports flock (NFS does) it holds across machines, and where locks are not
+supported the run goes on unlocked. The file stays after the run: removing it could let two
+later runs lock two different files.
 
 Each run also leaves its resolved config, config.resolved.yaml (rewritten when it resumes), so
 that a `--resume` with other settings is said (`changed_settings`) and `chord compare` can tell a
@@ -24,6 +26,7 @@ stopped run it may continue from one it must start over.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -43,10 +46,10 @@ _STEP_DIR = re.compile(r"^(\.tmp\.)?step_\d+$")  # checkpoint.py's step folders,
 _POINTERS = ("latest", "latest.tmp")  # checkpoint.py's pointer, and its debris
 _EVENTS = "events.out.tfevents.*"  # what TensorBoard's SummaryWriter writes
 SETTINGS_FILE = "config.resolved.yaml"  # the run's resolved config (`chord config show` of it)
-# Keys that say where a run's files go and how it reports, not what it trains: a resumed run may
-# change them without a word.
 LOCK_FILE = ".chord-train.lock"
 _LOCK_HELD = "CHORD_OUTPUT_LOCK_HELD"  # the lock a parent process holds for its workers (--nproc)
+# Keys that say where a run's files go and how it reports, not what it trains: a resumed run may
+# change them without a word.
 _WHERE_NOT_WHAT = ("train.output_dir", "base.cache_dir", "checkpoint.", "logging.")
 
 
@@ -186,20 +189,24 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def refuse_if_in_use(cfg: Config) -> None:
-    """A folder another live `chord train` on this machine is training into is refused (before
-    the earlier-run check: "continue it with --resume" would be the wrong advice)."""
+    """A folder that another `chord train` holds is refused, in one line (before the earlier-run
+    check: "continue it with --resume" would be the wrong advice). Reads only: a refused run
+    writes nothing."""
     path = Path(cfg.train.output_dir) / LOCK_FILE
     if os.environ.get(_LOCK_HELD) == str(path.resolve()):
         return  # our own parent's (--nproc)
     try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(holder, dict) and _alive_here(holder):
-        raise OutputDirError(
-            f"{cfg.train.output_dir} is in use by a running chord train (pid {holder.get('pid')}): "
-            "wait for it to end, or stop it first"
-        )
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run has held the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(cfg, path) from None
+    except OSError:
+        pass  # a filesystem without locks
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -211,41 +218,34 @@ def output_dir_lock(cfg: Config) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    mine = json.dumps(_this_process())
-    path.write_text(mine)
-    os.environ[_LOCK_HELD] = str(path.resolve())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    previous = os.environ.get(_LOCK_HELD)
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # taken since refuse_if_in_use looked
+            raise _in_use(cfg, path) from None
+        except OSError:
+            pass  # a filesystem without locks: the run goes on unlocked
+        else:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        os.environ[_LOCK_HELD] = str(path.resolve())
         yield
     finally:
-        os.environ.pop(_LOCK_HELD, None)
-        with contextlib.suppress(OSError):
-            if path.read_text() == mine:
-                path.unlink()
+        if previous is None:
+            os.environ.pop(_LOCK_HELD, None)
+        else:
+            os.environ[_LOCK_HELD] = previous
+        os.close(fd)  # drops the lock
 
 
-def _this_process() -> Dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
-
-
-def _start_time(pid: int) -> Optional[str]:
-    """When the process started (Linux: /proc/PID/stat's starttime), so that a pid reused by an
-    unrelated process does not count as the lock's holder; None where /proc is not there."""
+def _in_use(cfg: Config, path: Path) -> OutputDirError:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive_here(holder: Mapping[str, Any]) -> bool:
-    pid = holder.get("pid")
-    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, someone else's
-    start = holder.get("start")
-    return start is None or _start_time(pid) in (None, start)
+        holder = json.loads(path.read_text())
+        who = f"pid {holder['pid']} on {holder['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "another process"
+    return OutputDirError(
+        f"{cfg.train.output_dir} is in use by a running chord train ({who}): wait for it to end, or stop it first"
+    )

@@ -32,7 +32,7 @@ from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
-from ..run_dir import checkpoint_root
+from ..run_dir import checkpoint_root, refuse_if_in_use
 from ..stop import EXIT_CODE, Stopped, latest_step
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
 from .compare_runs import continue_or_start_over, finished, refuse_other_settings, total_wall
@@ -203,7 +203,10 @@ def run_compare(
         # the run's own config: the grid's with the run's overrides (cfg already has `overrides`)
         own = dict(o.split("=", 1) for o in run_overrides[len(overrides) :])
         run_cfg = cfg.replace(**{**own, "train.output_dir": str(run_dir)})
-        refuse_other_settings(run_cfg, label)  # before anything runs
+        # before anything runs: a run another process is training (this command run twice) is not
+        # touched, nor one of other settings
+        refuse_if_in_use(run_cfg)
+        refuse_other_settings(run_cfg, label)
         if finished(run_dir, cfg.train.steps):
             print(f"{label}: already done in {run_dir}")
             runs.add_record(run_dir, (name, lr, seed))
@@ -305,9 +308,9 @@ class GridRuns:
         self.add_record(run_dir, cell)
 
     def failed_resuming(self, run_dir: Path, rc: int) -> bool:
-        """Did the run fail (an error, not a signal) as it resumed, before a checkpoint past the
-        one it resumed from? Run again, it would fail the same way."""
-        if run_dir not in self.resumed or rc <= 0:
+        """Did the run fail (an error: not a signal, nor refused input) as it resumed, before a
+        checkpoint past the one it resumed from? Run again, it would fail the same way."""
+        if run_dir not in self.resumed or rc != 1:  # 1: an error; 2: refused input; < 0: a signal
             return False
         root, step = self.resumed[run_dir]
         return latest_step(root) == step

@@ -13,8 +13,9 @@ from chord_megatron.commands import compare, compare_queue
 from chord_megatron.commands.compare import RunFailed, run_compare
 from chord_megatron.config import ConfigError, load_config
 from chord_megatron.metrics.results import read_results
-from chord_megatron.run_dir import SETTINGS_FILE, save_settings
+from chord_megatron.run_dir import LOCK_FILE, SETTINGS_FILE, OutputDirError, save_settings
 from tests.support.fake_trainer import Timed, started
+from tests.support.lock_holder import holding
 
 STEPS = 6
 OVERRIDES = [f"train.steps={STEPS}", "train.eval_every=3", "base.steps=0"]
@@ -154,8 +155,9 @@ def test_a_dirty_tree_starts_a_stopped_run_over(tmp_path, monkeypatch, capsys):
     )
 
 
-def snapshot(folder):
-    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def snapshot(folder, but=None):
+    """Every file below `folder` (but those named `but`) and its bytes."""
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != but}
 
 
 def compare_with(tmp_path, *extra):
@@ -178,6 +180,20 @@ def test_a_run_of_other_settings_is_refused_before_anything_runs(tmp_path, monke
         with pytest.raises(ConfigError, match=rf"grpo holds a run of other settings \({first}\); give another --out"):
             compare_with(tmp_path, *extra)
     assert snapshot(tmp_path / "cmp") == before
+
+
+def test_a_run_another_process_is_training_is_refused_and_left_alone(tmp_path, monkeypatch):
+    """The same compare run twice (the first one still going): the second touches none of the
+    first one's runs, not even its provenance.json."""
+    monkeypatch.setattr(compare, "start_trainer", started(trainer(stop_at=4)))
+    with pytest.raises(RunFailed):
+        compare_once(tmp_path)
+    before = snapshot(tmp_path / "cmp")
+    monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: pytest.fail("a run in use ran")))
+    with holding(tmp_path / "cmp" / "grpo"):
+        with pytest.raises(OutputDirError, match="grpo is in use by a running chord train"):
+            compare_once(tmp_path)
+    assert snapshot(tmp_path / "cmp", but=LOCK_FILE) == before  # the holder's lock file aside
 
 
 def test_a_finished_run_of_the_same_settings_is_kept(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
-"""The output folder's lock: a second `chord train` into a folder that a live one on this machine
-is training into is refused; a lock left by a process that has ended, whose pid now names
-another process, or from another machine is taken over; --nproc's workers run under their
-parent's lock (run_dir.py)."""
+"""The output folder's lock: a second `chord train` into a folder another process holds is
+refused, writing nothing; a holder that has ended (killed, too) leaves the folder free; --nproc's
+workers run under their parent's lock (run_dir.py)."""
 
 import json
 import os
@@ -13,19 +12,18 @@ import sys
 import pytest
 
 from chord_megatron.cli import main
-from chord_megatron.run_dir import LOCK_FILE, _start_time
+from chord_megatron.run_dir import LOCK_FILE
+from tests.support.lock_holder import holding
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
 @pytest.fixture
-def other_process():
-    """A live process of this machine that is not this one."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc
-    proc.kill()
-    proc.wait()
+def holder(tmp_path):
+    """Another process that holds the lock of tmp_path/run."""
+    with holding(tmp_path / "run") as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -34,8 +32,7 @@ def training(monkeypatch):
     seen = []
 
     def train(cfg, **kw):
-        path = pathlib.Path(cfg.train.output_dir) / LOCK_FILE
-        seen.append(json.loads(path.read_text()) if path.exists() else None)
+        seen.append(json.loads((pathlib.Path(cfg.train.output_dir) / LOCK_FILE).read_text()))
         return {}
 
     monkeypatch.setattr("chord_megatron.loop.train", train)
@@ -43,65 +40,66 @@ def training(monkeypatch):
     return seen
 
 
-def lock(out, **holder):
-    out.mkdir(parents=True, exist_ok=True)
-    (out / LOCK_FILE).write_text(json.dumps(holder))
+def files(out):
+    return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
-def test_a_folder_in_use_by_a_live_train_is_refused_in_one_line(tmp_path, capsys, other_process, training):
+def test_a_folder_another_train_holds_is_refused_in_one_line_and_left_alone(tmp_path, capsys, holder, training):
     out = tmp_path / "run"
-    pid = other_process.pid
-    lock(out, host=socket.gethostname(), pid=pid, start=_start_time(pid))
-    assert main(["train", DEMO, f"train.output_dir={out}", "--overwrite"]) == 2
-    assert capsys.readouterr().err == (
-        f"chord: output folder: {out} is in use by a running chord train (pid {pid}): wait for it to end, "
-        "or stop it first\n"
-    )
-    assert training == [] and sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the holder's lock stays
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')  # the live run's
+    before = files(out)
+    for flag in ("--overwrite", "--resume"):
+        assert main(["train", DEMO, f"train.output_dir={out}", flag]) == 2
+        assert capsys.readouterr().err == (
+            f"chord: output folder: {out} is in use by a running chord train (pid {holder.pid} on "
+            f"{socket.gethostname()}): wait for it to end, or stop it first\n"
+        )
+    assert training == [] and files(out) == before
 
 
-def test_a_lock_while_training_and_none_after(tmp_path, training):
+def test_a_killed_holder_leaves_the_folder_free(tmp_path, holder, training):
+    holder.kill()
+    holder.wait()
     out = tmp_path / "run"
     assert main(["train", DEMO, f"train.output_dir={out}", "--no-progress"]) == 0
-    assert training == [{"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}]
-    assert not (out / LOCK_FILE).exists()
+    assert training == [{"pid": os.getpid(), "host": socket.gethostname()}]
 
 
-def ended_pid():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-@pytest.mark.parametrize(
-    "holder",
-    [
-        lambda live: {"host": socket.gethostname(), "pid": ended_pid(), "start": "1"},  # killed
-        lambda live: {"host": socket.gethostname(), "pid": live.pid, "start": "1"},  # its pid reused since
-        lambda live: {"host": "another-node", "pid": live.pid, "start": _start_time(live.pid)},  # cannot be checked
-    ],
-)
-def test_a_lock_that_cannot_be_a_live_train_here_is_taken_over(tmp_path, other_process, training, holder):
+def test_the_lock_is_held_while_training_and_dropped_after(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    lock(out, **holder(other_process))
+    seen = []
+
+    def train(cfg, **kw):  # another process tries the folder while this one trains
+        probe = subprocess.run(
+            [sys.executable, "-m", "chord_megatron.cli", "train", DEMO, f"train.output_dir={out}", "--resume"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k != "CHORD_OUTPUT_LOCK_HELD"},
+        )
+        seen.append((probe.returncode, probe.stderr))
+        return {}
+
+    monkeypatch.setattr("chord_megatron.loop.train", train)
+    monkeypatch.setattr("chord_megatron.commands.train.summarise_run", lambda cfg: None)
     assert main(["train", DEMO, f"train.output_dir={out}", "--no-progress"]) == 0
-    assert training[0]["pid"] == os.getpid() and not (out / LOCK_FILE).exists()
+    assert seen[0][0] == 2 and f"is in use by a running chord train (pid {os.getpid()} on" in seen[0][1]
+    assert "CHORD_OUTPUT_LOCK_HELD" not in os.environ  # not left to a later command of this process
+    assert main(["train", DEMO, f"train.output_dir={out}", "--no-progress", "--overwrite"]) == 0  # free again
 
 
-def test_nproc_workers_run_under_their_parents_lock(tmp_path, monkeypatch, other_process, training):
+def test_nproc_workers_run_under_their_parents_lock(tmp_path, monkeypatch, holder, training):
     out = tmp_path / "run"
     held = []
     monkeypatch.setattr(
         "chord_megatron.commands.train.relaunch",
-        lambda n, argv: held.append((os.environ["CHORD_OUTPUT_LOCK_HELD"], (out / LOCK_FILE).exists())) or 0,
+        lambda n, argv: held.append(os.environ["CHORD_OUTPUT_LOCK_HELD"]) or 0,
     )
-    assert main(["train", DEMO, f"train.output_dir={out}", "--nproc", "2", "--no-progress"]) == 0
-    assert held == [(str((out / LOCK_FILE).resolve()), True)] and not (out / LOCK_FILE).exists()
+    free = tmp_path / "free"
+    assert main(["train", DEMO, f"train.output_dir={free}", "--nproc", "2", "--no-progress"]) == 0
+    assert held == [str((free / LOCK_FILE).resolve())]
 
-    # a worker (rank 0 of the parent's torchrun): the parent, alive, holds the lock it inherited
-    pid = other_process.pid
-    lock(out, host=socket.gethostname(), pid=pid, start=_start_time(pid))
+    # a worker, rank 0 of its parent's torchrun, in a folder its parent (here: `holder`) holds
     monkeypatch.setenv("CHORD_OUTPUT_LOCK_HELD", str((out / LOCK_FILE).resolve()))
     assert main(["train", DEMO, f"train.output_dir={out}", "--no-progress"]) == 0
-    assert training == [{"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}]  # the parent's
-    assert (out / LOCK_FILE).exists()  # the parent removes it, not the worker
+    assert training == [{"pid": holder.pid, "host": socket.gethostname()}]  # the parent's lock, untouched
