@@ -32,7 +32,7 @@ from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
-from ..run_dir import checkpoint_root, refuse_if_in_use
+from ..run_dir import checkpoint_root, earlier_run, refuse_if_in_use
 from ..stop import EXIT_CODE, Stopped, latest_step
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
 from .compare_runs import continue_or_start_over, finished, refuse_other_settings, total_wall
@@ -193,7 +193,7 @@ def run_compare(
     )
     runs = GridRuns(threads, to_files, describe if grid else None, record)
 
-    queue = []
+    queue, kept, stopped = [], 0, 0
     for i, (name, lr, seed) in enumerate(cells, 1):
         lr_label = lr if lr is not None else f"{variant_lr(cfg, per_variant.get(name, [])):g}"
         run_dir = out / name / f"lr{lr_label}" / f"seed{seed}" if grid else out / name
@@ -209,6 +209,7 @@ def run_compare(
         refuse_other_settings(run_cfg, label)
         if finished(run_dir, cfg.train.steps):
             print(f"{label}: already done in {run_dir}")
+            kept += 1
             runs.add_record(run_dir, (name, lr, seed))
             continue
         cmd = [
@@ -220,6 +221,7 @@ def run_compare(
             *run_overrides,
             f"train.output_dir={run_dir}",
         ] + ([] if progress else ["--no-progress"])
+        stopped += bool(earlier_run(run_cfg))
         base = base_file(run_cfg)
         queue.append(
             QueuedRun(
@@ -230,6 +232,12 @@ def run_compare(
                 partial(runs.done, run_dir=run_dir, cell=(name, lr, seed), label=label),
                 partial(run_progress, run_dir, cfg.train.steps, base),
             )
+        )
+    if kept or stopped:  # this command ran here before: what it finds, before it goes on
+        print(
+            f"{out}: {kept} of {len(cells)} runs done (kept), {stopped} stopped part-way (each resumes or starts "
+            f"over, as its line says), {len(cells) - kept - stopped} not started",
+            flush=True,
         )
     failed = run_queue(queue, jobs, status_every_s=60.0 if to_files else None)
     if failed:

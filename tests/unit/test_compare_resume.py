@@ -81,7 +81,10 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_records_both_parts(tmp_pa
     results = tmp_path / "r.jsonl"
     compare_once(tmp_path, seeds=[1234, 1235], record=results)
     assert calls[0][-1] == "--resume" and not {"--resume", "--overwrite"} & set(calls[1])  # seed 1235: new
-    assert f"seed 1234: training into {run}, resuming at step 4, from its checkpoint" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'cmp'}: 0 of 2 runs done (kept), 1 stopped part-way (each resumes or starts over" in out
+    assert "1 not started" in out
+    assert f"seed 1234: training into {run}, resuming at step 4, from its checkpoint" in out
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 5, STEPS]  # each step once: the resumed part went on from 4
     record = read_results(results)[0]
@@ -196,11 +199,13 @@ def test_a_run_another_process_is_training_is_refused_and_left_alone(tmp_path, m
     assert snapshot(tmp_path / "cmp", but=LOCK_FILE) == before  # the holder's lock file aside
 
 
-def test_a_finished_run_of_the_same_settings_is_kept(tmp_path, monkeypatch):
+def test_a_finished_run_of_the_same_settings_is_kept(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "start_trainer", started(trainer()))
     compare_once(tmp_path)
+    assert "runs done (kept)" not in capsys.readouterr().out  # a first run says nothing of earlier ones
     monkeypatch.setattr(compare, "start_trainer", started(lambda cmd: pytest.fail("a finished run ran again")))
     compare_once(tmp_path)
+    assert "1 of 1 runs done (kept), 0 stopped part-way" in capsys.readouterr().out
 
 
 def test_a_shared_checkpoint_folder_is_refused(tmp_path):
