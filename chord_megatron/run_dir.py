@@ -10,13 +10,7 @@ writes there are ever removed: metrics.jsonl, the TensorBoard event files, curve
 config.resolved.yaml and the checkpoint root's step folders and `latest`; anything else in the
 folder stays.
 
-While a run trains, it holds an flock on its folder's .chord-train.lock (which names the holder's
-pid and machine), so that a second `chord train` into the folder -- a compare run again while the
-first still goes, say -- is refused rather than mixed into it. The kernel drops the lock when
-the process ends, however it ends (a killed run leaves nothing to clean up); on a shared
-filesystem that supports flock (NFS does) it holds across machines, and where locks are not
-supported the run goes on unlocked. The file stays after the run: removing it could let two
-later runs lock two different files.
+While a run trains, it holds its folder's lock (run_lock.py).
 
 Each run also leaves its resolved config, config.resolved.yaml (rewritten when it resumes), so
 that a `--resume` with other settings is said (`changed_settings`) and `chord compare` can tell a
@@ -25,17 +19,12 @@ stopped run it may continue from one it must start over.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import re
 import shutil
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
@@ -46,8 +35,6 @@ _STEP_DIR = re.compile(r"^(\.tmp\.)?step_\d+$")  # checkpoint.py's step folders,
 _POINTERS = ("latest", "latest.tmp")  # checkpoint.py's pointer, and its debris
 _EVENTS = "events.out.tfevents.*"  # what TensorBoard's SummaryWriter writes
 SETTINGS_FILE = "config.resolved.yaml"  # the run's resolved config (`chord config show` of it)
-LOCK_FILE = ".chord-train.lock"
-_LOCK_HELD = "CHORD_OUTPUT_LOCK_HELD"  # the lock a parent process holds for its workers (--nproc)
 # Keys that say where a run's files go and how it reports, not what it trains: a resumed run may
 # change them without a word.
 _WHERE_NOT_WHAT = ("train.output_dir", "base.cache_dir", "checkpoint.", "logging.")
@@ -186,66 +173,3 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         else:
             out[prefix + k] = v
     return out
-
-
-def refuse_if_in_use(cfg: Config) -> None:
-    """A folder that another `chord train` holds is refused, in one line (before the earlier-run
-    check: "continue it with --resume" would be the wrong advice). Reads only: a refused run
-    writes nothing."""
-    path = Path(cfg.train.output_dir) / LOCK_FILE
-    if os.environ.get(_LOCK_HELD) == str(path.resolve()):
-        return  # our own parent's (--nproc)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # no lock file: no run has held the folder
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _in_use(cfg, path) from None
-    except OSError:
-        pass  # a filesystem without locks
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def output_dir_lock(cfg: Config) -> Iterator[None]:
-    """Hold the folder's lock while this process trains into it (rank 0; under --nproc the parent,
-    whose workers inherit the note that it is held)."""
-    path = Path(cfg.train.output_dir) / LOCK_FILE
-    if os.environ.get(_LOCK_HELD) == str(path.resolve()):
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
-    previous = os.environ.get(_LOCK_HELD)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # taken since refuse_if_in_use looked
-            raise _in_use(cfg, path) from None
-        except OSError:
-            pass  # a filesystem without locks: the run goes on unlocked
-        else:
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        os.environ[_LOCK_HELD] = str(path.resolve())
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(_LOCK_HELD, None)
-        else:
-            os.environ[_LOCK_HELD] = previous
-        os.close(fd)  # drops the lock
-
-
-def _in_use(cfg: Config, path: Path) -> OutputDirError:
-    try:
-        holder = json.loads(path.read_text())
-        who = f"pid {holder['pid']} on {holder['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        who = "another process"
-    return OutputDirError(
-        f"{cfg.train.output_dir} is in use by a running chord train ({who}): wait for it to end, or stop it first"
-    )

@@ -32,7 +32,8 @@ from ..metrics.provenance import provenance, trainer_threads
 from ..metrics.report import comparison_table, load_runs, plot_curves, series
 from ..metrics.results import append_records, run_record
 from ..metrics.results_report import experiment_markdown, plot_experiment
-from ..run_dir import checkpoint_root, earlier_run, refuse_if_in_use
+from ..run_dir import checkpoint_root, earlier_run
+from ..run_lock import refuse_if_in_use
 from ..stop import EXIT_CODE, Stopped, latest_step
 from .compare_queue import QueuedRun, base_file, log_tail, run_progress, run_queue, warn_oversubscribed
 from .compare_runs import continue_or_start_over, finished, refuse_other_settings, total_wall

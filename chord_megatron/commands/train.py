@@ -26,11 +26,10 @@ from ..net import free_port
 from ..run_dir import (
     check_output_dir,
     checkpoint_root,
-    output_dir_lock,
-    refuse_if_in_use,
     save_settings,
     warn_if_resumed_with_other_settings,
 )
+from ..run_lock import output_dir_lock, refuse_if_in_use
 from ..stop import EXIT_CODE, StopOnCtrlC, latest_step, resume_command, stopped
 from ..train.parallel import is_rank0, require_device, set_cpu_threads
 

@@ -4,7 +4,7 @@ import contextlib
 import subprocess
 import sys
 
-from chord_megatron.run_dir import LOCK_FILE
+from chord_megatron.run_lock import LOCK_FILE
 
 HOLD = """
 import fcntl, json, os, socket, sys, time

@@ -13,7 +13,8 @@ from chord_megatron.commands import compare, compare_queue
 from chord_megatron.commands.compare import RunFailed, run_compare
 from chord_megatron.config import ConfigError, load_config
 from chord_megatron.metrics.results import read_results
-from chord_megatron.run_dir import LOCK_FILE, SETTINGS_FILE, OutputDirError, save_settings
+from chord_megatron.run_dir import SETTINGS_FILE, OutputDirError, save_settings
+from chord_megatron.run_lock import LOCK_FILE
 from tests.support.fake_trainer import Timed, started
 from tests.support.lock_holder import holding
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from chord_megatron.cli import main
-from chord_megatron.run_dir import LOCK_FILE
+from chord_megatron.run_lock import LOCK_FILE
 from tests.support.lock_holder import holding
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
